@@ -31,6 +31,7 @@ struct GgufValue;
 struct GgufArray {
   GgufValueType elem_type = GgufValueType::UInt8;
   std::vector<GgufValue> items;
+  bool operator==(const GgufArray& other) const;  // defined where GgufValue is complete
 };
 
 // One metadata value. Integers keep their GGUF type in `type`; the payload is widened
