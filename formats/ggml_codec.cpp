@@ -79,6 +79,7 @@ const GgmlCodec* find_codec(GgmlType type) {
 void dequantize(GgmlType type, std::span<const std::byte> src, std::span<float> dst) {
   const GgmlCodec& codec = codec_or_throw(type, "dequantize");
   const size_t blocks = check_sizes(type, dst.size(), src.size(), "dequantize");
+  if (blocks == 0) return;  // empty spans may carry null pointers; block loops memcpy them
   codec.dequantize_blocks(src.data(), dst.data(), blocks);
 }
 
@@ -94,6 +95,7 @@ void quantize(GgmlType type, std::span<const float> src, std::span<std::byte> ds
                     " blocks cannot hold NaN or Inf");
     }
   }
+  if (blocks == 0) return;
   codec.quantize_blocks(src.data(), dst.data(), blocks);
 }
 
