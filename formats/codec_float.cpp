@@ -96,7 +96,9 @@ constexpr std::array<GgmlCodec, 3> kFloatCodecs{{
 
 }  // namespace
 
-std::span<const GgmlCodec> float_codecs() { return kFloatCodecs; }
+std::span<const GgmlCodec> float_codecs() {
+  return kFloatCodecs;
+}
 
 }  // namespace codec_detail
 }  // namespace lockstep::formats

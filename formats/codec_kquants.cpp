@@ -221,8 +221,8 @@ void requantize_symmetric(const float* x, int n, float d, int nmax, uint8_t* lev
 // The common part of Q2_K, Q4_K and Q5_K: fits every sub-block, stores d and dmin at
 // `d_at`/`d_at + 2`, and fills levels[256] (in 0..nmax) against the decoded factors.
 template <int kSub, int kNmax, int kFactorMax>
-void quantize_affine_superblock(const float* x, GridSearch grid, std::byte* d_at,
-                                uint8_t* scale_q, uint8_t* min_q, uint8_t* levels) {
+void quantize_affine_superblock(const float* x, GridSearch grid, std::byte* d_at, uint8_t* scale_q,
+                                uint8_t* min_q, uint8_t* levels) {
   constexpr int kSubBlocks = kQkK / kSub;
   std::array<float, kSubBlocks> scale, min;
   for (int j = 0; j < kSubBlocks; ++j) {
@@ -383,8 +383,10 @@ void dequantize_q5_k(const std::byte* src, float* dst, size_t blocks) {
       const float m2 = dmin * static_cast<float>(min[2 * c + 1]);
       float* y = dst + 64 * c;
       for (int l = 0; l < 32; ++l) {
-        const int q_lo = (byte_at(qs, 32 * c + l) & 0x0F) | (((byte_at(qh, l) >> (2 * c)) & 1) << 4);
-        const int q_hi = (byte_at(qs, 32 * c + l) >> 4) | (((byte_at(qh, l) >> (2 * c + 1)) & 1) << 4);
+        const int q_lo =
+            (byte_at(qs, 32 * c + l) & 0x0F) | (((byte_at(qh, l) >> (2 * c)) & 1) << 4);
+        const int q_hi =
+            (byte_at(qs, 32 * c + l) >> 4) | (((byte_at(qh, l) >> (2 * c + 1)) & 1) << 4);
         const float lo = d1 * static_cast<float>(q_lo);
         const float hi = d2 * static_cast<float>(q_hi);
         y[l] = lo - m1;
@@ -456,7 +458,8 @@ void quantize_q6_k(const float* src, std::byte* dst, size_t blocks) {
     uint8_t ql[128] = {}, qh[64] = {};
     for (int e = 0; e < kQkK; ++e) {
       const int half = e / 128, g = (e % 128) / 32, l = e % 32;
-      ql[64 * half + 32 * (g % 2) + l] |= static_cast<uint8_t>((levels[e] & 0x0F) << (g < 2 ? 0 : 4));
+      ql[64 * half + 32 * (g % 2) + l] |=
+          static_cast<uint8_t>((levels[e] & 0x0F) << (g < 2 ? 0 : 4));
       qh[32 * half + l] |= static_cast<uint8_t>((levels[e] >> 4) << (2 * g));
     }
     std::memcpy(dst, ql, sizeof ql);
@@ -474,6 +477,8 @@ constexpr std::array<GgmlCodec, 5> kKQuantCodecs{{
 
 }  // namespace
 
-std::span<const GgmlCodec> kquant_codecs() { return kKQuantCodecs; }
+std::span<const GgmlCodec> kquant_codecs() {
+  return kKQuantCodecs;
+}
 
 }  // namespace lockstep::formats::codec_detail

@@ -217,6 +217,8 @@ constexpr std::array<GgmlCodec, 5> kLegacyCodecs{{
 
 }  // namespace
 
-std::span<const GgmlCodec> legacy_codecs() { return kLegacyCodecs; }
+std::span<const GgmlCodec> legacy_codecs() {
+  return kLegacyCodecs;
+}
 
 }  // namespace lockstep::formats::codec_detail

@@ -90,9 +90,8 @@ void quantize(GgmlType type, std::span<const float> src, std::span<std::byte> ds
   if (!float_type) {
     for (size_t i = 0; i < src.size(); ++i) {
       if ((std::bit_cast<uint32_t>(src[i]) & 0x7F800000u) == 0x7F800000u)
-        throw Error("quantize: element " + std::to_string(i) + " is " +
-                    std::to_string(src[i]) + "; " + type_label(type) +
-                    " blocks cannot hold NaN or Inf");
+        throw Error("quantize: element " + std::to_string(i) + " is " + std::to_string(src[i]) +
+                    "; " + type_label(type) + " blocks cannot hold NaN or Inf");
     }
   }
   if (blocks == 0) return;
@@ -101,12 +100,11 @@ void quantize(GgmlType type, std::span<const float> src, std::span<std::byte> ds
 
 float dot_row(GgmlType type, std::span<const std::byte> row, std::span<const float> x) {
   float total = 0.0f;
-  for_each_chunk(type, row, x, "dot_row",
-                 [&](std::span<const float> w, std::span<const float> xs) {
-                   float sum = 0.0f;
-                   for (size_t i = 0; i < w.size(); ++i) sum += w[i] * xs[i];
-                   total += sum;
-                 });
+  for_each_chunk(type, row, x, "dot_row", [&](std::span<const float> w, std::span<const float> xs) {
+    float sum = 0.0f;
+    for (size_t i = 0; i < w.size(); ++i) sum += w[i] * xs[i];
+    total += sum;
+  });
   return total;
 }
 

@@ -43,7 +43,9 @@ struct GgmlCodec {
 
 // nullptr for a type without a codec.
 const GgmlCodec* find_codec(GgmlType type);
-inline bool has_codec(GgmlType type) { return find_codec(type) != nullptr; }
+inline bool has_codec(GgmlType type) {
+  return find_codec(type) != nullptr;
+}
 
 // src must hold exactly ggml_bytes(type, dst.size()) bytes; dst.size() a multiple of the block
 // size. Throws lockstep::Error for a type without codec or a size mismatch.
@@ -76,7 +78,9 @@ inline void store_fp16(std::byte* p, float f) {
   uint16_t h = f32_to_fp16(f);
   std::memcpy(p, &h, sizeof h);
 }
-inline uint8_t byte_at(const std::byte* p, size_t i) { return static_cast<uint8_t>(p[i]); }
+inline uint8_t byte_at(const std::byte* p, size_t i) {
+  return static_cast<uint8_t>(p[i]);
+}
 
 // Round to nearest, ties to even. Adding 1.5 * 2^23 leaves no fraction bits in the mantissa,
 // so the FPU's own rounding does the work (faster than lrintf, no errno); the clamp keeps the

@@ -24,7 +24,7 @@ class Sha256 {
   void compress(const uint8_t* block);  // one 64-byte block
   std::array<uint32_t, 8> state_;
   std::array<uint8_t, 64> buffer_;
-  size_t buffered_ = 0;     // bytes waiting in buffer_
+  size_t buffered_ = 0;  // bytes waiting in buffer_
   uint64_t total_bytes_ = 0;
 };
 
