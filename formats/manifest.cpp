@@ -215,7 +215,8 @@ std::string format_manifest(const Manifest& m) {
     j["files"] = nlohmann::ordered_json::object();
     for (const auto& [rel, shape] : m.files) j["files"][rel] = shape;
   }
-  return j.dump(2) + "\n";
+  // Paths need not be UTF-8; a manifest is informational, so such bytes become U+FFFD.
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 void verify_manifest_files(const Manifest& m, const std::filesystem::path& dir,

@@ -269,24 +269,19 @@ std::vector<std::byte> encode_npy(std::span<const float> values, std::span<const
   std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
   for (size_t i = 0; i < shape.size(); ++i) dict += (i ? ", " : "") + std::to_string(shape[i]);
   dict += shape.size() == 1 ? ",), }" : "), }";
-  // Version 1.0 holds headers below 64 KiB; pad so the data start is 64-byte aligned.
-  uint8_t major = dict.size() + 1 + 10 + kAlign <= 65535 ? 1 : 2;
-  uint64_t prefix = major == 1 ? 10 : 12;
+  // Rank <= 64 with at most 20 digits a dimension keeps the header far below version 1.0's
+  // 64 KiB limit. Pad so the data start is 64-byte aligned, as NumPy does.
+  constexpr uint64_t prefix = 10;
   uint64_t total = prefix + dict.size() + 1;
   dict.append((kAlign - total % kAlign) % kAlign, ' ');
   dict += '\n';
 
   std::vector<std::byte> out(prefix + dict.size() + values.size() * 4);
   std::memcpy(out.data(), kMagic, 6);
-  out[6] = std::byte{major};
+  out[6] = std::byte{1};
   out[7] = std::byte{0};
-  if (major == 1) {
-    auto len = static_cast<uint16_t>(dict.size());
-    std::memcpy(out.data() + 8, &len, 2);
-  } else {
-    auto len = static_cast<uint32_t>(dict.size());
-    std::memcpy(out.data() + 8, &len, 4);
-  }
+  auto len = static_cast<uint16_t>(dict.size());
+  std::memcpy(out.data() + 8, &len, 2);
   std::memcpy(out.data() + prefix, dict.data(), dict.size());
   if (!values.empty())
     std::memcpy(out.data() + prefix + dict.size(), values.data(), values.size() * 4);

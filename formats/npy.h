@@ -1,9 +1,8 @@
 #pragma once
 // NumPy .npy files of float32 ('<f4'), C order, any rank, so dumps open in NumPy
-// (`np.load`). Writes version 1.0 (2.0 only when the header would not fit 64 KiB); reads
-// 1.0, 2.0 and 3.0. The header dict must hold exactly 'descr', 'fortran_order' and 'shape',
-// as NumPy requires; big-endian, non-f32, structured and Fortran-ordered arrays are
-// rejected with a message saying what would be accepted.
+// (`np.load`). Writes version 1.0; reads 1.0, 2.0 and 3.0. The header dict must hold exactly
+// 'descr', 'fortran_order' and 'shape', as NumPy requires; big-endian, non-f32, structured and
+// Fortran-ordered arrays are rejected with a message saying what would be accepted.
 
 #include <cstddef>
 #include <cstdint>

@@ -483,7 +483,12 @@ std::vector<std::byte> SafetensorsWriter::encode() const {
         {"dtype", e.dtype}, {"shape", e.shape}, {"data_offsets", {offset, offset + e.data.size()}}};
     offset += e.data.size();
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::ordered_json::type_error& e) {
+    throw Error("safetensors", Error::kNoOffset, "UTF-8 tensor names and metadata", e.what());
+  }
   text.append((8 - text.size() % 8) % 8, ' ');  // keep the data section 8-byte aligned
   uint64_t n = text.size();
   std::vector<std::byte> out(8 + n + offset);

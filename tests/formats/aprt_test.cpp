@@ -195,6 +195,22 @@ TEST(AprtMalformed, AbsurdCountFailsBeforeAllocating) {
   EXPECT_NE(std::string(e.what()).find("17179869180 body bytes"), std::string::npos) << e.what();
 }
 
+TEST(AprtMalformed, EveryHeaderCorruptionIsRefusedOrConsistent) {
+  std::vector<std::byte> b = encode_aprt(4, random_values(5, 6));
+  for (size_t i = 0; i < kAprtHeaderBytes; ++i) {
+    for (uint8_t v : {0x00, 0x01, 0x05, 0x80, 0xff}) {
+      auto c = b;
+      c[i] = std::byte{v};
+      try {
+        AprtTensor t = parse_aprt(c, "flip.bin");
+        EXPECT_EQ(12 + 4 * t.values.size(), c.size());
+      } catch (const Error& e) {
+        EXPECT_EQ(e.file(), "flip.bin");
+      }
+    }
+  }
+}
+
 TEST(AprtMalformed, MissingFileIsAnError) {
   fs::path dir = test::scratch_dir("aprt");
   Error e = expect_error([&] { read_aprt(dir / "nope.bin"); });

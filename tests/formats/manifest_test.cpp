@@ -166,6 +166,29 @@ INSTANTIATE_TEST_SUITE_P(
                     "nested at most"}),
     [](const auto& param_info) { return std::string(param_info.param.label); });
 
+TEST(Manifest, NonUtf8PathsAreWrittenReplaced) {
+  Manifest m;
+  m.model_path = "/models/caf\xe9.gguf";  // Latin-1, not UTF-8
+  Manifest back = parse_manifest(format_manifest(m), "m.json");
+  EXPECT_EQ(back.model_path, "/models/caf\xef\xbf\xbd.gguf");
+}
+
+TEST(ManifestMalformed, FlippedBytesNeverCrash) {
+  std::string text = format_manifest(random_manifest(21));
+  for (size_t i = 0; i < text.size(); ++i) {
+    for (char v : {'\0', '"', '[', '{', '-', '9', 'x', '\xff'}) {
+      std::string c = text;
+      c[i] = v;
+      try {
+        Manifest m = parse_manifest(c, "flip.json");
+        for (const auto& [rel, shape] : m.files) EXPECT_FALSE(shape.empty()) << rel;
+      } catch (const Error& e) {
+        EXPECT_EQ(e.file(), "flip.json");
+      }
+    }
+  }
+}
+
 TEST(ManifestMalformed, JsonErrorsCarryAnOffset) {
   Error e = expect_error([] { parse_manifest("{\n  \"format_version\": 1,\n  lane\n}", "m"); });
   EXPECT_EQ(e.offset(), 27u);  // the 'l' of the unquoted key

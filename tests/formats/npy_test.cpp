@@ -233,6 +233,25 @@ TEST(NpyMalformed, TruncatedAtEveryHeaderByteAndInTheData) {
   }
 }
 
+TEST(NpyMalformed, FlippedHeaderBytesNeverCrash) {
+  std::vector<std::byte> b = encode_npy(random_values(6, 11), std::vector<uint64_t>{2, 3});
+  NpyHeader h = parse_npy_header(b, "ok.npy");
+  for (size_t i = 0; i < h.data_offset; ++i) {
+    for (uint8_t v : {0x00, 0x27, 0x28, 0x29, 0x2c, 0x39, 0x7d, 0xff}) {
+      auto c = b;
+      c[i] = std::byte{v};
+      try {
+        NpyArray a = parse_npy(c, "flip.npy");
+        size_t n = 1;
+        for (uint64_t d : a.shape) n *= d;
+        EXPECT_EQ(a.values.size(), n);
+      } catch (const Error& e) {
+        EXPECT_EQ(e.file(), "flip.npy");
+      }
+    }
+  }
+}
+
 TEST(NpyMalformed, HeaderLengthPastTheEnd) {
   std::vector<std::byte> b = npy_bytes(kGood, 24, 2);
   uint32_t huge = 0xfffffff0u;

@@ -190,6 +190,8 @@ TEST(Safetensors, WriterChecksItsInput) {
   w.add_f32("x", {4}, v);
   EXPECT_THROW(w.add_f32("x", {4}, v), Error);
   EXPECT_THROW(w.add_f32("__metadata__", {4}, v), Error);
+  w.add_f32("bad\xff", {4}, v);
+  EXPECT_THROW(w.encode(), Error) << "names must be UTF-8 to be valid JSON";
 }
 
 struct BadHeader {
