@@ -266,6 +266,24 @@ TEST(Npy, WriterRejectsAShapeThatDoesNotMatch) {
   EXPECT_THROW(encode_npy(v, std::vector<uint64_t>{1ull << 32, 1ull << 32, 4}), Error);
 }
 
+// Written by NumPy 1.24 (np.save and format.write_array(version=(3, 0))) of
+// default_rng(1).standard_normal((3, 5)).astype('<f4').
+TEST(Npy, ReadsFilesNumpyWrote) {
+  fs::path dir = fs::path(LOCKSTEP_TEST_DATA_DIR) / "malformed" / "npy";
+  for (const char* name : {"valid-numpy-v1-3x5.npy", "valid-numpy-v3-3x5.npy"}) {
+    NpyArray a = read_npy(dir / name);
+    EXPECT_EQ(a.shape, (std::vector<uint64_t>{3, 5})) << name;
+    ASSERT_EQ(a.values.size(), 15u);
+    EXPECT_EQ(a.values[0], 0.3455841839313507f);
+    EXPECT_EQ(a.values[2], 0.3304370641708374f);
+    double sum = 0;
+    for (float f : a.values) sum += f;
+    EXPECT_NEAR(sum, 1.442734306678176, 1e-12) << name;
+  }
+  Error e = expect_error([&] { read_npy(dir / "numpy-big-endian.npy"); });
+  EXPECT_NE(std::string(e.what()).find("'>f4'"), std::string::npos) << e.what();
+}
+
 TEST(NpyMalformed, SeedCorpus) {
   fs::path dir = fs::path(LOCKSTEP_TEST_DATA_DIR) / "malformed" / "npy";
   ASSERT_TRUE(fs::is_directory(dir));
