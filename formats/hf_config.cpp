@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
+#include "formats/json_util.h"
 #include "formats/mapped_file.h"
 
 namespace lockstep::formats {
@@ -17,32 +18,9 @@ constexpr uint64_t kMaxConfigBytes = 16ull << 20;
 constexpr uint64_t kMaxDim = 1ull << 24;
 constexpr uint64_t kMaxLayers = 1ull << 16;
 
-const char* json_type(const json& j) {
-  switch (j.type()) {
-    case json::value_t::null:
-      return "null";
-    case json::value_t::boolean:
-      return "a boolean";
-    case json::value_t::number_integer:
-      return "a negative integer";
-    case json::value_t::number_unsigned:
-      return "an integer";
-    case json::value_t::number_float:
-      return "a floating-point number";
-    case json::value_t::string:
-      return "a string";
-    case json::value_t::array:
-      return "an array";
-    case json::value_t::object:
-      return "an object";
-    default:
-      return "an unsupported value";
-  }
-}
-
 std::string found_text(const json& j) {
-  return j.is_primitive() && !j.is_string() ? std::string(json_type(j)) + " " + j.dump()
-                                            : std::string(json_type(j));
+  return j.is_primitive() && !j.is_string() ? std::string(json_type_name(j)) + " " + j.dump()
+                                            : std::string(json_type_name(j));
 }
 
 class Reader {
@@ -110,20 +88,6 @@ class Reader {
   std::string prefix_;
 };
 
-json parse_json(std::string_view text, const std::string& name) {
-  try {
-    return json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
-      if (depth > kMaxJsonDepth)
-        throw Error(name, Error::kNoOffset,
-                    "JSON nested at most " + std::to_string(kMaxJsonDepth) + " levels deep",
-                    "deeper nesting");
-      return true;
-    });
-  } catch (const json::parse_error& e) {
-    throw Error(name, e.byte > 0 ? e.byte - 1 : 0, "well-formed JSON", e.what());
-  }
-}
-
 }  // namespace
 
 std::optional<double> HfConfig::norm_eps() const {
@@ -138,9 +102,9 @@ uint64_t HfConfig::head_dim_or_default() const {
 }
 
 HfConfig parse_hf_config(std::string_view text, std::string name) {
-  json root = parse_json(text, name);
+  json root = parse_json_document(text, name, kMaxJsonDepth);
   if (!root.is_object())
-    throw Error(name, Error::kNoOffset, "a JSON object at the top level", json_type(root));
+    throw Error(name, Error::kNoOffset, "a JSON object at the top level", json_type_name(root));
   Reader r(root, name);
   HfConfig c;
   c.model_type = r.str("model_type", r.need("model_type"));

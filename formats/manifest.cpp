@@ -6,6 +6,7 @@
 #include "formats/atomic_dir.h"
 #include "formats/dump_dir.h"
 #include "formats/error.h"
+#include "formats/json_util.h"
 #include "formats/mapped_file.h"
 
 namespace lockstep::formats {
@@ -19,43 +20,6 @@ constexpr int kMaxJsonDepth = 64;
 // Token ids and shapes of a long run fit in a few MiB; anything far larger is not a manifest.
 constexpr uint64_t kMaxManifestBytes = 64ull << 20;
 
-const char* json_type(const json& j) {
-  switch (j.type()) {
-    case json::value_t::null:
-      return "null";
-    case json::value_t::boolean:
-      return "a boolean";
-    case json::value_t::number_integer:
-      return "a negative integer";
-    case json::value_t::number_unsigned:
-      return "an integer";
-    case json::value_t::number_float:
-      return "a floating-point number";
-    case json::value_t::string:
-      return "a string";
-    case json::value_t::array:
-      return "an array";
-    case json::value_t::object:
-      return "an object";
-    default:
-      return "an unsupported value";
-  }
-}
-
-json parse_json(std::string_view text, const std::string& name) {
-  try {
-    return json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
-      if (depth > kMaxJsonDepth)
-        throw Error(name, Error::kNoOffset,
-                    "JSON nested at most " + std::to_string(kMaxJsonDepth) + " levels deep",
-                    "deeper nesting");
-      return true;
-    });
-  } catch (const json::parse_error& e) {
-    throw Error(name, e.byte > 0 ? e.byte - 1 : 0, "well-formed JSON", e.what());
-  }
-}
-
 class Checker {
  public:
   explicit Checker(const std::string& name) : name_(name) {}
@@ -67,14 +31,14 @@ class Checker {
   void want(const json& j, json::value_t type, const std::string& key, const char* expected) const {
     bool ok =
         j.type() == type || (type == json::value_t::number_unsigned && j.is_number_unsigned());
-    if (!ok) fail(key, expected, json_type(j));
+    if (!ok) fail(key, expected, json_type_name(j));
   }
   std::string string(const json& j, const std::string& key) const {
     want(j, json::value_t::string, key, "a string");
     return j.get<std::string>();
   }
   uint64_t uint(const json& j, const std::string& key) const {
-    if (!j.is_number_unsigned()) fail(key, "a non-negative integer", json_type(j));
+    if (!j.is_number_unsigned()) fail(key, "a non-negative integer", json_type_name(j));
     return j.get<uint64_t>();
   }
   const std::string& name() const { return name_; }
@@ -125,10 +89,10 @@ const std::vector<uint64_t>* Manifest::shape_of(std::string_view rel_path) const
 }
 
 Manifest parse_manifest(std::string_view text, std::string name) {
-  json root = parse_json(text, name);
+  json root = parse_json_document(text, name, kMaxJsonDepth);
   Checker c(name);
   if (!root.is_object())
-    throw Error(name, Error::kNoOffset, "a JSON object at the top level", json_type(root));
+    throw Error(name, Error::kNoOffset, "a JSON object at the top level", json_type_name(root));
 
   Manifest m;
   auto version = root.find("format_version");
@@ -172,7 +136,7 @@ Manifest parse_manifest(std::string_view text, std::string name) {
       std::string key = "\"token_ids\"[" + std::to_string(i) + "]";
       if (!t.is_number_unsigned() || t.get<uint64_t>() > INT32_MAX)
         c.fail(key, "a token id in 0..2147483647",
-               t.is_number() ? t.dump() : std::string(json_type(t)));
+               t.is_number() ? t.dump() : std::string(json_type_name(t)));
       m.token_ids.push_back(static_cast<int32_t>(t.get<uint64_t>()));
     }
   }

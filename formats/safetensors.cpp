@@ -9,6 +9,8 @@
 #include "formats/atomic_dir.h"
 #include "formats/byte_reader.h"
 #include "formats/error.h"
+#include "formats/json_util.h"
+#include "formats/ggml_codec.h"
 
 namespace lockstep::formats {
 namespace fs = std::filesystem;
@@ -30,43 +32,6 @@ constexpr DtypeBits kDtypes[] = {
     {"I32", 32},    {"U32", 32}, {"F32", 32}, {"F64", 64},    {"I64", 64},
     {"U64", 64},    {"C64", 64}, {"F4", 4},   {"F6_E2M3", 6}, {"F6_E3M2", 6},
 };
-
-const char* json_type(const json& j) {
-  switch (j.type()) {
-    case json::value_t::null:
-      return "null";
-    case json::value_t::boolean:
-      return "a boolean";
-    case json::value_t::number_integer:
-      return "a negative integer";
-    case json::value_t::number_unsigned:
-      return "an integer";
-    case json::value_t::number_float:
-      return "a floating-point number";
-    case json::value_t::string:
-      return "a string";
-    case json::value_t::array:
-      return "an array";
-    case json::value_t::object:
-      return "an object";
-    default:
-      return "an unsupported value";
-  }
-}
-
-json parse_json(std::string_view text, const std::string& name, uint64_t base) {
-  try {
-    return json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
-      if (depth > kMaxJsonDepth)
-        throw Error(name, base,
-                    "a header nested at most " + std::to_string(kMaxJsonDepth) + " levels deep",
-                    "deeper nesting");
-      return true;
-    });
-  } catch (const json::parse_error& e) {
-    throw Error(name, base + (e.byte > 0 ? e.byte - 1 : 0), "a well-formed JSON header", e.what());
-  }
-}
 
 std::string in_quotes(std::string_view s) {
   return "\"" + std::string(s) + "\"";
@@ -117,36 +82,6 @@ std::optional<uint32_t> safetensors_dtype_bits(std::string_view dtype) {
   return std::nullopt;
 }
 
-float f16_bits_to_f32(uint16_t h) {
-  uint32_t sign = uint32_t{h & 0x8000u} << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {
-      // Subnormal: mant · 2^-24 is exact in f32.
-      float v = std::ldexp(static_cast<float>(mant), -24);
-      std::memcpy(&bits, &v, 4);
-      bits |= sign;
-    }
-  } else if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);  // Inf, or NaN keeping its payload
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
-}
-
-float bf16_bits_to_f32(uint16_t h) {
-  uint32_t bits = uint32_t{h} << 16;
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
-}
 
 SafetensorsFile SafetensorsFile::open(const fs::path& path, const SafetensorsLimits& limits) {
   auto map = std::make_shared<MappedFile>(path.string());
@@ -175,8 +110,8 @@ SafetensorsFile SafetensorsFile::parse(std::span<const std::byte> bytes, std::st
   const uint64_t data_size = r.remaining();
   const uint64_t data_at = f.data_offset();
 
-  json root = parse_json(text, name, 8);
-  if (!root.is_object()) r.fail_at(8, "a JSON object as the header", json_type(root));
+  json root = parse_json_document(text, name, kMaxJsonDepth, 8, "a well-formed JSON header");
+  if (!root.is_object()) r.fail_at(8, "a JSON object as the header", json_type_name(root));
   if (root.size() > limits.max_tensors + 1)
     r.fail_at(8, "at most " + std::to_string(limits.max_tensors) + " tensors",
               std::to_string(root.size()) + " entries");
@@ -189,35 +124,35 @@ SafetensorsFile SafetensorsFile::parse(std::span<const std::byte> bytes, std::st
   for (const auto& [key, val] : root.items()) {
     if (key == "__metadata__") {
       if (!val.is_object())
-        throw Error(name, 8, "\"__metadata__\" to be an object of strings", json_type(val));
+        throw Error(name, 8, "\"__metadata__\" to be an object of strings", json_type_name(val));
       for (const auto& [mk, mv] : val.items()) {
         if (!mv.is_string())
           throw Error(name, 8, "\"__metadata__\"." + in_quotes(mk) + " to be a string",
-                      json_type(mv));
+                      json_type_name(mv));
         f.metadata_.emplace(mk, mv.get<std::string>());
       }
       continue;
     }
     SafetensorsTensor t;
     t.name = key;
-    if (!val.is_object()) fail(key, "an object", json_type(val));
+    if (!val.is_object()) fail(key, "an object", json_type_name(val));
     auto dt = val.find("dtype");
     if (dt == val.end()) fail(key, "a \"dtype\"", "none");
-    if (!dt->is_string()) fail(key, "\"dtype\" to be a string", json_type(*dt));
+    if (!dt->is_string()) fail(key, "\"dtype\" to be a string", json_type_name(*dt));
     t.dtype_name = dt->get<std::string>();
     t.dtype = dtype_of(t.dtype_name);
     t.dtype_bits = safetensors_dtype_bits(t.dtype_name);
 
     auto sh = val.find("shape");
     if (sh == val.end()) fail(key, "a \"shape\"", "none");
-    if (!sh->is_array()) fail(key, "\"shape\" to be an array", json_type(*sh));
+    if (!sh->is_array()) fail(key, "\"shape\" to be an array", json_type_name(*sh));
     if (sh->size() > limits.max_rank)
       fail(key, "a shape of rank <= " + std::to_string(limits.max_rank),
            "rank " + std::to_string(sh->size()));
     for (const json& d : *sh) {
       if (!d.is_number_unsigned())
         fail(key, "shape dimensions to be non-negative integers",
-             d.is_number() ? d.dump() : std::string(json_type(d)));
+             d.is_number() ? d.dump() : std::string(json_type_name(d)));
       t.shape.push_back(d.get<uint64_t>());
     }
     auto elements = shape_elements(t.shape);
@@ -232,11 +167,11 @@ SafetensorsFile SafetensorsFile::parse(std::span<const std::byte> bytes, std::st
     if (off == val.end()) fail(key, "\"data_offsets\"", "none");
     if (!off->is_array() || off->size() != 2)
       fail(key, "\"data_offsets\" to be [begin, end]",
-           off->is_array() ? std::to_string(off->size()) + " items" : json_type(*off));
+           off->is_array() ? std::to_string(off->size()) + " items" : json_type_name(*off));
     for (const json& o : *off)
       if (!o.is_number_unsigned())
         fail(key, "data_offsets to be non-negative integers",
-             o.is_number() ? o.dump() : std::string(json_type(o)));
+             o.is_number() ? o.dump() : std::string(json_type_name(o)));
     t.begin = (*off)[0].get<uint64_t>();
     t.end = (*off)[1].get<uint64_t>();
     if (t.begin > t.end)
@@ -310,7 +245,7 @@ std::vector<float> SafetensorsFile::to_f32(const SafetensorsTensor& t) const {
       for (uint64_t i = 0; i < t.elements; ++i) {
         uint16_t h;
         std::memcpy(&h, raw.data() + 2 * i, 2);
-        out[i] = f16 ? f16_bits_to_f32(h) : bf16_bits_to_f32(h);
+        out[i] = f16 ? fp16_to_f32(h) : bf16_to_f32(h);
       }
       return out;
     }
@@ -323,24 +258,13 @@ std::vector<float> SafetensorsFile::to_f32(const SafetensorsTensor& t) const {
 }
 
 SafetensorsIndex parse_safetensors_index(std::string_view text, std::string name) {
-  json root;
-  try {
-    root = json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
-      if (depth > kMaxJsonDepth)
-        throw Error(name, Error::kNoOffset,
-                    "JSON nested at most " + std::to_string(kMaxJsonDepth) + " levels deep",
-                    "deeper nesting");
-      return true;
-    });
-  } catch (const json::parse_error& e) {
-    throw Error(name, e.byte > 0 ? e.byte - 1 : 0, "well-formed JSON", e.what());
-  }
+  json root = parse_json_document(text, name, kMaxJsonDepth);
   if (!root.is_object())
-    throw Error(name, Error::kNoOffset, "a JSON object at the top level", json_type(root));
+    throw Error(name, Error::kNoOffset, "a JSON object at the top level", json_type_name(root));
   SafetensorsIndex idx;
   if (auto md = root.find("metadata"); md != root.end() && !md->is_null()) {
     if (!md->is_object())
-      throw Error(name, Error::kNoOffset, "key \"metadata\" to be an object", json_type(*md));
+      throw Error(name, Error::kNoOffset, "key \"metadata\" to be an object", json_type_name(*md));
     if (auto ts = md->find("total_size"); ts != md->end()) {
       // Some exporters write it as a float ("total_size": 1234.0).
       if (ts->is_number_unsigned()) {
@@ -351,20 +275,20 @@ SafetensorsIndex parse_safetensors_index(std::string_view text, std::string name
       } else {
         throw Error(name, Error::kNoOffset,
                     "key \"metadata\".\"total_size\" to be a non-negative integer",
-                    ts->is_number() ? ts->dump() : std::string(json_type(*ts)));
+                    ts->is_number() ? ts->dump() : std::string(json_type_name(*ts)));
       }
     }
   }
   auto wm = root.find("weight_map");
   if (wm == root.end()) throw Error(name, Error::kNoOffset, "key \"weight_map\"", "no such key");
   if (!wm->is_object())
-    throw Error(name, Error::kNoOffset, "key \"weight_map\" to be an object", json_type(*wm));
+    throw Error(name, Error::kNoOffset, "key \"weight_map\" to be an object", json_type_name(*wm));
   std::set<std::string> shards;
   for (const auto& [tensor, file] : wm->items()) {
     std::string key = "\"weight_map\"." + in_quotes(tensor);
     if (!file.is_string())
       throw Error(name, Error::kNoOffset, "key " + key + " to be a shard file name",
-                  json_type(file));
+                  json_type_name(file));
     std::string s = file.get<std::string>();
     if (s.empty() || s == "." || s == ".." || s.find('/') != std::string::npos ||
         s.find('\\') != std::string::npos || s.find('\0') != std::string::npos)

@@ -91,10 +91,6 @@ class SafetensorsFile {
   std::map<std::string, size_t, std::less<>> index_;
 };
 
-// F16 / BF16 bits to f32, exactly (subnormals, ±Inf, NaN with its payload).
-float f16_bits_to_f32(uint16_t h);
-float bf16_bits_to_f32(uint16_t h);
-
 struct SafetensorsIndex {
   std::map<std::string, std::string, std::less<>> weight_map;  // tensor → shard file name
   std::vector<std::string> shards;                             // distinct, sorted
