@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "formats/error.h"
+#include "formats/ggml_codec.h"
 #include "formats/gguf.h"
 #include "tests/test_util.h"
 
@@ -173,6 +174,34 @@ TEST(GgufMalformed, TruncatedAtEveryByteIsAnError) {
 TEST(GgufMalformed, MissingFileAndDirectoryAreErrors) {
   EXPECT_THROW(GgufFile::open("/nonexistent/model.gguf"), Error);
   EXPECT_THROW(GgufFile::open(test::scratch_dir("gguf").string()), Error);
+}
+
+}  // namespace
+}  // namespace lockstep::formats
+
+namespace lockstep::formats {
+namespace {
+
+// The fuzzers' seed corpus doubles as regression cases: valid-* files parse (and their
+// tensors dequantize), every other file is refused with an Error naming it.
+TEST(GgufMalformed, SeedCorpus) {
+  std::filesystem::path dir = std::filesystem::path(LOCKSTEP_TEST_DATA_DIR) / "malformed" / "gguf";
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    std::string name = e.path().filename().string();
+    std::string bytes = test::read_file(e.path());
+    ++files;
+    if (name.rfind("valid-", 0) == 0) {
+      GgufFile f = GgufFile::parse(bytes_of(bytes), name);
+      for (const auto& t : f.tensors()) {
+        std::vector<float> out(t.elements);
+        EXPECT_NO_THROW(dequantize(t.type, f.tensor_data(t), out)) << name << " " << t.name;
+      }
+    } else {
+      parse_error(bytes, name);
+    }
+  }
+  EXPECT_GE(files, 5);
 }
 
 }  // namespace
