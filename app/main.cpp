@@ -1,2 +1,3 @@
-#include <cstdio>
-int main() { std::puts("lockstep"); return 0; }
+#include "app/cli.h"
+
+int main(int argc, char** argv) { return lockstep::app::run_cli(argc, argv); }
