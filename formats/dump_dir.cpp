@@ -7,6 +7,7 @@
 
 #include "formats/aprt.h"
 #include "formats/error.h"
+#include "formats/shape.h"
 #include "formats/mapped_file.h"
 
 namespace lockstep::formats {
@@ -25,18 +26,6 @@ constexpr std::string_view kKnownSidecars[] = {
 
 bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
-// The product of the dimensions; nullopt when it overflows (a zero dimension never does).
-std::optional<uint64_t> shape_product(std::span<const uint64_t> shape) {
-  for (uint64_t d : shape)
-    if (d == 0) return 0;
-  uint64_t n = 1;
-  for (uint64_t d : shape) {
-    if (n > UINT64_MAX / d) return std::nullopt;
-    n *= d;
-  }
-  return n;
 }
 
 std::string shape_text(std::span<const uint64_t> shape) {

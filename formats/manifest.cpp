@@ -6,6 +6,7 @@
 #include "formats/atomic_dir.h"
 #include "formats/dump_dir.h"
 #include "formats/error.h"
+#include "formats/shape.h"
 #include "formats/json_util.h"
 #include "formats/mapped_file.h"
 
@@ -55,18 +56,6 @@ std::string shape_text(const std::vector<uint64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
-}
-
-// The product of the dimensions; nullopt when it overflows (a zero dimension never does).
-std::optional<uint64_t> shape_product(const std::vector<uint64_t>& shape) {
-  for (uint64_t d : shape)
-    if (d == 0) return 0;
-  uint64_t n = 1;
-  for (uint64_t d : shape) {
-    if (n > UINT64_MAX / d) return std::nullopt;
-    n *= d;
-  }
-  return n;
 }
 
 bool is_sha256(const std::string& s) {

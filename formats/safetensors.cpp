@@ -9,6 +9,7 @@
 #include "formats/atomic_dir.h"
 #include "formats/byte_reader.h"
 #include "formats/error.h"
+#include "formats/shape.h"
 #include "formats/json_util.h"
 #include "formats/ggml_codec.h"
 
@@ -42,18 +43,6 @@ SafetensorsDtype dtype_of(std::string_view s) {
   if (s == "F16") return SafetensorsDtype::F16;
   if (s == "BF16") return SafetensorsDtype::BF16;
   return SafetensorsDtype::Other;
-}
-
-// The product of the dimensions; nullopt when it overflows (a zero dimension never does).
-std::optional<uint64_t> shape_elements(std::span<const uint64_t> shape) {
-  for (uint64_t d : shape)
-    if (d == 0) return 0;
-  uint64_t n = 1;
-  for (uint64_t d : shape) {
-    if (n > UINT64_MAX / d) return std::nullopt;
-    n *= d;
-  }
-  return n;
 }
 
 // Bytes of `elements` of `bits` each, or nullopt on overflow or a partial byte.
@@ -155,7 +144,7 @@ SafetensorsFile SafetensorsFile::parse(std::span<const std::byte> bytes, std::st
              d.is_number() ? d.dump() : std::string(json_type_name(d)));
       t.shape.push_back(d.get<uint64_t>());
     }
-    auto elements = shape_elements(t.shape);
+    auto elements = shape_product(t.shape);
     if (!elements) {
       std::string s;
       for (uint64_t v : t.shape) s += (s.empty() ? "" : "x") + std::to_string(v);
@@ -380,7 +369,7 @@ void SafetensorsWriter::add(std::string name, std::string dtype, std::vector<uin
       throw Error("safetensors", Error::kNoOffset, "each tensor added once",
                   in_quotes(name) + " added twice");
   if (auto bits = safetensors_dtype_bits(dtype)) {
-    auto elements = shape_elements(shape);
+    auto elements = shape_product(shape);
     auto want = elements ? byte_size(*elements, *bits) : std::nullopt;
     if (!want || *want != data.size())
       throw Error("safetensors", Error::kNoOffset,

@@ -42,4 +42,19 @@ void write_file(const std::filesystem::path& p, const std::string& bytes) {
   if (!out) throw std::runtime_error("cannot write " + p.string());
 }
 
+std::vector<float> random_nonzero(size_t n, std::mt19937& rng, float range) {
+  std::uniform_real_distribution<float> dist(-range, range);
+  std::vector<float> v(n);
+  for (float& x : v) {
+    do x = dist(rng);
+    while (x == 0.0f);
+  }
+  return v;
+}
+
+std::vector<float> random_nonzero(size_t n, uint32_t seed, float range) {
+  std::mt19937 rng(seed);
+  return random_nonzero(n, rng, range);
+}
+
 }  // namespace lockstep::test

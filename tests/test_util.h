@@ -1,8 +1,15 @@
 #pragma once
 // Helpers shared by the test binaries: paths to shared models and scratch directories.
 
+#include <gtest/gtest.h>
+
+#include <cstdint>
 #include <filesystem>
+#include <random>
 #include <string>
+#include <vector>
+
+#include "formats/error.h"
 
 namespace lockstep::test {
 
@@ -12,6 +19,22 @@ std::filesystem::path shared_models();
 std::filesystem::path scratch_dir(const std::string& tag);
 std::string read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::string& bytes);
+
+// Fresh uniform values in [-range, range], never exactly zero (zeros hide unwritten outputs).
+std::vector<float> random_nonzero(size_t n, std::mt19937& rng, float range = 3.0f);
+std::vector<float> random_nonzero(size_t n, uint32_t seed, float range = 3.0f);
+
+// Runs `f`, which must throw lockstep::Error; returns it for further checks.
+template <typename F>
+Error expect_error(F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "expected lockstep::Error";
+  return Error("no error");
+}
 
 }  // namespace lockstep::test
 

@@ -16,17 +16,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<float> random_values(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = nd(rng);
-  return v;
-}
-
 TEST(Inspect, DetectsInputKindsByContent) {
   fs::path dir = test::scratch_dir("inspect");
-  std::vector<float> v = random_values(6, 1);
+  std::vector<float> v = test::random_nonzero(6, 1);
   formats::write_aprt(dir / "t.bin", 3, v);
   formats::write_npy(dir / "t.data", v, std::vector<uint64_t>{2, 3});  // extension irrelevant
   test::write_file(dir / "x.gguf", "not a gguf");
@@ -40,9 +32,9 @@ TEST(Inspect, DetectsInputKindsByContent) {
 TEST(Inspect, SafetensorsFolderWithConfig) {
   fs::path dir = test::scratch_dir("inspect-st");
   formats::SafetensorsWriter w;
-  std::vector<float> q = random_values(16 * 8, 2);
+  std::vector<float> q = test::random_nonzero(16 * 8, 2);
   w.add_f32("model.layers.0.self_attn.q_proj.weight", {16, 8}, q);
-  w.add_f32("model.norm.weight", {8}, random_values(8, 3));
+  w.add_f32("model.norm.weight", {8}, test::random_nonzero(8, 3));
   w.set_metadata("format", "pt");
   w.write(dir / "model.safetensors");
   test::write_file(dir / "config.json", R"({

@@ -15,17 +15,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<float> random_values(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-4.0f, 4.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) {
-    do x = dist(rng);
-    while (x == 0.0f);
-  }
-  return v;
-}
-
 uint32_t bits_of(float f) {
   uint32_t b;
   std::memcpy(&b, &f, 4);
@@ -44,18 +33,6 @@ std::vector<std::byte> bytes_of(std::string_view s) {
   return out;
 }
 
-// Runs `f`, which must throw lockstep::Error; returns it for further checks.
-template <typename F>
-Error expect_error(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected lockstep::Error";
-  return Error("no error");
-}
-
 struct RoundTripCase {
   size_t count;
   uint32_t layer;
@@ -67,7 +44,7 @@ TEST_P(AprtRoundTrip, EncodeParseAndFileAreBitExact) {
   const auto [count, layer] = GetParam();
   uint32_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
-  std::vector<float> values = random_values(count, seed);
+  std::vector<float> values = test::random_nonzero(count, seed, 4.0f);
 
   std::vector<std::byte> bytes = encode_aprt(layer, values);
   ASSERT_EQ(bytes.size(), 12 + 4 * count);
@@ -139,10 +116,10 @@ TEST(Aprt, EmptyBodyIsValid) {
 }
 
 TEST(AprtMalformed, TruncatedAtEveryHeaderByte) {
-  std::vector<std::byte> full = encode_aprt(2, random_values(4, 1));
+  std::vector<std::byte> full = encode_aprt(2, test::random_nonzero(4, 1, 4.0f));
   for (size_t n = 0; n < kAprtHeaderBytes; ++n) {
     std::span<const std::byte> cut(full.data(), n);
-    Error e = expect_error([&] { parse_aprt(cut, "cut.bin"); });
+    Error e = test::expect_error([&] { parse_aprt(cut, "cut.bin"); });
     EXPECT_EQ(e.file(), "cut.bin") << n;
     EXPECT_EQ(e.offset(), n < 4 ? 0u : n < 8 ? 4u : 8u) << n;
     EXPECT_NE(std::string(e.what()).find("expected"), std::string::npos) << e.what();
@@ -151,10 +128,10 @@ TEST(AprtMalformed, TruncatedAtEveryHeaderByte) {
 
 TEST(AprtMalformed, TruncatedBodyNamesSizeAndOffset) {
   const size_t count = 64;
-  std::vector<std::byte> full = encode_aprt(9, random_values(count, 2));
+  std::vector<std::byte> full = encode_aprt(9, test::random_nonzero(count, 2, 4.0f));
   for (size_t n : {size_t{12}, size_t{13}, size_t{15}, size_t{16}, size_t{100}, full.size() - 1}) {
     std::span<const std::byte> cut(full.data(), n);
-    Error e = expect_error([&] { parse_aprt(cut, "dump/layer-9/ffn_up.bin"); });
+    Error e = test::expect_error([&] { parse_aprt(cut, "dump/layer-9/ffn_up.bin"); });
     EXPECT_EQ(e.offset(), n);
     std::string msg = e.what();
     EXPECT_NE(msg.find("dump/layer-9/ffn_up.bin"), std::string::npos) << msg;
@@ -164,11 +141,11 @@ TEST(AprtMalformed, TruncatedBodyNamesSizeAndOffset) {
 }
 
 TEST(AprtMalformed, TrailingBytesAreAnError) {
-  std::vector<std::byte> b = encode_aprt(0, random_values(3, 3));
+  std::vector<std::byte> b = encode_aprt(0, test::random_nonzero(3, 3, 4.0f));
   for (size_t extra : {1, 3, 4, 400}) {
     std::vector<std::byte> longer = b;
     longer.resize(b.size() + extra, std::byte{0x41});
-    Error e = expect_error([&] { parse_aprt(longer, "x.bin"); });
+    Error e = test::expect_error([&] { parse_aprt(longer, "x.bin"); });
     EXPECT_EQ(e.offset(), b.size());
     EXPECT_NE(std::string(e.what()).find("trailing"), std::string::npos) << e.what();
   }
@@ -176,9 +153,9 @@ TEST(AprtMalformed, TrailingBytesAreAnError) {
 
 TEST(AprtMalformed, BadMagic) {
   for (std::string_view magic : {"APRX", "aprt", "GGUF", "\0\0\0\0"}) {
-    std::vector<std::byte> b = encode_aprt(0, random_values(2, 4));
+    std::vector<std::byte> b = encode_aprt(0, test::random_nonzero(2, 4, 4.0f));
     std::memcpy(b.data(), magic.data(), 4);
-    Error e = expect_error([&] { parse_aprt(b, "m.bin"); });
+    Error e = test::expect_error([&] { parse_aprt(b, "m.bin"); });
     EXPECT_EQ(e.offset(), 0u);
     EXPECT_EQ(e.expected(), "magic \"APRT\"");
   }
@@ -190,13 +167,13 @@ TEST(AprtMalformed, AbsurdCountFailsBeforeAllocating) {
       bytes_of(std::string_view("APRT\xff\xff\xff\xff\xff\xff\xff\xff"
                                 "12345678",
                                 20));
-  Error e = expect_error([&] { parse_aprt(b, "absurd.bin"); });
+  Error e = test::expect_error([&] { parse_aprt(b, "absurd.bin"); });
   EXPECT_EQ(e.offset(), 20u);
   EXPECT_NE(std::string(e.what()).find("17179869180 body bytes"), std::string::npos) << e.what();
 }
 
 TEST(AprtMalformed, EveryHeaderCorruptionIsRefusedOrConsistent) {
-  std::vector<std::byte> b = encode_aprt(4, random_values(5, 6));
+  std::vector<std::byte> b = encode_aprt(4, test::random_nonzero(5, 6, 4.0f));
   for (size_t i = 0; i < kAprtHeaderBytes; ++i) {
     for (uint8_t v : {0x00, 0x01, 0x05, 0x80, 0xff}) {
       auto c = b;
@@ -213,7 +190,7 @@ TEST(AprtMalformed, EveryHeaderCorruptionIsRefusedOrConsistent) {
 
 TEST(AprtMalformed, MissingFileIsAnError) {
   fs::path dir = test::scratch_dir("aprt");
-  Error e = expect_error([&] { read_aprt(dir / "nope.bin"); });
+  Error e = test::expect_error([&] { read_aprt(dir / "nope.bin"); });
   EXPECT_NE(std::string(e.what()).find("nope.bin"), std::string::npos);
   fs::remove_all(dir);
 }
@@ -230,7 +207,7 @@ TEST(AprtMalformed, SeedCorpus) {
       EXPECT_NO_THROW(read_aprt(e.path())) << name;
       ++valid;
     } else {
-      Error err = expect_error([&] { read_aprt(e.path()); });
+      Error err = test::expect_error([&] { read_aprt(e.path()); });
       EXPECT_NE(std::string(err.what()).find(name), std::string::npos) << err.what();
       ++invalid;
     }

@@ -16,27 +16,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<float> random_values(size_t n, std::mt19937& rng) {
-  std::uniform_real_distribution<float> dist(-3.0f, 3.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) {
-    do x = dist(rng);
-    while (x == 0.0f);
-  }
-  return v;
-}
-
-template <typename F>
-Error expect_error(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected lockstep::Error";
-  return Error("no error");
-}
-
 // A few of engine/stages.h's names (formats tests link formats only).
 StageLookup test_stages() {
   return make_stage_lookup({{"embedding", StageScope::PerLayer},
@@ -108,7 +87,7 @@ TEST(DumpWriter, WritesADumpTheScannerReadsBack) {
   std::mt19937 rng(seed);
   const uint64_t tokens = 3, hidden = 16, vocab = 40;
   std::vector<std::vector<float>> norms;
-  std::vector<float> logits = random_values(tokens * vocab, rng);
+  std::vector<float> logits = test::random_nonzero(tokens * vocab, rng, 3.0f);
   fs::path temp;
   {
     DumpWriter w(dest);
@@ -116,7 +95,7 @@ TEST(DumpWriter, WritesADumpTheScannerReadsBack) {
     EXPECT_EQ(temp.parent_path(), dest.parent_path());
     EXPECT_EQ(temp.filename().string().rfind("cpu.tmp-", 0), 0u) << temp;
     for (uint32_t layer = 0; layer < 2; ++layer) {
-      norms.push_back(random_values(tokens * hidden, rng));
+      norms.push_back(test::random_nonzero(tokens * hidden, rng, 3.0f));
       w.write("attn_norm", layer, norms.back(), {tokens, hidden});
     }
     w.write("lm_head", std::nullopt, logits, {tokens, vocab});
@@ -171,7 +150,7 @@ TEST(DumpWriter, WithoutCommitNothingIsLeft) {
   {
     DumpWriter w(dest);
     temp = w.temp_dir();
-    w.write("attn_norm", 0, random_values(8, rng), {2, 4});
+    w.write("attn_norm", 0, test::random_nonzero(8, rng, 3.0f), {2, 4});
     EXPECT_TRUE(fs::exists(temp / "layer-0" / "attn_norm.bin"));
   }
   EXPECT_FALSE(fs::exists(temp));
@@ -184,17 +163,17 @@ TEST(DumpWriter, ExistingDestinationNeedsOverwrite) {
   fs::path root = test::scratch_dir("dump");
   fs::path dest = root / "out";
   std::mt19937 rng(2);
-  std::vector<float> old_values = random_values(4, rng);
+  std::vector<float> old_values = test::random_nonzero(4, rng, 3.0f);
   {
     DumpWriter w(dest);
     w.write("attn_norm", 0, old_values);
     w.commit();
   }
-  Error e = expect_error([&] { DumpWriter w(dest); });
+  Error e = test::expect_error([&] { DumpWriter w(dest); });
   EXPECT_NE(std::string(e.what()).find("overwrite"), std::string::npos) << e.what();
   EXPECT_TRUE(siblings_with(dest, ".tmp-").empty());
 
-  std::vector<float> new_values = random_values(6, rng);
+  std::vector<float> new_values = test::random_nonzero(6, rng, 3.0f);
   {
     DumpWriter w(dest, {.overwrite = true});
     w.write("ffn_up", 2, new_values);
@@ -216,8 +195,8 @@ TEST(DumpWriter, OverwriteRefusesWhatIsNotADump) {
   std::mt19937 rng(3);
   {
     DumpWriter w(dest, {.overwrite = true});
-    w.write("attn_norm", 0, random_values(4, rng));
-    Error e = expect_error([&] { w.commit(); });
+    w.write("attn_norm", 0, test::random_nonzero(4, rng, 3.0f));
+    Error e = test::expect_error([&] { w.commit(); });
     EXPECT_NE(std::string(e.what()).find("thesis.tex"), std::string::npos) << e.what();
   }
   EXPECT_EQ(test::read_file(dest / "thesis.tex"), "precious");
@@ -227,7 +206,7 @@ TEST(DumpWriter, OverwriteRefusesWhatIsNotADump) {
   test::write_file(file_dest, "x");
   {
     DumpWriter w(file_dest, {.overwrite = true});
-    w.write("attn_norm", 0, random_values(4, rng));
+    w.write("attn_norm", 0, test::random_nonzero(4, rng, 3.0f));
     EXPECT_THROW(w.commit(), Error);
   }
   EXPECT_EQ(test::read_file(file_dest), "x");
@@ -237,7 +216,7 @@ TEST(DumpWriter, OverwriteRefusesWhatIsNotADump) {
 TEST(DumpWriter, RefusesBadWrites) {
   fs::path root = test::scratch_dir("dump");
   std::mt19937 rng(4);
-  std::vector<float> v = random_values(6, rng);
+  std::vector<float> v = test::random_nonzero(6, rng, 3.0f);
   DumpWriter w(root / "out");
   EXPECT_THROW(w.write("", 0, v), Error);
   EXPECT_THROW(w.write("a/b", 0, v), Error);
@@ -250,11 +229,11 @@ TEST(DumpWriter, RefusesBadWrites) {
   Manifest m;
   m.files["layer-5/x.bin"] = {6};
   w.set_manifest(m);
-  Error e = expect_error([&] { w.commit(); });
+  Error e = test::expect_error([&] { w.commit(); });
   EXPECT_NE(std::string(e.what()).find("layer-5/x.bin"), std::string::npos) << e.what();
   m.files = {{"layer-1/x.bin", {7}}};
   w.set_manifest(m);
-  e = expect_error([&] { w.commit(); });
+  e = test::expect_error([&] { w.commit(); });
   EXPECT_NE(std::string(e.what()).find("6 elements"), std::string::npos) << e.what();
   m.files = {{"layer-1/x.bin", {3, 2}}};
   w.set_manifest(m);
@@ -279,7 +258,7 @@ class DumpScanner : public ::testing::Test {
   // An APRT file at `rel` whose header says `header_layer`.
   void put(const std::string& rel, uint32_t header_layer, size_t count = 8) {
     fs::create_directories((dir_ / rel).parent_path());
-    write_aprt(dir_ / rel, header_layer, random_values(count, rng_));
+    write_aprt(dir_ / rel, header_layer, test::random_nonzero(count, rng_, 3.0f));
   }
   void put_raw(const std::string& rel, const std::string& bytes) {
     test::write_file(dir_ / rel, bytes);
@@ -520,7 +499,7 @@ TEST(DumpScan, MissingDirectoryIsAnError) {
   fs::path root = test::scratch_dir("scan");
   EXPECT_THROW(scan_dump_dir(root / "nope"), Error);
   test::write_file(root / "file", "x");
-  Error e = expect_error([&] { scan_dump_dir(root / "file"); });
+  Error e = test::expect_error([&] { scan_dump_dir(root / "file"); });
   EXPECT_NE(std::string(e.what()).find("a dump directory"), std::string::npos);
   fs::remove_all(root);
 }

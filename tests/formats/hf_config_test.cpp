@@ -18,17 +18,6 @@ fs::path hf_data(const std::string& family) {
   return fs::path(LOCKSTEP_TEST_DATA_DIR) / "hf" / ("config-" + family + ".json");
 }
 
-template <typename F>
-Error expect_error(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected lockstep::Error";
-  return Error("no error");
-}
-
 struct Expected {
   const char* family;
   const char* architecture;
@@ -141,7 +130,7 @@ class HfConfigMissingKey : public ::testing::TestWithParam<const char*> {};
 TEST_P(HfConfigMissingKey, NamesFileAndKey) {
   json j = json::parse(test::read_file(hf_data("mistral")));
   j.erase(GetParam());
-  Error e = expect_error([&] { parse_hf_config(j.dump(), "mistral/config.json"); });
+  Error e = test::expect_error([&] { parse_hf_config(j.dump(), "mistral/config.json"); });
   EXPECT_EQ(e.file(), "mistral/config.json");
   EXPECT_NE(std::string(e.what()).find("\"" + std::string(GetParam()) + "\""), std::string::npos)
       << e.what();
@@ -165,7 +154,7 @@ TEST_P(HfConfigBadValue, NamesFileAndKey) {
   const BadValue& c = GetParam();
   json j = json::parse(test::read_file(hf_data("llama")));
   j[c.key] = c.value;
-  Error e = expect_error([&] { parse_hf_config(j.dump(), "llama/config.json"); });
+  Error e = test::expect_error([&] { parse_hf_config(j.dump(), "llama/config.json"); });
   std::string msg = e.what();
   EXPECT_EQ(e.file(), "llama/config.json");
   EXPECT_NE(msg.find(c.message_part), std::string::npos) << msg;
@@ -205,14 +194,14 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(HfConfig, HiddenSizeMustSplitIntoHeadsWithoutHeadDim) {
   json j = json::parse(test::read_file(hf_data("mistral")));
   j["hidden_size"] = 4100;
-  Error e = expect_error([&] { parse_hf_config(j.dump(), "c.json"); });
+  Error e = test::expect_error([&] { parse_hf_config(j.dump(), "c.json"); });
   EXPECT_NE(std::string(e.what()).find("multiple of num_attention_heads"), std::string::npos);
   j["head_dim"] = 128;
   EXPECT_EQ(parse_hf_config(j.dump(), "c.json").head_dim_or_default(), 128u);
 }
 
 TEST(HfConfig, MalformedJsonAndTopLevel) {
-  Error e = expect_error([] { parse_hf_config("{\"model_type\": \"llama\",, }", "c.json"); });
+  Error e = test::expect_error([] { parse_hf_config("{\"model_type\": \"llama\",, }", "c.json"); });
   EXPECT_EQ(e.offset(), 23u);
   EXPECT_THROW(parse_hf_config("[]", "c.json"), Error);
   EXPECT_THROW(parse_hf_config("", "c.json"), Error);

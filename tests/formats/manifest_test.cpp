@@ -14,17 +14,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-template <typename F>
-Error expect_error(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected lockstep::Error";
-  return Error("no error");
-}
-
 Manifest random_manifest(uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int32_t> tok(1, 150000);
@@ -102,7 +91,7 @@ class ManifestBad : public ::testing::TestWithParam<BadManifest> {};
 
 TEST_P(ManifestBad, IsRefusedNamingTheManifestAndKey) {
   const BadManifest& c = GetParam();
-  Error e = expect_error([&] { parse_manifest(c.json, "dump/manifest.json"); });
+  Error e = test::expect_error([&] { parse_manifest(c.json, "dump/manifest.json"); });
   EXPECT_EQ(e.file(), "dump/manifest.json");
   EXPECT_NE(std::string(e.what()).find(c.message_part), std::string::npos) << e.what();
 }
@@ -190,7 +179,7 @@ TEST(ManifestMalformed, FlippedBytesNeverCrash) {
 }
 
 TEST(ManifestMalformed, JsonErrorsCarryAnOffset) {
-  Error e = expect_error([] { parse_manifest("{\n  \"format_version\": 1,\n  lane\n}", "m"); });
+  Error e = test::expect_error([] { parse_manifest("{\n  \"format_version\": 1,\n  lane\n}", "m"); });
   EXPECT_EQ(e.offset(), 27u);  // the 'l' of the unquoted key
 }
 
@@ -213,7 +202,7 @@ TEST(ManifestFiles, ReadVerifiesShapeProductsAgainstTheFiles) {
 
   m.files["lm_head.bin"] = {3, 33};
   write_manifest(dir / "manifest.json", m);
-  Error e = expect_error([&] { read_manifest(dir / "manifest.json"); });
+  Error e = test::expect_error([&] { read_manifest(dir / "manifest.json"); });
   std::string msg = e.what();
   EXPECT_EQ(e.file(), (dir / "manifest.json").string());
   EXPECT_NE(msg.find("\"files\".\"lm_head.bin\""), std::string::npos) << msg;
@@ -224,7 +213,7 @@ TEST(ManifestFiles, ReadVerifiesShapeProductsAgainstTheFiles) {
   m.files["lm_head.bin"] = {3, 32};
   write_manifest(dir / "manifest.json", m);
   test::write_file(dir / "layer-0" / "attn_norm.bin", std::string("APRT\0\0\0\0\x10\0\0\0", 12));
-  e = expect_error([&] { read_manifest(dir / "manifest.json"); });
+  e = test::expect_error([&] { read_manifest(dir / "manifest.json"); });
   EXPECT_NE(std::string(e.what()).find("attn_norm.bin"), std::string::npos) << e.what();
   fs::remove_all(dir);
 }
@@ -240,7 +229,7 @@ TEST(ManifestMalformed, SeedCorpus) {
       EXPECT_NO_THROW(parse_manifest(text, name)) << name;
       ++valid;
     } else {
-      Error err = expect_error([&] { parse_manifest(text, name); });
+      Error err = test::expect_error([&] { parse_manifest(text, name); });
       EXPECT_EQ(err.file(), name);
       ++invalid;
     }

@@ -14,28 +14,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<float> random_values(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-8.0f, 8.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) {
-    do x = dist(rng);
-    while (x == 0.0f);
-  }
-  return v;
-}
-
-template <typename F>
-Error expect_error(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected lockstep::Error";
-  return Error("no error");
-}
-
 // An .npy with a hand-written header dict, for the reader's edge cases.
 std::vector<std::byte> npy_bytes(std::string dict, size_t data_bytes, uint8_t major = 1,
                                  uint8_t minor = 0) {
@@ -65,7 +43,7 @@ TEST_P(NpyRoundTrip, WriteThenReadIsExact) {
   for (uint64_t d : shape) n *= d;
   uint32_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
-  std::vector<float> v = random_values(n, seed);
+  std::vector<float> v = test::random_nonzero(n, seed, 8.0f);
 
   std::vector<std::byte> b = encode_npy(v, shape);
   NpyHeader h = parse_npy_header(b, "mem.npy");
@@ -95,7 +73,7 @@ INSTANTIATE_TEST_SUITE_P(Ranks, NpyRoundTrip,
                                            std::vector<uint64_t>{5, 512}));
 
 TEST(Npy, HeaderIsWhatNumpyWrites) {
-  std::vector<float> v = random_values(6, 5);
+  std::vector<float> v = test::random_nonzero(6, 5, 8.0f);
   std::vector<uint64_t> shape = {2, 3};
   std::vector<std::byte> b = encode_npy(v, shape);
   std::string text(reinterpret_cast<const char*>(b.data()), 128);
@@ -107,13 +85,13 @@ TEST(Npy, HeaderIsWhatNumpyWrites) {
   EXPECT_EQ(text[127], '\n');
 
   std::vector<uint64_t> one = {7};
-  std::vector<std::byte> b1 = encode_npy(random_values(7, 6), one);
+  std::vector<std::byte> b1 = encode_npy(test::random_nonzero(7, 6, 8.0f), one);
   std::string t1(reinterpret_cast<const char*>(b1.data()) + 10, 60);
   EXPECT_NE(t1.find("'shape': (7,), }"), std::string::npos) << t1;
 }
 
 TEST(Npy, ReadsVersions2And3AndLenientSpelling) {
-  std::vector<float> v = random_values(6, 7);
+  std::vector<float> v = test::random_nonzero(6, 7, 8.0f);
   for (uint8_t major : {1, 2, 3}) {
     for (std::string dict : {
              std::string("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"),
@@ -154,7 +132,7 @@ class NpyBadHeader : public ::testing::TestWithParam<BadHeader> {};
 TEST_P(NpyBadHeader, IsRefusedWithAClearMessage) {
   const BadHeader& c = GetParam();
   std::vector<std::byte> b = npy_bytes(c.dict, c.data_bytes);
-  Error e = expect_error([&] { parse_npy(b, "bad.npy"); });
+  Error e = test::expect_error([&] { parse_npy(b, "bad.npy"); });
   EXPECT_EQ(e.file(), "bad.npy");
   EXPECT_NE(e.offset(), Error::kNoOffset);
   EXPECT_NE(std::string(e.what()).find(c.message_part), std::string::npos) << e.what();
@@ -208,33 +186,33 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& param_info) { return std::string(param_info.param.label); });
 
 TEST(NpyMalformed, BadMagicAndVersion) {
-  std::vector<std::byte> b = encode_npy(random_values(4, 8), std::vector<uint64_t>{4});
+  std::vector<std::byte> b = encode_npy(test::random_nonzero(4, 8, 8.0f), std::vector<uint64_t>{4});
   auto bad_magic = b;
   bad_magic[1] = std::byte{'n'};
-  EXPECT_EQ(expect_error([&] { parse_npy(bad_magic, "m.npy"); }).offset(), 0u);
+  EXPECT_EQ(test::expect_error([&] { parse_npy(bad_magic, "m.npy"); }).offset(), 0u);
   for (auto [major, minor] : {std::pair{4, 0}, std::pair{1, 1}, std::pair{0, 0}}) {
     auto v = b;
     v[6] = static_cast<std::byte>(major);
     v[7] = static_cast<std::byte>(minor);
-    Error e = expect_error([&] { parse_npy(v, "v.npy"); });
+    Error e = test::expect_error([&] { parse_npy(v, "v.npy"); });
     EXPECT_EQ(e.offset(), 6u);
     EXPECT_NE(std::string(e.what()).find("1.0, 2.0 or 3.0"), std::string::npos);
   }
 }
 
 TEST(NpyMalformed, TruncatedAtEveryHeaderByteAndInTheData) {
-  std::vector<std::byte> b = encode_npy(random_values(12, 9), std::vector<uint64_t>{3, 4});
+  std::vector<std::byte> b = encode_npy(test::random_nonzero(12, 9, 8.0f), std::vector<uint64_t>{3, 4});
   NpyHeader h = parse_npy_header(b, "ok.npy");
   for (size_t n = 0; n < b.size(); n += (n < h.data_offset ? 1 : 5)) {
     std::span<const std::byte> cut(b.data(), n);
-    Error e = expect_error([&] { parse_npy(cut, "cut.npy"); });
+    Error e = test::expect_error([&] { parse_npy(cut, "cut.npy"); });
     EXPECT_EQ(e.file(), "cut.npy");
     EXPECT_LE(e.offset(), n) << n;
   }
 }
 
 TEST(NpyMalformed, FlippedHeaderBytesNeverCrash) {
-  std::vector<std::byte> b = encode_npy(random_values(6, 11), std::vector<uint64_t>{2, 3});
+  std::vector<std::byte> b = encode_npy(test::random_nonzero(6, 11, 8.0f), std::vector<uint64_t>{2, 3});
   NpyHeader h = parse_npy_header(b, "ok.npy");
   for (size_t i = 0; i < h.data_offset; ++i) {
     for (uint8_t v : {0x00, 0x27, 0x28, 0x29, 0x2c, 0x39, 0x7d, 0xff}) {
@@ -256,12 +234,12 @@ TEST(NpyMalformed, HeaderLengthPastTheEnd) {
   std::vector<std::byte> b = npy_bytes(kGood, 24, 2);
   uint32_t huge = 0xfffffff0u;
   std::memcpy(b.data() + 8, &huge, 4);
-  Error e = expect_error([&] { parse_npy(b, "h.npy"); });
+  Error e = test::expect_error([&] { parse_npy(b, "h.npy"); });
   EXPECT_NE(std::string(e.what()).find("header length"), std::string::npos) << e.what();
 }
 
 TEST(Npy, WriterRejectsAShapeThatDoesNotMatch) {
-  std::vector<float> v = random_values(6, 10);
+  std::vector<float> v = test::random_nonzero(6, 10, 8.0f);
   EXPECT_THROW(encode_npy(v, std::vector<uint64_t>{4, 2}), Error);
   EXPECT_THROW(encode_npy(v, std::vector<uint64_t>{1ull << 32, 1ull << 32, 4}), Error);
 }
@@ -280,7 +258,7 @@ TEST(Npy, ReadsFilesNumpyWrote) {
     for (float f : a.values) sum += f;
     EXPECT_NEAR(sum, 1.442734306678176, 1e-12) << name;
   }
-  Error e = expect_error([&] { read_npy(dir / "numpy-big-endian.npy"); });
+  Error e = test::expect_error([&] { read_npy(dir / "numpy-big-endian.npy"); });
   EXPECT_NE(std::string(e.what()).find("'>f4'"), std::string::npos) << e.what();
 }
 
@@ -294,7 +272,7 @@ TEST(NpyMalformed, SeedCorpus) {
       EXPECT_NO_THROW(read_npy(e.path())) << name;
       ++valid;
     } else {
-      Error err = expect_error([&] { read_npy(e.path()); });
+      Error err = test::expect_error([&] { read_npy(e.path()); });
       EXPECT_NE(std::string(err.what()).find(name), std::string::npos) << err.what();
       ++invalid;
     }

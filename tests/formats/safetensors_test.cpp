@@ -16,16 +16,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<float> random_values(size_t n, std::mt19937& rng) {
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) {
-    do x = dist(rng);
-    while (x == 0.0f);
-  }
-  return v;
-}
-
 std::vector<uint16_t> random_halves(size_t n, std::mt19937& rng) {
   std::uniform_int_distribution<uint32_t> dist(1, 0xffff);
   std::vector<uint16_t> v(n);
@@ -37,17 +27,6 @@ uint32_t bits_of(float f) {
   uint32_t b;
   std::memcpy(&b, &f, 4);
   return b;
-}
-
-template <typename F>
-Error expect_error(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected lockstep::Error";
-  return Error("no error");
 }
 
 // A file from a literal header and `data_bytes` of filler.
@@ -72,10 +51,10 @@ TEST(Safetensors, WriterAndReaderRoundTripF32F16Bf16) {
   uint32_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937 rng(seed);
-  std::vector<float> a = random_values(3 * 5, rng);
+  std::vector<float> a = test::random_nonzero(3 * 5, rng, 2.0f);
   std::vector<uint16_t> h = random_halves(4 * 2, rng);
   std::vector<uint16_t> bf = random_halves(7, rng);
-  std::vector<float> scalar = random_values(1, rng);
+  std::vector<float> scalar = test::random_nonzero(1, rng, 2.0f);
 
   SafetensorsWriter w;
   w.set_metadata("format", "pt");
@@ -170,7 +149,7 @@ TEST(Safetensors, OtherDtypesAreListedButNotRead) {
   ASSERT_EQ(f.tensors().size(), 4u);
   for (const auto& t : f.tensors()) {
     EXPECT_FALSE(t.supported()) << t.name;
-    Error e = expect_error([&] { f.to_f32(t); });
+    Error e = test::expect_error([&] { f.to_f32(t); });
     std::string msg = e.what();
     EXPECT_NE(msg.find("odd.safetensors"), std::string::npos) << msg;
     EXPECT_NE(msg.find(t.name), std::string::npos) << msg;
@@ -181,7 +160,7 @@ TEST(Safetensors, OtherDtypesAreListedButNotRead) {
   EXPECT_EQ(f.find("packed")->dtype_bits, 4u);
   EXPECT_EQ(f.find("weird")->dtype_bits, std::nullopt);
   EXPECT_EQ(f.find("weird")->bytes(), 7u);
-  EXPECT_NE(std::string(expect_error([&] { f.to_f32(*f.find("weird")); }).what())
+  EXPECT_NE(std::string(test::expect_error([&] { f.to_f32(*f.find("weird")); }).what())
                 .find("not a safetensors dtype"),
             std::string::npos);
 }
@@ -209,7 +188,7 @@ class SafetensorsBadHeader : public ::testing::TestWithParam<BadHeader> {};
 TEST_P(SafetensorsBadHeader, IsRefusedNamingFileAndProblem) {
   const BadHeader& c = GetParam();
   std::vector<std::byte> b = raw_file(c.header, c.data_bytes);
-  Error e = expect_error([&] { SafetensorsFile::parse(b, "bad.safetensors"); });
+  Error e = test::expect_error([&] { SafetensorsFile::parse(b, "bad.safetensors"); });
   EXPECT_EQ(e.file(), "bad.safetensors");
   EXPECT_NE(e.offset(), Error::kNoOffset);
   EXPECT_NE(std::string(e.what()).find(c.message_part), std::string::npos) << e.what();
@@ -329,14 +308,14 @@ TEST(SafetensorsMalformed, HeaderLengthChecks) {
   std::vector<std::byte> b = raw_file("{}", 0);
   uint64_t huge = 1ull << 60;
   std::memcpy(b.data(), &huge, 8);
-  Error e = expect_error([&] { SafetensorsFile::parse(b, "h.safetensors"); });
+  Error e = test::expect_error([&] { SafetensorsFile::parse(b, "h.safetensors"); });
   EXPECT_EQ(e.offset(), 0u);
   EXPECT_NE(std::string(e.what()).find("at most 100000000"), std::string::npos) << e.what();
 
   // Within the limit but past the end of the file.
   uint64_t past = 1000;
   std::memcpy(b.data(), &past, 8);
-  e = expect_error([&] { SafetensorsFile::parse(b, "h.safetensors"); });
+  e = test::expect_error([&] { SafetensorsFile::parse(b, "h.safetensors"); });
   EXPECT_NE(std::string(e.what()).find("within the file's 10 bytes"), std::string::npos)
       << e.what();
 
@@ -352,13 +331,13 @@ TEST(SafetensorsMalformed, TruncatedAtEveryHeaderByteAndInTheData) {
   std::mt19937 rng(12);
   SafetensorsWriter w;
   w.set_metadata("format", "pt");
-  w.add_f32("a", {4, 3}, random_values(12, rng));
-  w.add_f32("b", {5}, random_values(5, rng));
+  w.add_f32("a", {4, 3}, test::random_nonzero(12, rng, 2.0f));
+  w.add_f32("b", {5}, test::random_nonzero(5, rng, 2.0f));
   std::vector<std::byte> b = w.encode();
   SafetensorsFile full = SafetensorsFile::parse(b, "full");
   for (size_t n = 0; n < b.size(); n += (n < full.data_offset() ? 1 : 3)) {
     std::span<const std::byte> cut(b.data(), n);
-    Error e = expect_error([&] { SafetensorsFile::parse(cut, "cut.safetensors"); });
+    Error e = test::expect_error([&] { SafetensorsFile::parse(cut, "cut.safetensors"); });
     EXPECT_EQ(e.file(), "cut.safetensors") << n;
     EXPECT_NE(e.offset(), Error::kNoOffset) << n;
   }
@@ -368,7 +347,7 @@ TEST(SafetensorsMalformed, FlippedBytesNeverCrash) {
   // Every single-byte corruption of the header either parses or throws lockstep::Error.
   std::mt19937 rng(13);
   SafetensorsWriter w;
-  w.add_f32("w", {2, 2}, random_values(4, rng));
+  w.add_f32("w", {2, 2}, test::random_nonzero(4, rng, 2.0f));
   std::vector<uint16_t> halves = random_halves(2, rng);
   w.add("h", "F16", {2}, std::as_bytes(std::span(halves)));
   std::vector<std::byte> b = w.encode();
@@ -391,8 +370,8 @@ class SafetensorsShards : public ::testing::Test {
   void SetUp() override {
     dir_ = test::scratch_dir("st-shards");
     std::mt19937 rng(std::random_device{}());
-    a_ = random_values(6, rng);
-    b_ = random_values(4, rng);
+    a_ = test::random_nonzero(6, rng, 2.0f);
+    b_ = test::random_nonzero(4, rng, 2.0f);
     SafetensorsWriter w1;
     w1.add_f32("model.embed_tokens.weight", {2, 3}, a_);
     w1.write(dir_ / "model-00001-of-00002.safetensors");
@@ -437,7 +416,7 @@ TEST_F(SafetensorsShards, IndexNamingTheWrongShardIsAnError) {
   write_index(
       "{\"model.embed_tokens.weight\": \"model-00002-of-00002.safetensors\", "
       "\"lm_head.weight\": \"model-00002-of-00002.safetensors\"}");
-  Error e = expect_error([&] { SafetensorsModel::open(dir_); });
+  Error e = test::expect_error([&] { SafetensorsModel::open(dir_); });
   EXPECT_NE(std::string(e.what()).find("model.embed_tokens.weight"), std::string::npos);
 }
 
@@ -448,14 +427,14 @@ TEST_F(SafetensorsShards, TensorInTwoShardsIsAnError) {
   write_index(
       "{\"lm_head.weight\": \"model-00002-of-00002.safetensors\", "
       "\"x\": \"model-00001-of-00002.safetensors\"}");
-  Error e = expect_error([&] { SafetensorsModel::open(dir_); });
+  Error e = test::expect_error([&] { SafetensorsModel::open(dir_); });
   EXPECT_NE(std::string(e.what()).find("one shard only"), std::string::npos) << e.what();
 }
 
 TEST_F(SafetensorsShards, ShardNamesMustStayBesideTheIndex) {
   for (std::string bad : {"../evil.safetensors", "/etc/passwd", "..", ""}) {
     write_index("{\"lm_head.weight\": \"" + bad + "\"}");
-    Error e = expect_error([&] { SafetensorsModel::open(dir_); });
+    Error e = test::expect_error([&] { SafetensorsModel::open(dir_); });
     EXPECT_NE(std::string(e.what()).find("plain file name"), std::string::npos) << e.what();
   }
   write_index("[1]");
@@ -466,14 +445,14 @@ TEST_F(SafetensorsShards, ShardNamesMustStayBesideTheIndex) {
 
 TEST_F(SafetensorsShards, MissingShardFileIsAnError) {
   write_index("{\"lm_head.weight\": \"model-00003-of-00003.safetensors\"}");
-  Error e = expect_error([&] { SafetensorsModel::open(dir_); });
+  Error e = test::expect_error([&] { SafetensorsModel::open(dir_); });
   EXPECT_NE(std::string(e.what()).find("model-00003-of-00003"), std::string::npos);
 }
 
 TEST(SafetensorsModelOpen, SingleFileAndDirectory) {
   fs::path dir = test::scratch_dir("st-single");
   std::mt19937 rng(14);
-  std::vector<float> v = random_values(3, rng);
+  std::vector<float> v = test::random_nonzero(3, rng, 2.0f);
   SafetensorsWriter w;
   w.add_f32("x", {3}, v);
   w.write(dir / "model.safetensors");
@@ -497,7 +476,7 @@ TEST(SafetensorsMalformed, SeedCorpus) {
       EXPECT_NO_THROW(SafetensorsFile::open(e.path())) << name;
       ++valid;
     } else {
-      Error err = expect_error([&] { SafetensorsFile::open(e.path()); });
+      Error err = test::expect_error([&] { SafetensorsFile::open(e.path()); });
       EXPECT_NE(std::string(err.what()).find(name), std::string::npos) << err.what();
       ++invalid;
     }
