@@ -169,6 +169,28 @@ TEST(Gguf, RewritingLlamaCppFilesIsByteIdentical) {
   EXPECT_GE(files, 20);
 }
 
+// GGUF v2 differs from v3 only in that v3 may be big-endian (flagged by the version read
+// byte-swapped); little-endian v2 files read exactly the same.
+TEST(Gguf, ReadsVersion2) {
+  fs::path path = test::scratch_dir("gguf") / "v3.gguf";
+  {
+    GgufWriter w(path.string());
+    w.set("general.architecture", V::str("llama"));
+    w.set("llama.block_count", V::u32(2));
+    w.add_tensor("t", GgmlType::F16, {4});
+    std::string data(8, '\x3c');
+    w.write_tensor(as_bytes(data));
+    w.finish();
+  }
+  std::string bytes = test::read_file(path);
+  bytes[4] = 2;
+  GgufFile f = GgufFile::parse(as_bytes(bytes), "v2.gguf");
+  EXPECT_EQ(f.version(), 2u);
+  EXPECT_EQ(f.get_u64("llama.block_count"), 2u);
+  ASSERT_EQ(f.tensors().size(), 1u);
+  EXPECT_EQ(f.tensor_data(f.tensors()[0]).size(), 8u);
+}
+
 TEST(Gguf, ReadsStories260K) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   GgufFile f = GgufFile::open((test::shared_models() / "stories260K.gguf").string());
