@@ -219,6 +219,8 @@ GgufFile GgufFile::parse(std::span<const std::byte> bytes, std::string name,
     r.fail_at(0, "magic \"GGUF\"", "\"" + found + "\"");
   }
   f.version_ = r.read<uint32_t>("GGUF version");
+  if (f.version_ == 0x02000000 || f.version_ == 0x03000000)
+    r.fail_at(4, "a little-endian GGUF file", "a big-endian one (not supported)");
   if (f.version_ != 2 && f.version_ != 3)
     r.fail_at(4, "GGUF version 2 or 3", std::to_string(f.version_));
 

@@ -64,6 +64,7 @@ std::vector<Case> corpus() {
   c.push_back({"bad_magic", Raw().u32(0x46554746).u32(3).u64(0).u64(0).b, "magic"});
   c.push_back({"ggml_magic", "lmgg" + std::string(20, '\0'), "magic"});
   c.push_back({"version_1", Raw().u32(0x46554747).u32(1).u64(0).u64(0).b, "version 2 or 3"});
+  c.push_back({"big_endian", Raw().u32(0x46554747).u32(0x03000000).u64(0).u64(0).b, "big-endian"});
   c.push_back({"version_4", Raw().u32(0x46554747).u32(4).u64(0).u64(0).b, "version 2 or 3"});
   c.push_back({"tensor_count_huge", Raw().header(kHuge, 0).b, "tensor count"});
   c.push_back({"kv_count_huge", Raw().header(0, kHuge).b, "metadata count"});
