@@ -1,7 +1,6 @@
 #include "app/cli.h"
 
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -55,8 +54,10 @@ int cmd_inspect(const InspectArgs& a) {
     return kExitOk;
   }
   nlohmann::json report = engine::inspect(a.input);
-  if (a.json) std::cout << report.dump(2) << "\n";
-  else std::cout << engine::render_inspect_text(report);
+  if (a.json)
+    std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  else
+    std::cout << engine::render_inspect_text(report);
   return kExitOk;
 }
 
@@ -73,8 +74,8 @@ int run_cli(int argc, char** argv) {
   app.fallthrough(false);
 
   InspectArgs inspect;
-  CLI::App* sub = app.add_subcommand(
-      "inspect", "Show what a GGUF/safetensors model or an APRT dump holds");
+  CLI::App* sub =
+      app.add_subcommand("inspect", "Show what a GGUF/safetensors model or an APRT dump holds");
   sub->add_option("input", inspect.input,
                   "A .gguf file, a .safetensors file or HF model folder, an APRT dump "
                   "directory, or one .bin/.npy tensor file")

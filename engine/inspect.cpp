@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <set>
 
 #include "engine/stages.h"
 #include "formats/aprt.h"
@@ -12,17 +11,17 @@
 #include "formats/error.h"
 #include "formats/ggml_codec.h"
 #include "formats/gguf.h"
+#include "formats/hf_config.h"
 #include "formats/npy.h"
 #include "formats/safetensors.h"
-#include "formats/hf_config.h"
 
 namespace lockstep::engine {
 namespace {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 using formats::GgufFile;
 using formats::GgufValue;
+using nlohmann::json;
 
 std::string read_magic(const fs::path& path, size_t n) {
   std::ifstream in(path, std::ios::binary);
@@ -38,8 +37,10 @@ json value_json(const GgufValue& v, size_t max_items) {
     json items = json::array();
     for (size_t i = 0; i < std::min(max_items, a->items.size()); ++i)
       items.push_back(value_json(a->items[i], max_items));
-    return {{"type", "array"}, {"element_type", formats::gguf_type_name(a->elem_type)},
-            {"length", a->items.size()}, {"first", items}};
+    return {{"type", "array"},
+            {"element_type", formats::gguf_type_name(a->elem_type)},
+            {"length", a->items.size()},
+            {"first", items}};
   }
   if (const auto* s = v.as_string()) return *s;
   if (const auto* b = v.as_bool()) return *b;
@@ -51,15 +52,11 @@ json value_json(const GgufValue& v, size_t max_items) {
   return *v.as_u64();
 }
 
-std::optional<uint64_t> gguf_u64(const GgufFile& f, const std::string& key) {
-  return f.get_u64(key);
-}
-
 // The hyperparameters every family shares, named the same whatever the file calls them.
 json gguf_hyperparameters(const GgufFile& f, const std::string& arch) {
   json h = json::object();
   auto put_u = [&](const char* name, const std::string& key) {
-    if (auto v = gguf_u64(f, arch + "." + key)) h[name] = *v;
+    if (auto v = f.get_u64(arch + "." + key)) h[name] = *v;
   };
   put_u("hidden", "embedding_length");
   put_u("layers", "block_count");
@@ -72,7 +69,8 @@ json gguf_hyperparameters(const GgufFile& f, const std::string& arch) {
     h["head_dim"] = h["hidden"].get<uint64_t>() / h["heads"].get<uint64_t>();
   put_u("ffn", "feed_forward_length");
   uint64_t vocab = 0;
-  if (auto v = gguf_u64(f, arch + ".vocab_size")) vocab = *v;
+  if (auto v = f.get_u64(arch + ".vocab_size"))
+    vocab = *v;
   else if (const GgufValue* t = f.find("tokenizer.ggml.tokens"); t && t->as_array())
     vocab = t->as_array()->items.size();
   else if (const auto* e = f.find_tensor("token_embd.weight"); e && e->dims.size() >= 2)
@@ -155,8 +153,12 @@ json inspect_gguf(const fs::path& path) {
   uint64_t total = 0;
   for (const auto& t : f.tensors()) {
     std::string type(formats::ggml_type_name(t.type));
-    tensors.push_back({{"name", t.name}, {"type", type}, {"shape", numpy_shape(t.dims)},
-                       {"ggml_dims", t.dims}, {"elements", t.elements}, {"bytes", t.bytes},
+    tensors.push_back({{"name", t.name},
+                       {"type", type},
+                       {"shape", numpy_shape(t.dims)},
+                       {"ggml_dims", t.dims},
+                       {"elements", t.elements},
+                       {"bytes", t.bytes},
                        {"offset", f.data_offset() + t.offset},
                        {"dequantizable", formats::has_codec(t.type)}});
     bytes_by_type[type] += t.bytes;
@@ -168,12 +170,11 @@ json inspect_gguf(const fs::path& path) {
   return r;
 }
 
-
 formats::StageLookup known_stage_lookup() {
   std::vector<std::pair<std::string, formats::StageScope>> names;
   for (const auto& s : kStages)
-    names.emplace_back(std::string(s.name),
-                       s.per_layer ? formats::StageScope::PerLayer : formats::StageScope::WholeModel);
+    names.emplace_back(std::string(s.name), s.per_layer ? formats::StageScope::PerLayer
+                                                        : formats::StageScope::WholeModel);
   return formats::make_stage_lookup(std::move(names));
 }
 
@@ -197,15 +198,20 @@ json inspect_dump(const fs::path& dir) {
     const char* sev = i.severity == formats::IssueSeverity::Error     ? "error"
                       : i.severity == formats::IssueSeverity::Warning ? "warning"
                                                                       : "note";
-    issues.push_back({{"kind", formats::dump_issue_kind_name(i.kind)}, {"severity", sev},
-                      {"path", i.rel_path}, {"message", i.message}});
+    issues.push_back({{"kind", formats::dump_issue_kind_name(i.kind)},
+                      {"severity", sev},
+                      {"path", i.rel_path},
+                      {"message", i.message}});
   }
   r["issues"] = issues;
   if (scan.manifest) {
     const formats::Manifest& m = *scan.manifest;
-    r["manifest"] = {{"lane", m.lane},          {"model_path", m.model_path},
-                     {"model_sha256", m.model_sha256}, {"family", m.family},
-                     {"tokens", m.token_ids.size()},   {"tool", m.tool_name + " " + m.tool_version},
+    r["manifest"] = {{"lane", m.lane},
+                     {"model_path", m.model_path},
+                     {"model_sha256", m.model_sha256},
+                     {"family", m.family},
+                     {"tokens", m.token_ids.size()},
+                     {"tool", m.tool_name + " " + m.tool_version},
                      {"config", m.config}};
   }
   return r;
@@ -220,13 +226,16 @@ json inspect_aprt(const fs::path& path) {
   return r;
 }
 
-
 std::string human_bytes(uint64_t b) {
   char buf[64];
-  if (b < 1024) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(b));
-  else if (b < (1u << 20)) std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
-  else if (b < (1u << 30)) std::snprintf(buf, sizeof buf, "%.1f MiB", b / 1048576.0);
-  else std::snprintf(buf, sizeof buf, "%.2f GiB", b / 1073741824.0);
+  if (b < 1024)
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(b));
+  else if (b < (1u << 20))
+    std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
+  else if (b < (1u << 30))
+    std::snprintf(buf, sizeof buf, "%.1f MiB", b / 1048576.0);
+  else
+    std::snprintf(buf, sizeof buf, "%.2f GiB", b / 1073741824.0);
   return buf;
 }
 
@@ -239,15 +248,21 @@ std::string with_commas(uint64_t v) {
   return s;
 }
 
+// JSON text of a value; strings from model files need not be valid UTF-8, so invalid bytes
+// become U+FFFD instead of an exception.
+std::string json_text(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 std::string dims_text(const json& dims) {
   std::string s = "[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + dims[i].dump();
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + json_text(dims[i]);
   return s + "]";
 }
 
 std::string scalar_text(const json& v) {
   if (v.is_object() && v.value("type", "") == "array") {
-    std::string s = v["element_type"].get<std::string>() + "[" + v["length"].dump() + "]";
+    std::string s = v["element_type"].get<std::string>() + "[" + json_text(v["length"]) + "]";
     if (!v["first"].empty()) {
       s += " {";
       for (size_t i = 0; i < v["first"].size() && i < 4; ++i)
@@ -262,23 +277,34 @@ std::string scalar_text(const json& v) {
     std::snprintf(buf, sizeof buf, "%.9g", v.get<double>());
     return buf;
   }
-  std::string s = v.dump();
+  std::string s = json_text(v);
   return s.size() > 80 ? s.substr(0, 77) + "...\"" : s;
 }
 
 void pad_to(std::string& s, size_t width) {
-  if (s.size() < width) s.append(width - s.size(), ' ');
-  else s += ' ';
+  if (s.size() < width)
+    s.append(width - s.size(), ' ');
+  else
+    s += ' ';
 }
 
 void render_hyperparameters(std::string& out, const json& h) {
   static const std::pair<const char*, const char*> kLabels[] = {
-      {"hidden", "hidden (dim)"}, {"layers", "layers"},        {"heads", "heads"},
-      {"kv_heads", "kv heads"},   {"head_dim", "head dim"},    {"ffn", "ffn"},
-      {"vocab", "vocab"},         {"context", "context"},      {"rope_dims", "rope dims"},
-      {"rope_freq_base", "rope base"}, {"rope_scaling", "rope scaling"},
-      {"rope_scaling_factor", "rope factor"}, {"rms_norm_eps", "rms eps"},
-      {"layer_norm_eps", "norm eps"}, {"sliding_window", "sliding window"},
+      {"hidden", "hidden (dim)"},
+      {"layers", "layers"},
+      {"heads", "heads"},
+      {"kv_heads", "kv heads"},
+      {"head_dim", "head dim"},
+      {"ffn", "ffn"},
+      {"vocab", "vocab"},
+      {"context", "context"},
+      {"rope_dims", "rope dims"},
+      {"rope_freq_base", "rope base"},
+      {"rope_scaling", "rope scaling"},
+      {"rope_scaling_factor", "rope factor"},
+      {"rms_norm_eps", "rms eps"},
+      {"layer_norm_eps", "norm eps"},
+      {"sliding_window", "sliding window"},
       {"experts", "experts"},
   };
   for (const auto& [key, label] : kLabels) {
@@ -317,7 +343,9 @@ void render_gguf(std::string& out, const json& r) {
     out += "none\n";
   } else {
     std::string model = t["model"];
-    out += model + (model == "llama" ? " (SentencePiece)" : model == "gpt2" ? " (byte-level BPE)" : "");
+    out += model + (model == "llama"  ? " (SentencePiece)"
+                    : model == "gpt2" ? " (byte-level BPE)"
+                                      : "");
     if (t.contains("pre")) out += ", pre-tokenizer " + t["pre"].get<std::string>();
     out += ", " + with_commas(t["tokens"].get<uint64_t>()) + " tokens";
     if (t.contains("merges")) out += ", " + with_commas(t["merges"].get<uint64_t>()) + " merges";
@@ -326,13 +354,15 @@ void render_gguf(std::string& out, const json& r) {
     std::string ids;
     for (const char* id : {"bos", "eos", "unk", "padding", "sep"}) {
       if (!t.contains(id)) continue;
-      ids += std::string(ids.empty() ? "" : ", ") + id + " " + t[id]["id"].dump();
-      if (t[id].contains("text")) ids += " " + t[id]["text"].dump();
-      else ids += " (no such token)";
+      ids += std::string(ids.empty() ? "" : ", ") + id + " " + json_text(t[id]["id"]);
+      if (t[id].contains("text"))
+        ids += " " + json_text(t[id]["text"]);
+      else
+        ids += " (no such token)";
     }
     if (!ids.empty()) out += "  special         " + ids + "\n";
     if (t.contains("chat_template_chars"))
-      out += "  chat template   " + t["chat_template_chars"].dump() + " characters\n";
+      out += "  chat template   " + json_text(t["chat_template_chars"]) + " characters\n";
   }
   out += "\nmetadata (tokenizer.* summarised above)\n";
   for (const auto& [k, v] : m["metadata"].items()) {
@@ -375,7 +405,7 @@ void render_dump(std::string& out, const json& r) {
   if (r.contains("manifest")) {
     const json& m = r["manifest"];
     out += "manifest          lane " + m["lane"].get<std::string>() + ", family " +
-           m["family"].get<std::string>() + ", " + m["tokens"].dump() + " tokens, written by " +
+           m["family"].get<std::string>() + ", " + json_text(m["tokens"]) + " tokens, written by " +
            m["tool"].get<std::string>() + "\n";
     if (!m["model_path"].get<std::string>().empty())
       out += "  model           " + m["model_path"].get<std::string>() + "\n";
@@ -387,7 +417,7 @@ void render_dump(std::string& out, const json& r) {
          std::to_string(r["layers"].size()) + " layers\n\n";
   out += "  layer  stage                elements      shape\n";
   for (const auto& c : cells) {
-    std::string line = "  " + (c["layer"].is_null() ? std::string("-") : c["layer"].dump());
+    std::string line = "  " + (c["layer"].is_null() ? std::string("-") : json_text(c["layer"]));
     pad_to(line, 9);
     line += c["stage"].get<std::string>();
     pad_to(line, 30);
@@ -399,14 +429,18 @@ void render_dump(std::string& out, const json& r) {
   if (!r["issues"].empty()) {
     out += "\nissues (" + std::to_string(r["issues"].size()) + ")\n";
     for (const auto& i : r["issues"])
-      out += "  " + i["severity"].get<std::string>() + ": " + i["message"].get<std::string>() + "\n";
+      out +=
+          "  " + i["severity"].get<std::string>() + ": " + i["message"].get<std::string>() + "\n";
   }
 }
 
 json hf_hyperparameters(const formats::HfConfig& c) {
-  json h = {{"hidden", c.hidden_size}, {"layers", c.num_hidden_layers},
-            {"heads", c.num_attention_heads}, {"kv_heads", c.num_key_value_heads},
-            {"head_dim", c.head_dim_or_default()}, {"ffn", c.intermediate_size},
+  json h = {{"hidden", c.hidden_size},
+            {"layers", c.num_hidden_layers},
+            {"heads", c.num_attention_heads},
+            {"kv_heads", c.num_key_value_heads},
+            {"head_dim", c.head_dim_or_default()},
+            {"ffn", c.intermediate_size},
             {"vocab", c.vocab_size}};
   if (c.max_position_embeddings) h["context"] = *c.max_position_embeddings;
   if (c.rope_theta) h["rope_freq_base"] = *c.rope_theta;
@@ -456,8 +490,11 @@ json inspect_safetensors(const fs::path& path) {
   for (const std::string& name : model.tensor_names()) {
     auto ref = *model.find(name);
     const formats::SafetensorsTensor& t = *ref.tensor;
-    tensors.push_back({{"name", t.name}, {"type", t.dtype_name}, {"shape", t.shape},
-                       {"elements", t.elements}, {"bytes", t.bytes()},
+    tensors.push_back({{"name", t.name},
+                       {"type", t.dtype_name},
+                       {"shape", t.shape},
+                       {"elements", t.elements},
+                       {"bytes", t.bytes()},
                        {"offset", ref.file->data_offset() + t.begin},
                        {"file", fs::path(ref.file->path()).filename().string()},
                        {"dequantizable", t.supported()}});
@@ -473,8 +510,11 @@ json inspect_safetensors(const fs::path& path) {
 json inspect_npy(const fs::path& path) {
   formats::MappedFile map(path.string());
   formats::NpyHeader h = formats::parse_npy_header(map.bytes(), path.string());
-  return {{"kind", "npy"}, {"npy_version", std::to_string(h.major) + "." + std::to_string(h.minor)},
-          {"shape", h.shape}, {"elements", h.elements}, {"dtype", "<f4"}};
+  return {{"kind", "npy"},
+          {"npy_version", std::to_string(h.major) + "." + std::to_string(h.minor)},
+          {"shape", h.shape},
+          {"elements", h.elements},
+          {"dtype", "<f4"}};
 }
 
 std::string render_other(const json& r) {
@@ -484,10 +524,12 @@ std::string render_other(const json& r) {
     out += "NPY v" + r["npy_version"].get<std::string>() + ", f32 " + dims_text(r["shape"]) + ", " +
            with_commas(r["elements"].get<uint64_t>()) + " values\n";
   } else if (kind == "safetensors") {
-    out += "safetensors, " + r["shards"].dump() + " file(s), " +
+    out += "safetensors, " + json_text(r["shards"]) + " file(s), " +
            std::to_string(r["tensors"].size()) + " tensors\n\n";
-    if (r["model"].empty()) out += "config.json       none beside the weights\n";
-    else render_model(out, r["model"]);
+    if (r["model"].empty())
+      out += "config.json       none beside the weights\n";
+    else
+      render_model(out, r["model"]);
     if (r["model"].contains("metadata"))
       for (const auto& [k, v] : r["model"]["metadata"].items()) {
         std::string line = "  " + k;
@@ -529,18 +571,18 @@ std::string render_inspect_text(const json& r) {
   std::string out = r["path"].get<std::string>() + ": ";
   std::string kind = r["kind"];
   if (kind == "gguf") {
-    out += "GGUF v" + r["gguf_version"].dump() + ", " + human_bytes(r["file_bytes"]) + ", " +
-           std::to_string(r["tensors"].size()) + " tensors, " +
-           r["metadata_count"].dump() + " metadata keys, data at offset " +
-           r["data_offset"].dump() + "\n\n";
+    out += "GGUF v" + json_text(r["gguf_version"]) + ", " + human_bytes(r["file_bytes"]) + ", " +
+           std::to_string(r["tensors"].size()) + " tensors, " + json_text(r["metadata_count"]) +
+           " metadata keys, data at offset " + json_text(r["data_offset"]) + "\n\n";
     render_gguf(out, r);
   } else if (kind == "dump") {
     out += "APRT dump directory\n";
     render_dump(out, r);
   } else if (kind == "aprt") {
-    out += "APRT tensor, layer " +
-           (r["layer"].is_null() ? std::string("whole-model (0xFFFFFFFF)") : r["layer"].dump()) +
-           ", " + with_commas(r["elements"].get<uint64_t>()) + " f32 values\n";
+    out +=
+        "APRT tensor, layer " +
+        (r["layer"].is_null() ? std::string("whole-model (0xFFFFFFFF)") : json_text(r["layer"])) +
+        ", " + with_commas(r["elements"].get<uint64_t>()) + " f32 values\n";
   } else {
     out += render_other(r);
   }
@@ -550,11 +592,21 @@ std::string render_inspect_text(const json& r) {
 json inspect(const fs::path& path) {
   json r;
   switch (detect_input(path)) {
-    case InputKind::Gguf: r = inspect_gguf(path); break;
-    case InputKind::DumpDir: r = inspect_dump(path); break;
-    case InputKind::AprtFile: r = inspect_aprt(path); break;
-    case InputKind::Safetensors: r = inspect_safetensors(path); break;
-    case InputKind::NpyFile: r = inspect_npy(path); break;
+    case InputKind::Gguf:
+      r = inspect_gguf(path);
+      break;
+    case InputKind::DumpDir:
+      r = inspect_dump(path);
+      break;
+    case InputKind::AprtFile:
+      r = inspect_aprt(path);
+      break;
+    case InputKind::Safetensors:
+      r = inspect_safetensors(path);
+      break;
+    case InputKind::NpyFile:
+      r = inspect_npy(path);
+      break;
   }
   r["path"] = path.string();
   std::error_code ec;
@@ -597,10 +649,13 @@ std::vector<uint64_t> export_tensor_npy(const fs::path& input, const std::string
                     "' is not a dump cell (expected layer-<N>/<stage> or <stage>)");
       formats::DumpScan scan = formats::scan_dump_dir(input);
       const formats::DumpCell* cell = scan.find(key->stage, key->layer);
-      if (cell == nullptr) throw Error(input.string() + ": the dump holds no cell '" + tensor + "'");
+      if (cell == nullptr)
+        throw Error(input.string() + ": the dump holds no cell '" + tensor + "'");
       values = formats::read_aprt(cell->path).values;
-      if (cell->shape) shape = *cell->shape;
-      else shape = {values.size()};
+      if (cell->shape)
+        shape = *cell->shape;
+      else
+        shape = {values.size()};
       break;
     }
     case InputKind::AprtFile: {

@@ -3,9 +3,8 @@
 // and as text rendered from that report.
 
 #include <filesystem>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace lockstep::engine {
 

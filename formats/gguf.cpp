@@ -22,12 +22,25 @@ constexpr uint32_t kMaxValueType = 12;
 // Smallest encoded size of one value of `t`: bounds array counts before allocating.
 uint64_t min_encoded_size(GgufValueType t) {
   switch (t) {
-    case GgufValueType::UInt8: case GgufValueType::Int8: case GgufValueType::Bool: return 1;
-    case GgufValueType::UInt16: case GgufValueType::Int16: return 2;
-    case GgufValueType::UInt32: case GgufValueType::Int32: case GgufValueType::Float32: return 4;
-    case GgufValueType::UInt64: case GgufValueType::Int64: case GgufValueType::Float64: return 8;
-    case GgufValueType::String: return 8;   // length prefix
-    case GgufValueType::Array: return 12;   // element type + count
+    case GgufValueType::UInt8:
+    case GgufValueType::Int8:
+    case GgufValueType::Bool:
+      return 1;
+    case GgufValueType::UInt16:
+    case GgufValueType::Int16:
+      return 2;
+    case GgufValueType::UInt32:
+    case GgufValueType::Int32:
+    case GgufValueType::Float32:
+      return 4;
+    case GgufValueType::UInt64:
+    case GgufValueType::Int64:
+    case GgufValueType::Float64:
+      return 8;
+    case GgufValueType::String:
+      return 8;  // length prefix
+    case GgufValueType::Array:
+      return 12;  // element type + count
   }
   return 1;
 }
@@ -56,35 +69,47 @@ class Parser {
 
   GgufValue read_value(GgufValueType t, const std::string& key, uint32_t depth) {
     switch (t) {
-      case GgufValueType::UInt8: return GgufValue::u8(r_.read<uint8_t>(key));
-      case GgufValueType::Int8: return GgufValue::i8(r_.read<int8_t>(key));
-      case GgufValueType::UInt16: return GgufValue::u16(r_.read<uint16_t>(key));
-      case GgufValueType::Int16: return GgufValue::i16(r_.read<int16_t>(key));
-      case GgufValueType::UInt32: return GgufValue::u32(r_.read<uint32_t>(key));
-      case GgufValueType::Int32: return GgufValue::i32(r_.read<int32_t>(key));
-      case GgufValueType::UInt64: return GgufValue::u64(r_.read<uint64_t>(key));
-      case GgufValueType::Int64: return GgufValue::i64(r_.read<int64_t>(key));
-      case GgufValueType::Float32: return GgufValue::f32(r_.read<float>(key));
-      case GgufValueType::Float64: return GgufValue::f64(r_.read<double>(key));
+      case GgufValueType::UInt8:
+        return GgufValue::u8(r_.read<uint8_t>(key));
+      case GgufValueType::Int8:
+        return GgufValue::i8(r_.read<int8_t>(key));
+      case GgufValueType::UInt16:
+        return GgufValue::u16(r_.read<uint16_t>(key));
+      case GgufValueType::Int16:
+        return GgufValue::i16(r_.read<int16_t>(key));
+      case GgufValueType::UInt32:
+        return GgufValue::u32(r_.read<uint32_t>(key));
+      case GgufValueType::Int32:
+        return GgufValue::i32(r_.read<int32_t>(key));
+      case GgufValueType::UInt64:
+        return GgufValue::u64(r_.read<uint64_t>(key));
+      case GgufValueType::Int64:
+        return GgufValue::i64(r_.read<int64_t>(key));
+      case GgufValueType::Float32:
+        return GgufValue::f32(r_.read<float>(key));
+      case GgufValueType::Float64:
+        return GgufValue::f64(r_.read<double>(key));
       case GgufValueType::Bool: {
         uint64_t at = r_.offset();
         uint8_t b = r_.read<uint8_t>(key);
         if (b > 1) r_.fail_at(at, "bool 0 or 1 for " + key, std::to_string(b));
         return GgufValue::boolean(b != 0);
       }
-      case GgufValueType::String: return GgufValue::str(read_string("string value of " + key));
+      case GgufValueType::String:
+        return GgufValue::str(read_string("string value of " + key));
       case GgufValueType::Array: {
         if (depth >= limits_.max_array_depth)
-          r_.fail("array nesting depth <= " + std::to_string(limits_.max_array_depth) + " in " + key);
+          r_.fail("array nesting depth <= " + std::to_string(limits_.max_array_depth) + " in " +
+                  key);
         GgufValueType elem = read_type("array element type of " + key);
         uint64_t at = r_.offset();
         uint64_t count = r_.read<uint64_t>("array length of " + key);
         uint64_t min_size = min_encoded_size(elem);
         if (count > r_.remaining() / min_size)
-          r_.fail_at(at, "array length of " + key + " that fits the " +
-                             std::to_string(r_.remaining()) + " bytes left (" +
-                             std::to_string(min_size) + "+ bytes per " +
-                             std::string(gguf_type_name(elem)) + ")",
+          r_.fail_at(at,
+                     "array length of " + key + " that fits the " + std::to_string(r_.remaining()) +
+                         " bytes left (" + std::to_string(min_size) + "+ bytes per " +
+                         std::string(gguf_type_name(elem)) + ")",
                      std::to_string(count));
         std::vector<GgufValue> items;
         items.reserve(count);
@@ -110,19 +135,32 @@ std::string dims_string(const std::vector<uint64_t>& dims) {
 
 std::string_view gguf_type_name(GgufValueType t) {
   switch (t) {
-    case GgufValueType::UInt8: return "u8";
-    case GgufValueType::Int8: return "i8";
-    case GgufValueType::UInt16: return "u16";
-    case GgufValueType::Int16: return "i16";
-    case GgufValueType::UInt32: return "u32";
-    case GgufValueType::Int32: return "i32";
-    case GgufValueType::Float32: return "f32";
-    case GgufValueType::Bool: return "bool";
-    case GgufValueType::String: return "string";
-    case GgufValueType::Array: return "array";
-    case GgufValueType::UInt64: return "u64";
-    case GgufValueType::Int64: return "i64";
-    case GgufValueType::Float64: return "f64";
+    case GgufValueType::UInt8:
+      return "u8";
+    case GgufValueType::Int8:
+      return "i8";
+    case GgufValueType::UInt16:
+      return "u16";
+    case GgufValueType::Int16:
+      return "i16";
+    case GgufValueType::UInt32:
+      return "u32";
+    case GgufValueType::Int32:
+      return "i32";
+    case GgufValueType::Float32:
+      return "f32";
+    case GgufValueType::Bool:
+      return "bool";
+    case GgufValueType::String:
+      return "string";
+    case GgufValueType::Array:
+      return "array";
+    case GgufValueType::UInt64:
+      return "u64";
+    case GgufValueType::Int64:
+      return "i64";
+    case GgufValueType::Float64:
+      return "f64";
   }
   return "?";
 }
@@ -167,10 +205,14 @@ std::string GgufValue::summary(size_t max_items) const {
           std::string s = v.size() > 60 ? v.substr(0, 57) + "..." : v;
           out << '"';
           for (char c : s) {
-            if (c == '\n') out << "\\n";
-            else if (c == '"') out << "\\\"";
-            else if (static_cast<unsigned char>(c) < 0x20) out << '?';
-            else out << c;
+            if (c == '\n')
+              out << "\\n";
+            else if (c == '"')
+              out << "\\\"";
+            else if (static_cast<unsigned char>(c) < 0x20)
+              out << '?';
+            else
+              out << c;
           }
           out << '"';
         } else if constexpr (std::is_same_v<V, GgufArray>) {
@@ -258,10 +300,10 @@ GgufFile GgufFile::parse(std::span<const std::byte> bytes, std::string name,
     auto al = a->as_u64();
     if (a->type != GgufValueType::UInt32 || !al || *al == 0 || (*al & (*al - 1)) != 0 ||
         *al > limits.max_alignment)
-      throw Error(f.path_, alignment_at,
-                  "general.alignment as a u32 power of two <= " +
-                      std::to_string(limits.max_alignment),
-                  a->summary());
+      throw Error(
+          f.path_, alignment_at,
+          "general.alignment as a u32 power of two <= " + std::to_string(limits.max_alignment),
+          a->summary());
     f.alignment_ = *al;
   }
 
@@ -286,7 +328,8 @@ GgufFile GgufFile::parse(std::span<const std::byte> bytes, std::string name,
       // ggml stores dims as int64: anything above INT64_MAX, or a product that overflows
       // it, cannot be a real tensor.
       if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-          (dim != 0 && t.elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / dim))
+          (dim != 0 &&
+           t.elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / dim))
         r.fail_at(dim_at, "dimensions of " + t.name + " whose product fits int64",
                   std::to_string(dim));
       t.dims.push_back(dim);
@@ -296,11 +339,13 @@ GgufFile GgufFile::parse(std::span<const std::byte> bytes, std::string name,
     uint32_t type = r.read<uint32_t>("type of " + t.name);
     const GgmlTypeInfo* ti = find_ggml_type(type);
     if (ti == nullptr)
-      r.fail_at(type_at, "a known GGML type for " + t.name, "unknown type id " + std::to_string(type));
+      r.fail_at(type_at, "a known GGML type for " + t.name,
+                "unknown type id " + std::to_string(type));
     t.type = ti->type;
     if (t.dims[0] % ti->block_elems != 0)
-      r.fail_at(nd_at, "row length of " + t.name + " a multiple of " + std::string(ti->name) +
-                           "'s block of " + std::to_string(ti->block_elems),
+      r.fail_at(nd_at,
+                "row length of " + t.name + " a multiple of " + std::string(ti->name) +
+                    "'s block of " + std::to_string(ti->block_elems),
                 dims_string(t.dims));
     auto bytes_needed = ggml_bytes(t.type, t.elements);
     if (!bytes_needed) r.fail_at(nd_at, "a byte size of " + t.name + " that fits 64 bits");
@@ -401,25 +446,51 @@ void put_payload(std::ofstream& out, GgufValueType t, const GgufValue& v, const 
   auto u = [&] { return std::get<uint64_t>(v.value); };
   auto i = [&] { return std::get<int64_t>(v.value); };
   switch (t) {
-    case GgufValueType::UInt8: put<uint8_t>(out, static_cast<uint8_t>(u())); break;
-    case GgufValueType::Int8: put<int8_t>(out, static_cast<int8_t>(i())); break;
-    case GgufValueType::UInt16: put<uint16_t>(out, static_cast<uint16_t>(u())); break;
-    case GgufValueType::Int16: put<int16_t>(out, static_cast<int16_t>(i())); break;
-    case GgufValueType::UInt32: put<uint32_t>(out, static_cast<uint32_t>(u())); break;
-    case GgufValueType::Int32: put<int32_t>(out, static_cast<int32_t>(i())); break;
-    case GgufValueType::UInt64: put<uint64_t>(out, u()); break;
-    case GgufValueType::Int64: put<int64_t>(out, i()); break;
-    case GgufValueType::Float32: put<float>(out, static_cast<float>(std::get<double>(v.value))); break;
-    case GgufValueType::Float64: put<double>(out, std::get<double>(v.value)); break;
-    case GgufValueType::Bool: put<uint8_t>(out, std::get<bool>(v.value) ? 1 : 0); break;
-    case GgufValueType::String: put_string(out, std::get<std::string>(v.value)); break;
+    case GgufValueType::UInt8:
+      put<uint8_t>(out, static_cast<uint8_t>(u()));
+      break;
+    case GgufValueType::Int8:
+      put<int8_t>(out, static_cast<int8_t>(i()));
+      break;
+    case GgufValueType::UInt16:
+      put<uint16_t>(out, static_cast<uint16_t>(u()));
+      break;
+    case GgufValueType::Int16:
+      put<int16_t>(out, static_cast<int16_t>(i()));
+      break;
+    case GgufValueType::UInt32:
+      put<uint32_t>(out, static_cast<uint32_t>(u()));
+      break;
+    case GgufValueType::Int32:
+      put<int32_t>(out, static_cast<int32_t>(i()));
+      break;
+    case GgufValueType::UInt64:
+      put<uint64_t>(out, u());
+      break;
+    case GgufValueType::Int64:
+      put<int64_t>(out, i());
+      break;
+    case GgufValueType::Float32:
+      put<float>(out, static_cast<float>(std::get<double>(v.value)));
+      break;
+    case GgufValueType::Float64:
+      put<double>(out, std::get<double>(v.value));
+      break;
+    case GgufValueType::Bool:
+      put<uint8_t>(out, std::get<bool>(v.value) ? 1 : 0);
+      break;
+    case GgufValueType::String:
+      put_string(out, std::get<std::string>(v.value));
+      break;
     case GgufValueType::Array: {
       const GgufArray& a = std::get<GgufArray>(v.value);
       put<uint32_t>(out, static_cast<uint32_t>(a.elem_type));
       put<uint64_t>(out, a.items.size());
       for (const GgufValue& item : a.items) {
-        if (a.elem_type == GgufValueType::Array) put_value(out, item, key);
-        else put_payload(out, a.elem_type, item, key);
+        if (a.elem_type == GgufValueType::Array)
+          put_value(out, item, key);
+        else
+          put_payload(out, a.elem_type, item, key);
       }
       break;
     }
@@ -437,7 +508,8 @@ void put_value(std::ofstream& out, const GgufValue& v, const std::string& key) {
 GgufWriter::GgufWriter(std::string path, uint32_t alignment)
     : path_(std::move(path)), alignment_(alignment) {
   if (alignment_ == 0 || (alignment_ & (alignment_ - 1)) != 0)
-    throw Error(path_ + ": GGUF alignment must be a power of two, got " + std::to_string(alignment));
+    throw Error(path_ + ": GGUF alignment must be a power of two, got " +
+                std::to_string(alignment));
   tmp_path_ = path_ + ".tmp-" + std::to_string(::getpid());
   if (alignment_ != 32) set("general.alignment", GgufValue::u32(alignment_));
 }

@@ -11,10 +11,10 @@ json parse_json_document(std::string_view text, const std::string& name, int max
   try {
     return json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
       if (depth > max_depth)
-        throw Error(name, base,
-                    std::string(what) + " nested at most " + std::to_string(max_depth) +
-                        " levels deep",
-                    "deeper nesting");
+        throw Error(
+            name, base,
+            std::string(what) + " nested at most " + std::to_string(max_depth) + " levels deep",
+            "deeper nesting");
       return true;
     });
   } catch (const json::parse_error& e) {
@@ -27,15 +27,24 @@ json parse_json_document(std::string_view text, const std::string& name, int max
 
 const char* json_type_name(const json& j) {
   switch (j.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "a boolean";
-    case json::value_t::number_integer: return "a negative integer";
-    case json::value_t::number_unsigned: return "an integer";
-    case json::value_t::number_float: return "a floating-point number";
-    case json::value_t::string: return "a string";
-    case json::value_t::array: return "an array";
-    case json::value_t::object: return "an object";
-    default: return "an unsupported value";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "a boolean";
+    case json::value_t::number_integer:
+      return "a negative integer";
+    case json::value_t::number_unsigned:
+      return "an integer";
+    case json::value_t::number_float:
+      return "a floating-point number";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::object:
+      return "an object";
+    default:
+      return "an unsupported value";
   }
 }
 

@@ -4,9 +4,8 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <random>
-
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "formats/dump_dir.h"
 #include "formats/ggml_codec.h"
@@ -27,8 +26,8 @@ struct Result {
 
 Result run(const std::string& args) {
   fs::path dir = test::scratch_dir("cli");
-  std::string cmd = std::string(LOCKSTEP_EXE) + " " + args + " >" + (dir / "out").string() +
-                    " 2>" + (dir / "err").string();
+  std::string cmd = std::string(LOCKSTEP_EXE) + " " + args + " >" + (dir / "out").string() + " 2>" +
+                    (dir / "err").string();
   int status = std::system(cmd.c_str());
   Result r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -37,7 +36,9 @@ Result run(const std::string& args) {
   return r;
 }
 
-std::string quote(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string quote(const fs::path& p) {
+  return "'" + p.string() + "'";
+}
 
 TEST(Cli, HelpListsSubcommandsAndExitsZero) {
   Result r = run("--help");
@@ -161,6 +162,35 @@ TEST(Cli, InspectDumpListsCellsAndIssues) {
   formats::NpyArray a = formats::read_npy(out);
   EXPECT_EQ(a.shape, (std::vector<uint64_t>{2, 8}));
   EXPECT_EQ(a.values, v);
+}
+
+}  // namespace
+}  // namespace lockstep
+
+namespace lockstep {
+namespace {
+
+// Metadata strings need not be valid UTF-8; inspect must still print them, in both forms.
+TEST(Cli, InspectSurvivesInvalidUtf8Metadata) {
+  fs::path model = test::scratch_dir("cli-utf8") / "bad-utf8.gguf";
+  {
+    formats::GgufWriter w(model.string());
+    w.set("general.architecture", formats::GgufValue::str("llama"));
+    w.set("general.name", formats::GgufValue::str("bad \xff\xfe name"));
+    w.set("tokenizer.ggml.model", formats::GgufValue::str("llama"));
+    w.set("tokenizer.ggml.tokens", formats::GgufValue::array(formats::GgufValueType::String,
+                                                             {formats::GgufValue::str("\xc3"),
+                                                              formats::GgufValue::str("ok")}));
+    w.set("tokenizer.ggml.bos_token_id", formats::GgufValue::u32(0));
+    w.finish();
+  }
+  Result text = run("inspect " + quote(model));
+  EXPECT_EQ(text.code, 0) << text.err;
+  EXPECT_NE(text.out.find("bos 0"), std::string::npos) << text.out;
+  Result j = run("inspect --json " + quote(model));
+  ASSERT_EQ(j.code, 0) << j.err;
+  auto report = nlohmann::json::parse(j.out);
+  EXPECT_EQ(report["tokenizer"]["tokens"], 2);
 }
 
 }  // namespace

@@ -17,18 +17,37 @@ namespace {
 // Raw little-endian GGUF bytes, so cases can say things the writer refuses to.
 struct Raw {
   std::string b;
-  Raw& u32(uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); return *this; }
-  Raw& u64(uint64_t v) { b.append(reinterpret_cast<const char*>(&v), 8); return *this; }
-  Raw& u8(uint8_t v) { b.push_back(static_cast<char>(v)); return *this; }
-  Raw& str(const std::string& s) { u64(s.size()); b += s; return *this; }
+  Raw& u32(uint32_t v) {
+    b.append(reinterpret_cast<const char*>(&v), 4);
+    return *this;
+  }
+  Raw& u64(uint64_t v) {
+    b.append(reinterpret_cast<const char*>(&v), 8);
+    return *this;
+  }
+  Raw& u8(uint8_t v) {
+    b.push_back(static_cast<char>(v));
+    return *this;
+  }
+  Raw& str(const std::string& s) {
+    u64(s.size());
+    b += s;
+    return *this;
+  }
   Raw& header(uint64_t tensors, uint64_t kv) { return u32(0x46554747).u32(3).u64(tensors).u64(kv); }
   Raw& tensor(const std::string& name, std::vector<uint64_t> dims, uint32_t type, uint64_t off) {
     str(name).u32(static_cast<uint32_t>(dims.size()));
     for (auto d : dims) u64(d);
     return u32(type).u64(off);
   }
-  Raw& pad_to(size_t align) { while (b.size() % align) b.push_back('\0'); return *this; }
-  Raw& zeros(size_t n) { b.append(n, '\0'); return *this; }
+  Raw& pad_to(size_t align) {
+    while (b.size() % align) b.push_back('\0');
+    return *this;
+  }
+  Raw& zeros(size_t n) {
+    b.append(n, '\0');
+    return *this;
+  }
 };
 
 std::span<const std::byte> bytes_of(const std::string& s) {
@@ -75,8 +94,8 @@ std::vector<Case> corpus() {
   c.push_back({"key_length_huge", Raw().header(0, 1).u64(kHuge).zeros(16).b, "length <="});
   c.push_back({"key_length_past_end", Raw().header(0, 1).u64(1000).zeros(16).b, "bytes left"});
   c.push_back({"empty_key", Raw().header(0, 1).str("").u32(4).u32(1).b, "non-empty metadata key"});
-  c.push_back({"duplicate_key",
-               Raw().header(0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2).b, "unique"});
+  c.push_back({"duplicate_key", Raw().header(0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2).b,
+               "unique"});
   c.push_back({"value_type_13", Raw().header(0, 1).str("k").u32(13).u32(1).b, "value type"});
   c.push_back({"bool_2", Raw().header(0, 1).str("k").u32(7).u8(2).b, "bool 0 or 1"});
   c.push_back({"string_value_huge", Raw().header(0, 1).str("k").u32(8).u64(kHuge).b, "length <="});
@@ -108,7 +127,8 @@ std::vector<Case> corpus() {
                "fits int64"});
   c.push_back({"unknown_type_31", Raw().header(1, 0).tensor("t", {32}, 31, 0).zeros(200).b,
                "unknown type id 31"});
-  c.push_back({"unknown_type_huge", Raw().header(1, 0).tensor("t", {32}, 0xFFFFFFFF, 0).zeros(200).b,
+  c.push_back({"unknown_type_huge",
+               Raw().header(1, 0).tensor("t", {32}, 0xFFFFFFFF, 0).zeros(200).b,
                "unknown type id"});
   c.push_back({"row_not_whole_blocks", Raw().header(1, 0).tensor("t", {100}, 12, 0).zeros(400).b,
                "multiple of Q4_K"});
@@ -120,14 +140,16 @@ std::vector<Case> corpus() {
   c.push_back({"data_past_end",
                Raw().header(1, 0).tensor("t", {1024, 1024}, 0, 0).pad_to(32).zeros(32).b,
                "tensor data"});
-  c.push_back({"data_start_past_end", Raw().header(1, 0).tensor("t", {4}, 0, 0).b,
-               "tensor data starting"});
-  c.push_back({"overlapping",
-               Raw().header(2, 0).tensor("a", {16}, 0, 0).tensor("b", {16}, 0, 32).pad_to(32).zeros(128).b,
-               "overlap"});
-  c.push_back({"duplicate_tensor",
-               Raw().header(2, 0).tensor("a", {8}, 0, 0).tensor("a", {8}, 0, 32).pad_to(32).zeros(64).b,
-               "unique tensor names"});
+  c.push_back(
+      {"data_start_past_end", Raw().header(1, 0).tensor("t", {4}, 0, 0).b, "tensor data starting"});
+  c.push_back(
+      {"overlapping",
+       Raw().header(2, 0).tensor("a", {16}, 0, 0).tensor("b", {16}, 0, 32).pad_to(32).zeros(128).b,
+       "overlap"});
+  c.push_back(
+      {"duplicate_tensor",
+       Raw().header(2, 0).tensor("a", {8}, 0, 0).tensor("a", {8}, 0, 32).pad_to(32).zeros(64).b,
+       "unique tensor names"});
   c.push_back({"empty_tensor_name", Raw().header(1, 0).tensor("", {8}, 0, 0).pad_to(32).zeros(64).b,
                "non-empty tensor name"});
   return c;
@@ -154,8 +176,9 @@ TEST(GgufMalformed, TruncatedAtEveryByteIsAnError) {
     w.set("general.architecture", GgufValue::str("llama"));
     w.set("a.u8", GgufValue::u8(1));
     w.set("a.f64", GgufValue::f64(0.25));
-    w.set("a.arr", GgufValue::array(GgufValueType::Array,
-                                    {GgufValue::array(GgufValueType::String, {GgufValue::str("x")})}));
+    w.set("a.arr",
+          GgufValue::array(GgufValueType::Array,
+                           {GgufValue::array(GgufValueType::String, {GgufValue::str("x")})}));
     w.add_tensor("w.f32", GgmlType::F32, {8, 2});
     w.add_tensor("w.q8", GgmlType::Q8_0, {64});
     std::string f32(64, '\x3f'), q8(68, '\x01');

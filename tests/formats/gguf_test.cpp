@@ -42,9 +42,9 @@ std::vector<std::pair<std::string, GgufValue>> every_value_type() {
       {"t.arr_f32", V::array(VT::Float32, {V::f32(0.5f), V::f32(-1e30f)})},
       {"t.arr_empty", V::array(VT::UInt8, {})},
       {"t.arr_nested",
-       V::array(VT::Array, {V::array(VT::UInt16, {V::u16(1), V::u16(2)}),
-                            V::array(VT::String, {V::str("x")}),
-                            V::array(VT::Array, {V::array(VT::Bool, {V::boolean(false)})})})},
+       V::array(VT::Array,
+                {V::array(VT::UInt16, {V::u16(1), V::u16(2)}), V::array(VT::String, {V::str("x")}),
+                 V::array(VT::Array, {V::array(VT::Bool, {V::boolean(false)})})})},
   };
 }
 
@@ -76,7 +76,10 @@ TEST_P(GgufTensorTypes, TensorsRoundTripWithAlignment) {
   const GgmlTypeInfo& ti = ggml_type_info(GetParam());
   fs::path dir = test::scratch_dir("gguf");
   std::mt19937 rng(static_cast<uint32_t>(ti.type) * 7919u + 1);
-  struct Spec { std::string name; std::vector<uint64_t> dims; };
+  struct Spec {
+    std::string name;
+    std::vector<uint64_t> dims;
+  };
   std::vector<Spec> specs = {{"a", {ti.block_elems * 3}},
                              {"b", {ti.block_elems, 5}},
                              {"c", {ti.block_elems * 2, 3, 2}},
@@ -115,8 +118,7 @@ TEST_P(GgufTensorTypes, TensorsRoundTripWithAlignment) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllTypes, GgufTensorTypes,
-                         ::testing::ValuesIn([] {
+INSTANTIATE_TEST_SUITE_P(AllTypes, GgufTensorTypes, ::testing::ValuesIn([] {
                            std::vector<GgmlType> v;
                            for (const auto& t : ggml_types()) v.push_back(t.type);
                            return v;
