@@ -6,7 +6,7 @@
 #include <iostream>
 #include <string>
 
-#include "engine/inspect.h"
+#include "app/commands.h"
 #include "formats/error.h"
 #ifdef LOCKSTEP_HAVE_CUDA
 #include "cuda/device.h"
@@ -14,9 +14,6 @@
 
 namespace lockstep::app {
 namespace {
-
-constexpr int kExitOk = 0;
-constexpr int kExitUsage = 2;
 
 std::string version_text() {
   std::string s = std::string("lockstep ") + LOCKSTEP_VERSION + "\n";
@@ -29,36 +26,10 @@ std::string version_text() {
     s += "\n  device " + std::to_string(d.index) + ": " + d.name + " (sm_" +
          std::to_string(d.cc_major) + std::to_string(d.cc_minor) + ", " +
          std::to_string(d.total_memory >> 20) + " MiB)";
-  s += "\n";
 #else
-  s += "CUDA lanes: not built\n";
+  s += "CUDA lanes: not built";
 #endif
-  return s;
-}
-
-struct InspectArgs {
-  std::string input;
-  bool json = false;
-  std::string tensor;
-  std::string npy;
-};
-
-int cmd_inspect(const InspectArgs& a) {
-  if (!a.tensor.empty() || !a.npy.empty()) {
-    if (a.tensor.empty() || a.npy.empty())
-      throw Error("inspect: --tensor and --npy go together (name the tensor and the output file)");
-    std::vector<uint64_t> shape = engine::export_tensor_npy(a.input, a.tensor, a.npy);
-    std::string dims;
-    for (size_t i = 0; i < shape.size(); ++i) dims += (i ? ", " : "") + std::to_string(shape[i]);
-    std::printf("wrote %s: %s as f32 [%s]\n", a.npy.c_str(), a.tensor.c_str(), dims.c_str());
-    return kExitOk;
-  }
-  nlohmann::json report = engine::inspect(a.input);
-  if (a.json)
-    std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-  else
-    std::cout << engine::render_inspect_text(report);
-  return kExitOk;
+  return s;  // CLI11 adds the final newline
 }
 
 }  // namespace
@@ -69,22 +40,12 @@ int run_cli(int argc, char** argv) {
       "Runs one transformer through several lanes (CPU oracle, CPU engine, CUDA, dumps),\n"
       "captures every stage of every layer and compares them cell by cell.",
       "lockstep"};
-  app.set_version_flag("--version", version_text());
+  app.set_version_flag("--version",
+                       std::function<std::string()>(version_text));  // probes CUDA only when asked
   app.require_subcommand(0, 1);
   app.fallthrough(false);
 
-  InspectArgs inspect;
-  CLI::App* sub =
-      app.add_subcommand("inspect", "Show what a GGUF/safetensors model or an APRT dump holds");
-  sub->add_option("input", inspect.input,
-                  "A .gguf file, a .safetensors file or HF model folder, an APRT dump "
-                  "directory, or one .bin/.npy tensor file")
-      ->required();
-  sub->add_flag("--json", inspect.json, "Print the report as JSON");
-  sub->add_option("--tensor", inspect.tensor,
-                  "Tensor to export (a model tensor name, or a dump cell such as "
-                  "layer-3/attn_norm)");
-  sub->add_option("--npy", inspect.npy, "Write --tensor dequantized to f32 as this NPY file");
+  std::vector<Command> commands = {add_inspect_command(app)};
 
   try {
     app.parse(argc, argv);
@@ -99,7 +60,8 @@ int run_cli(int argc, char** argv) {
   }
 
   try {
-    if (sub->parsed()) return cmd_inspect(inspect);
+    for (const Command& c : commands)
+      if (c.sub->parsed()) return c.run();
     std::cout << app.help();
     return kExitOk;
   } catch (const Error& e) {

@@ -1,0 +1,22 @@
+#pragma once
+// One headless subcommand per app/cmd_<name>.cpp. Each adds itself to the CLI11 app and
+// returns the code that runs it once parsing succeeded. Logic a test would want lives in
+// engine/, not here.
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace lockstep::app {
+
+constexpr int kExitOk = 0;
+constexpr int kExitDivergence = 1;
+constexpr int kExitUsage = 2;
+
+struct Command {
+  CLI::App* sub = nullptr;
+  std::function<int()> run;  // may throw lockstep::Error (reported, exit 2)
+};
+
+Command add_inspect_command(CLI::App& app);
+
+}  // namespace lockstep::app
