@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 "$exe" --help
 echo
 "$exe" --version
-model="$root/../shared/models/stories260K.gguf"
+model="$(cd "$root/.." && pwd)/shared/models/stories260K.gguf"
 if [ -f "$model" ]; then
   echo
   echo "\$ lockstep inspect $model"
