@@ -5,7 +5,7 @@
 #include <bit>
 #include <cstring>
 
-#include "formats/ggml_codec.h"
+#include "formats/codec_internal.h"
 
 namespace lockstep::formats {
 

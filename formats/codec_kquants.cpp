@@ -21,7 +21,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "formats/ggml_codec.h"
+#include "formats/codec_internal.h"
 
 namespace lockstep::formats::codec_detail {
 namespace {

@@ -7,6 +7,7 @@
 #include <bit>
 #include <string>
 
+#include "formats/codec_internal.h"
 #include "formats/error.h"
 
 namespace lockstep::formats {
