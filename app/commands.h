@@ -18,5 +18,6 @@ struct Command {
 };
 
 Command add_inspect_command(CLI::App& app);
+Command add_tokenize_command(CLI::App& app);
 
 }  // namespace lockstep::app
