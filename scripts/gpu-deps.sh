@@ -7,10 +7,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 ../shared/tools/device-deps.sh
-# PCRE2 (tokenizer pre-split regexes): static only, so nothing needs resolving at run time.
+# PCRE2 (tokenizer pre-split regexes): headers and static library, no .pc file (its
+# prefix=/usr would point the GPU build at headers that are not there).
 dpkg -L libpcre2-dev | while read -r f; do
   case "$f" in
-    *.h|*/libpcre2-8.a|*/libpcre2-8.pc) mkdir -p ".devdeps$(dirname "$f")" && cp -p "$f" ".devdeps$f" ;;
+    *.h|*/libpcre2-8.a) mkdir -p ".devdeps$(dirname "$f")" && cp -p "$f" ".devdeps$f" ;;
   esac
 done
 grep -qx '/.gpu-models/' .git/info/exclude 2>/dev/null || echo '/.gpu-models/' >> .git/info/exclude
