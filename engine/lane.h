@@ -1,0 +1,42 @@
+#pragma once
+// A lane: one source of stage tensors for a run (ref, cpu, cuda, cuda-graph, dump:<dir>).
+// Every lane walks the same Plan, so cells and nodes mean the same thing everywhere.
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/plan.h"
+#include "engine/trace.h"
+#include "engine/weights.h"
+
+namespace lockstep::engine {
+
+struct Logits {
+  uint64_t tokens = 0;
+  uint64_t vocab = 0;
+  std::vector<float> values;  // [tokens, vocab]
+};
+
+class Lane {
+ public:
+  virtual ~Lane() = default;
+
+  virtual std::string name() const = 0;
+  // Uploads or prepares the model's weights; the model outlives the lane's use of it.
+  virtual void load(const Model& model) = 0;
+  // Clears the KV cache; the next forward starts at position 0.
+  virtual void reset() = 0;
+  // Runs `tokens` at positions pos.. (a prefill of many tokens or a one-token decode step),
+  // appending to the KV cache, and copies into `trace` every cell `capture` asks for.
+  // Capturing must not change the logits.
+  virtual Logits forward(std::span<const int32_t> tokens, uint32_t pos, const CapturePlan& capture,
+                         Trace& trace) = 0;
+  // Runs one node on given inputs (one Tensor per node.inputs, in order; Embed takes the
+  // token ids as a [tokens] tensor) and returns its output, so that a node's own error can
+  // be told from the error it inherits.
+  virtual Tensor replay(const Node& node, std::span<const Tensor> inputs) = 0;
+};
+
+}  // namespace lockstep::engine
