@@ -32,6 +32,7 @@ enum class WeightRole : uint8_t {
   OutputNorm,
   OutputNormBias,
   Output,
+  RopeFreqs,
   AttnNorm,
   AttnNormBias,
   AttnQ,
@@ -60,11 +61,12 @@ struct WeightRoleInfo {
   bool per_layer;        // false: one tensor for the whole model
 };
 
-inline constexpr std::array<WeightRoleInfo, 24> kWeightRoles{{
+inline constexpr std::array<WeightRoleInfo, 25> kWeightRoles{{
     {WeightRole::TokenEmbd, "token_embd", false},
     {WeightRole::OutputNorm, "output_norm", false},
     {WeightRole::OutputNormBias, "output_norm_bias", false},
     {WeightRole::Output, "output", false},
+    {WeightRole::RopeFreqs, "rope_freqs", false},
     {WeightRole::AttnNorm, "attn_norm", true},
     {WeightRole::AttnNormBias, "attn_norm_bias", true},
     {WeightRole::AttnQ, "attn_q", true},

@@ -173,6 +173,7 @@ ModelConfig config_from_gguf(const formats::GgufFile& file, const Family& family
   c.attn_output_bias = t.attn_output_bias || has(WeightRole::AttnOutputBias);
   c.ffn_bias = t.ffn_bias || has(WeightRole::FfnDownBias);
   c.tied_embeddings = !has(WeightRole::Output);
+  c.rope_freq_factors = has(WeightRole::RopeFreqs);
 
   c.rope_layout = family.rope_layout(FileFormat::Gguf);
   c.rope_base = k.opt_f64("rope.freq_base").value_or(10000.0);

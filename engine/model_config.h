@@ -50,6 +50,9 @@ struct ModelConfig {
   double rope_base = 10000.0;
   uint64_t rope_dims = 0;  // rotated dimensions per head (<= head_dim)
   std::optional<RopeScalingConfig> rope_scaling;
+  // GGUF files of Llama 3.1-style scaled RoPE carry rope_freqs.weight, one divisor per rotated
+  // pair, instead of a rope.scaling.type key; Rope nodes then reference it.
+  bool rope_freq_factors = false;
   std::optional<uint64_t> sliding_window;
 
   // Granite; 1.0 (and attention_scale unset) elsewhere.

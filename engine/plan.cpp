@@ -61,9 +61,11 @@ class Builder {
     if (c_.qk_norm)
       rope_src = add(std::nullopt, L, Op::QkNorm, {qkv}, {{R::AttnQNorm, L}, {R::AttnKNorm, L}},
                      c_.qkv_dim());
-    size_t q = add(Stage::QPostRope, L, Op::Rope, {rope_src}, {}, c_.q_dim());
+    std::vector<WeightRef> freqs;
+    if (c_.rope_freq_factors) freqs.push_back({R::RopeFreqs, std::nullopt});
+    size_t q = add(Stage::QPostRope, L, Op::Rope, {rope_src}, freqs, c_.q_dim());
     last().part = QkvPart::Q;
-    size_t k = add(Stage::KPostRope, L, Op::Rope, {rope_src}, {}, c_.kv_dim());
+    size_t k = add(Stage::KPostRope, L, Op::Rope, {rope_src}, freqs, c_.kv_dim());
     last().part = QkvPart::K;
     size_t scores = add(Stage::AttnScores, L, Op::AttnScores, {q, k}, {}, c_.heads);
     last().scale = c_.attention_scale();

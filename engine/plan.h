@@ -25,7 +25,8 @@ enum class Op : uint8_t {
   MatMul,      // x · Wᵀ for each matrix in weights, outputs concatenated, + biases, × scale
   AddBias,     // x + concat(biases)
   QkNorm,      // RMSNorm of each Q head (weights[0]) and K head (weights[1]); V passes
-  Rope,        // rotate the `part` (Q or K) slice of the input per config's rope layout
+  Rope,        // rotate the `part` (Q or K) slice per the config; weights[0], if any:
+               // rope_freqs, one frequency divisor per rotated pair
   AttnScores,  // scale · Q·Kᵀ per head over the KV cache, causal (and sliding) mask
   Softmax,     // row-wise over ctx, per head
   AttnWeightedSum,  // probabilities (input 0) · V (the V slice of input 1), heads concatenated

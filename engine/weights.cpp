@@ -22,6 +22,7 @@ constexpr RoleSlot kSlots[] = {
     {WeightRole::OutputNorm, &Weights::output_norm, nullptr},
     {WeightRole::OutputNormBias, &Weights::output_norm_bias, nullptr},
     {WeightRole::Output, &Weights::output, nullptr},
+    {WeightRole::RopeFreqs, &Weights::rope_freqs, nullptr},
     {WeightRole::AttnNorm, nullptr, &LayerWeights::attn_norm},
     {WeightRole::AttnNormBias, nullptr, &LayerWeights::attn_norm_bias},
     {WeightRole::AttnQ, nullptr, &LayerWeights::attn_q},
@@ -132,6 +133,7 @@ std::vector<WeightRole> required_roles(const ModelConfig& c) {
   std::vector<R> r{R::TokenEmbd, R::OutputNorm, R::AttnNorm, R::AttnQ, R::AttnK,
                    R::AttnV,     R::AttnOutput, R::FfnNorm,  R::FfnUp, R::FfnDown};
   if (!c.tied_embeddings) r.push_back(R::Output);
+  if (c.rope_freq_factors) r.push_back(R::RopeFreqs);
   if (c.norm == NormKind::Layer)
     r.insert(r.end(), {R::OutputNormBias, R::AttnNormBias, R::FfnNormBias});
   if (c.qkv_bias) r.insert(r.end(), {R::AttnQBias, R::AttnKBias, R::AttnVBias});
@@ -170,6 +172,8 @@ std::vector<uint64_t> expected_dims(const ModelConfig& c, WeightRole role) {
     case R::AttnKBias:
     case R::AttnVBias:
       return {c.kv_dim()};
+    case R::RopeFreqs:
+      return {c.rope_dims / 2};
     case R::AttnQNorm:
     case R::AttnKNorm:
       return {c.head_dim};

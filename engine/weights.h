@@ -60,6 +60,7 @@ struct Weights {
   std::optional<TensorRef> output_norm_bias;  // [hidden]  LayerNorm
   // [hidden, vocab]; with tied embeddings the same tensor as token_embd.
   std::optional<TensorRef> output;
+  std::optional<TensorRef> rope_freqs;  // [rope_dims / 2]  see ModelConfig::rope_freq_factors
   bool tied_embeddings = false;
   std::vector<LayerWeights> layers;
 

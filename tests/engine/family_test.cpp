@@ -41,9 +41,9 @@ struct TraitCase {
   friend void PrintTo(const TraitCase& c, std::ostream* os) { *os << c.family; }
 };
 
-class FamilyTraits : public ::testing::TestWithParam<TraitCase> {};
+class FamilyTraitTable : public ::testing::TestWithParam<TraitCase> {};
 
-TEST_P(FamilyTraits, MatchTheArchitecture) {
+TEST_P(FamilyTraitTable, MatchTheArchitecture) {
   const TraitCase& c = GetParam();
   FamilyRegistry r = FamilyRegistry::load();
   const Family* f = r.find_name(c.family);
@@ -69,7 +69,7 @@ TEST_P(FamilyTraits, MatchTheArchitecture) {
 using N = NormKind;
 using A = Activation;
 using R = RopeLayout;
-INSTANTIATE_TEST_SUITE_P(Families, FamilyTraits,
+INSTANTIATE_TEST_SUITE_P(Families, FamilyTraitTable,
                          ::testing::Values(TraitCase{"llama", N::Rms, A::SiluGated, false, false,
                                                      false, false, R::Normal, false, false, false},
                                            TraitCase{"mistral", N::Rms, A::SiluGated, false, false,

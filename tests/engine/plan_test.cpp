@@ -233,6 +233,23 @@ TEST(Plan, Starcoder2FromSyntheticGguf) {
   EXPECT_EQ(m.config.rope_layout, RopeLayout::Neox);
 }
 
+TEST(Plan, RopeFreqsFeedEveryRopeNode) {
+  test::TinySpec s;
+  s.rope_freqs = true;
+  Model m = open_model(test::write_tiny_gguf(test::scratch_dir("freqs") / "m.gguf", s), registry());
+  EXPECT_TRUE(m.config.rope_freq_factors);
+  ASSERT_TRUE(m.weights.rope_freqs);
+  EXPECT_EQ(m.weights.rope_freqs->dims, (std::vector<uint64_t>{4}));  // head_dim 8 / 2
+  expect_plan_matches_weights(m);
+  size_t rope_nodes = 0;
+  for (const Node& n : m.plan.nodes)
+    if (n.op == Op::Rope) {
+      ++rope_nodes;
+      EXPECT_EQ(n.weights, (std::vector<WeightRef>{{WeightRole::RopeFreqs, std::nullopt}}));
+    }
+  EXPECT_EQ(rope_nodes, 2u * s.layers);
+}
+
 TEST(Plan, Qwen3NormsQAndKBeforeRope) {
   ModelConfig c = hf_config("config-qwen3.json");
   Plan p = build_plan(c);

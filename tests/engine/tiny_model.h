@@ -25,8 +25,9 @@ struct TinySpec {
   bool gated = true;        // ffn_gate present
   bool qkv_bias = false;
   bool qk_norm = false;
-  bool out_bias = false;  // attn_output and ffn biases
-  bool tied = false;      // no output.weight
+  bool out_bias = false;    // attn_output and ffn biases
+  bool tied = false;        // no output.weight
+  bool rope_freqs = false;  // rope_freqs.weight (Llama 3.1-style scaled RoPE)
   std::vector<std::pair<std::string, formats::GgufValue>> extra_kv;
   std::set<std::string> drop;                            // tensor names left out
   std::map<std::string, std::vector<uint64_t>> reshape;  // name → dims written instead
@@ -40,6 +41,7 @@ inline std::vector<std::pair<std::string, std::vector<uint64_t>>> tiny_tensors(c
       {"token_embd.weight", {s.hidden, s.vocab}}, {"output_norm.weight", {s.hidden}}};
   if (s.layer_norm) t.push_back({"output_norm.bias", {s.hidden}});
   if (!s.tied) t.push_back({"output.weight", {s.hidden, s.vocab}});
+  if (s.rope_freqs) t.push_back({"rope_freqs.weight", {hd / 2}});
   for (uint64_t L = 0; L < s.layers; ++L) {
     std::string b = "blk." + std::to_string(L) + ".";
     t.push_back({b + "attn_norm.weight", {s.hidden}});

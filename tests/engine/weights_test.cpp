@@ -150,6 +150,12 @@ INSTANTIATE_TEST_SUITE_P(
                         s.reshape = {{"output_norm.weight", {32, 1}}};
                       },
                       {"output_norm.weight of shape [32]", "found shape [32, 1]"}},
+        BadTensorCase{"rope_freqs_wrong_length",
+                      [](test::TinySpec& s) {
+                        s.rope_freqs = true;
+                        s.reshape = {{"rope_freqs.weight", {8}}};
+                      },
+                      {"rope_freqs.weight of shape [4]", "found shape [8]"}},
         BadTensorCase{"type_without_codec",
                       [](test::TinySpec& s) {
                         s.retype = {{"blk.0.attn_q.weight", formats::GgmlType::Q8_1}};
