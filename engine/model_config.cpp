@@ -1,6 +1,7 @@
 #include "engine/model_config.h"
 
 #include <cmath>
+#include <span>
 
 #include "formats/error.h"
 
@@ -229,6 +230,24 @@ ModelConfig config_from_hf(const formats::HfConfig& hf, const Family& family,
   const FamilyTraits& t = family.traits;
   c.norm = t.norm;
   c.activation = t.activation;
+  // The family fixes the activation; a config naming another one would silently diverge
+  // (HF "gelu" is the erf form, the family's Gelu the tanh approximation).
+  if (hf.hidden_act) {
+    static constexpr std::string_view kSilu[] = {"silu", "swish"};
+    static constexpr std::string_view kGeluTanh[] = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast"};
+    bool ok = false;
+    for (std::string_view a :
+         (t.activation == Activation::SiluGated ? std::span<const std::string_view>(kSilu)
+                                                : std::span<const std::string_view>(kGeluTanh)))
+      ok = ok || *hf.hidden_act == a;
+    if (!ok)
+      fail_key(
+          source, "hidden_act",
+          t.activation == Activation::SiluGated
+              ? "to be \"silu\" (family " + family.name + ")"
+              : "to be a tanh-approximated GELU (gelu_pytorch_tanh) (family " + family.name + ")",
+          "\"" + *hf.hidden_act + "\"");
+  }
   c.qk_norm = t.qk_norm;
   c.norm_eps = hf.norm_eps().value_or(family.hf_norm_eps);
   // attention_bias covers q/k/v/o (Llama, Mistral, Granite, Qwen3), mlp_bias the MLP, and

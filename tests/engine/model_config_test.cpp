@@ -182,6 +182,13 @@ TEST(ModelConfig, HfUseBiasFalseDropsStarcoder2Biases) {
   EXPECT_FALSE(c.ffn_bias);
   EXPECT_FALSE(c.tied_embeddings);
   EXPECT_NEAR(c.norm_eps, 1e-5, 1e-15);  // the family's default
+
+  // StarCoder2's MLP is the tanh GELU; the erf "gelu" is a different function.
+  formats::HfConfig erf = hf;
+  erf.hidden_act = "gelu";
+  Error e = test::expect_error(
+      [&] { config_from_hf(erf, *registry().find_hf("starcoder2"), "sc.json"); });
+  EXPECT_NE(std::string(e.what()).find("\"hidden_act\""), std::string::npos) << e.what();
 }
 
 TEST(ModelConfig, GgufGraniteMultipliersFromTheirKeys) {
@@ -294,6 +301,7 @@ TEST(ModelConfig, HfBadValuesNameTheKey) {
       {R"("num_attention_heads": 6)", "hidden_size"},
       {R"("num_attention_heads": 8, "rms_norm_eps": 0)", "rms_norm_eps"},
       {R"("num_attention_heads": 8, "rope_theta": -5)", "rope_theta"},
+      {R"("num_attention_heads": 8, "hidden_act": "gelu")", "hidden_act"},
       {R"("num_attention_heads": 8, "rope_scaling": {"rope_type": "linear"})",
        "rope_scaling.factor"},
   };
