@@ -35,7 +35,8 @@ class Lane {
                          Trace& trace) = 0;
   // Runs one node on given inputs (one Tensor per node.inputs, in order; Embed takes the
   // token ids as a [tokens] tensor) and returns its output, so that a node's own error can
-  // be told from the error it inherits.
+  // be told from the error it inherits. Attention nodes take inputs covering the whole
+  // context (captured from a prefill at position 0), so no KV cache is involved.
   virtual Tensor replay(const Node& node, std::span<const Tensor> inputs) = 0;
 };
 

@@ -1,5 +1,6 @@
 #include "engine/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <span>
 
@@ -118,6 +119,10 @@ ModelConfig config_from_gguf(const formats::GgufFile& file, const Family& family
   auto arch = file.get_string("general.architecture");
   if (!arch) fail_key(file.path(), "general.architecture", "to be a string");
   c.architecture = *arch;
+  if (std::find(family.gguf_architectures.begin(), family.gguf_architectures.end(), *arch) ==
+      family.gguf_architectures.end())
+    fail_key(file.path(), "general.architecture", "to be one family " + family.name + " covers",
+             "\"" + *arch + "\"");
   GgufKeys k(file, c.architecture);
 
   c.hidden = k.u64("embedding_length");

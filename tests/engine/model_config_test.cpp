@@ -273,6 +273,17 @@ INSTANTIATE_TEST_SUITE_P(
                     "llama.attention.value_length"}),
     [](const auto& info) { return info.param.label; });
 
+TEST(ModelConfig, GgufFamilyMustCoverTheArchitecture) {
+  test::TinySpec s;
+  s.arch = "qwen2";
+  s.qkv_bias = true;
+  std::filesystem::path p = test::write_tiny_gguf(test::scratch_dir("arch") / "q.gguf", s);
+  formats::GgufFile f = formats::GgufFile::open(p.string());
+  Error e = test::expect_error([&] { config_from_gguf(f, *registry().find_name("llama")); });
+  EXPECT_NE(std::string(e.what()).find("general.architecture"), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("\"qwen2\""), std::string::npos) << e.what();
+}
+
 TEST(ModelConfig, GgufMissingRequiredKeyNamesIt) {
   // A file whose metadata lacks feed_forward_length: written by hand, without TinySpec's keys.
   std::filesystem::path p = test::scratch_dir("nokey") / "m.gguf";
