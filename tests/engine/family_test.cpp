@@ -60,6 +60,11 @@ TEST_P(FamilyTraitTable, MatchTheArchitecture) {
   EXPECT_EQ(f->traits.tied_embeddings, c.tied);
   EXPECT_EQ(f->multipliers.has_value(), c.multipliers);
   EXPECT_EQ(f->traits.sliding_window, c.sliding_window);
+  // The names the manifest and UI print are the file's own spellings.
+  json j = family_json(c.family);
+  EXPECT_EQ(norm_kind_name(f->traits.norm), j["traits"]["norm"].get<std::string>());
+  EXPECT_EQ(activation_name(f->traits.activation), j["traits"]["activation"].get<std::string>());
+  EXPECT_EQ(rope_layout_name(f->traits.gguf_rope), j["traits"]["gguf_rope"].get<std::string>());
   // A gated MLP has a gate in both maps; a non-gated one in neither.
   bool gated = c.activation == Activation::SiluGated;
   EXPECT_EQ(!f->tensor_name(FileFormat::Gguf, WeightRole::FfnGate).empty(), gated);
