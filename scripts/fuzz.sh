@@ -40,11 +40,13 @@ for exe in "$build"/tests/fuzz/*_fuzz; do
       -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=65536 \
       -timeout=10 -workers="$jobs" -jobs="$jobs" -artifact_prefix=fuzz-corpus/crashes/"$name"- \
       -print_final_stats=1 >"$log" 2>&1; then
-    runs=$(grep -h 'stat::number_of_executed_units' "$log" | awk '{s+=$2} END {print s+0}')
+    # With -jobs, each worker's statistics land in fuzz-<N>.log in the current directory.
+    runs=$(cat "$log" fuzz-*.log 2>/dev/null | grep -h 'stat::number_of_executed_units' |
+      awk '{s+=$2} END {print s+0}')
     echo "fuzz: $name ok, $runs executions in ${seconds}s, corpus $(ls "$corpus" | wc -l) inputs"
   else
     echo "fuzz: $name FAILED; input kept in fuzz-corpus/crashes/; log:"
-    tail -n 40 "$log"
+    cat "$log" fuzz-*.log 2>/dev/null | grep -v '^#' | tail -n 40
     status=1
   fi
   rm -f "$log" fuzz-*.log
