@@ -5,16 +5,18 @@
 #
 #   scripts/setup.sh run     install, build, open the workbench on its demo
 #   scripts/setup.sh test    install, build, run every test (what CI runs)
+#   scripts/setup.sh deps    install the packages only
+#   scripts/setup.sh build   install and build only
 #
 # Environment: BUILD_DIR (default build), JOBS (default: all cores),
-# LOCKSTEP_CUDA / LOCKSTEP_GUI (AUTO|ON|OFF, default AUTO), LOCKSTEP_SANITIZE
-# (ON adds an AddressSanitizer+UBSan build of the tests to `test`).
+# LOCKSTEP_CUDA / LOCKSTEP_GUI (AUTO|ON|OFF, default AUTO), LOCKSTEP_SANITIZE (default ON:
+# `test` also builds and runs the suite under AddressSanitizer+UBSan; OFF skips that).
 set -euo pipefail
 
 mode=${1:-run}
 case "$mode" in
   run|test|deps|build) ;;
-  -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,/^$/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "setup.sh: unknown mode '$mode' (expected run, test, deps or build)" >&2; exit 2 ;;
 esac
 
