@@ -1,0 +1,415 @@
+#include "engine/ref_lane.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
+#include "formats/aprt.h"
+#include "tests/engine/tiny_model.h"
+#include "tests/test_util.h"
+
+namespace lockstep::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+const FamilyRegistry& registry() {
+  static const FamilyRegistry r = FamilyRegistry::load();
+  return r;
+}
+
+// Models are opened once per binary; lanes point into them.
+const Model& shared_model(const std::string& rel) {
+  static std::map<std::string, std::unique_ptr<Model>> models;
+  auto& m = models[rel];
+  if (!m) m = std::make_unique<Model>(open_model(test::shared_models() / rel, registry()));
+  return *m;
+}
+
+struct Reference {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> generated;
+  uint64_t vocab = 0;
+  std::vector<float> logits;  // [tokens, vocab]  llama.cpp's, every prompt position
+};
+
+Reference reference(const std::string& name) {
+  fs::path dir = test::shared_models() / "reference" / name;
+  nlohmann::json j = nlohmann::json::parse(test::read_file(dir / "llamacpp.json"));
+  Reference r;
+  r.tokens = j.at("tokens").get<std::vector<int32_t>>();
+  r.generated = j.at("generated").get<std::vector<int32_t>>();
+  r.vocab = j.at("n_vocab").get<uint64_t>();
+  r.logits = formats::read_aprt(dir / "lm_head.bin").values;
+  return r;
+}
+
+std::vector<double> softmax(std::span<const float> logits) {
+  double mx = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(logits.size());
+  double sum = 0.0;
+  for (size_t i = 0; i < p.size(); ++i) sum += p[i] = std::exp(logits[i] - mx);
+  for (double& v : p) v /= sum;
+  return p;
+}
+
+struct Agreement {
+  double max_rel = 0.0;  // max over positions of ‖ref − llama.cpp‖ / ‖llama.cpp‖
+  double mean_kl = 0.0;  // mean over positions of KL(p_llama.cpp ‖ p_ref)
+  double top1 = 0.0;     // fraction of positions whose argmax agrees
+};
+
+Agreement agreement(const Logits& ours, const Reference& ref) {
+  EXPECT_EQ(ours.vocab, ref.vocab);
+  EXPECT_EQ(ours.tokens, ref.tokens.size());
+  EXPECT_EQ(ref.logits.size(), ref.tokens.size() * ref.vocab);
+  Agreement a;
+  const uint64_t v = ref.vocab;
+  for (uint64_t t = 0; t < ours.tokens; ++t) {
+    std::span<const float> x(&ours.values[t * v], v), y(&ref.logits[t * v], v);
+    double diff = 0.0, norm = 0.0;
+    for (uint64_t i = 0; i < v; ++i) {
+      diff += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
+      norm += double(y[i]) * y[i];
+    }
+    a.max_rel = std::max(a.max_rel, std::sqrt(diff / norm));
+    std::vector<double> p = softmax(y), q = softmax(x);
+    double kl = 0.0;
+    for (uint64_t i = 0; i < v; ++i)
+      if (p[i] > 0) kl += p[i] * (std::log(p[i]) - std::log(q[i]));
+    a.mean_kl += kl / ours.tokens;
+    a.top1 += (argmax(x) == argmax(y) ? 1.0 : 0.0) / ours.tokens;
+  }
+  return a;
+}
+
+Logits prefill(RefLane& lane, std::span<const int32_t> tokens, const CapturePlan& capture,
+               Trace& trace) {
+  lane.reset();
+  return lane.forward(tokens, 0, capture, trace);
+}
+
+Logits prefill(RefLane& lane, std::span<const int32_t> tokens) {
+  Trace trace;
+  return prefill(lane, tokens, CapturePlan::none(), trace);
+}
+
+TEST(RefLaneStories, GreedyContinuationMatchesLlamaCpp) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  const Model& model = shared_model("stories260K.gguf");
+  Reference ref = reference("stories260K");
+  Tokenizer tok = Tokenizer::from_gguf(*model.gguf);
+  std::vector<int32_t> prompt = tok.encode("Once upon a time", true);
+  ASSERT_EQ(prompt, ref.tokens);
+
+  RefLane lane;
+  lane.load(model);
+  Trace trace;
+  Logits logits = lane.forward(prompt, 0, CapturePlan::none(), trace);
+  std::vector<int32_t> generated;
+  uint32_t pos = static_cast<uint32_t>(prompt.size());
+  while (generated.size() < ref.generated.size()) {
+    std::span<const float> last(&logits.values[(logits.tokens - 1) * logits.vocab], logits.vocab);
+    int32_t next = argmax(last);
+    generated.push_back(next);
+    logits = lane.forward(std::span(&generated.back(), 1), pos++, CapturePlan::none(), trace);
+    EXPECT_EQ(logits.tokens, 1u);
+  }
+  EXPECT_EQ(lane.cached_tokens(), pos);
+  EXPECT_EQ(generated, ref.generated);
+  // greedy.txt holds the continuation through its first line break (64 ids run past it).
+  std::string text = tok.decode(generated);
+  std::string expected =
+      test::read_file(test::shared_models() / "reference/stories260K/greedy.txt");
+  ASSERT_FALSE(expected.empty());
+  EXPECT_EQ(expected.back(), '\n');
+  EXPECT_EQ(text.substr(0, text.find('\n') + 1), expected);
+}
+
+TEST(RefLaneStories, FloatGoldenAfterBos) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  RefLane lane;
+  lane.load(shared_model("stories260K.gguf"));
+  const int32_t bos = 1;
+  Logits logits = prefill(lane, std::span(&bos, 1));
+  // README section 1: an independent float64 forward pass.
+  const double golden[8] = {-6.22291, 8.40434,  -6.22374, -6.22254,
+                            -6.22195, -6.22288, -6.22188, -6.22342};
+  // llama.cpp's own position-0 logits sit up to 6.4e-4 from it (see RefLaneLogits); ref, being
+  // float64 too, must agree to the golden's 5 decimals.
+  Reference ref = reference("stories260K");
+  double ours = 0.0, theirs = 0.0;
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_NEAR(logits.values[i], golden[i], 1e-4) << "id " << i;
+    ours = std::max(ours, std::abs(logits.values[i] - golden[i]));
+    theirs = std::max(theirs, std::abs(ref.logits[i] - golden[i]));
+  }
+  std::printf("[golden] max |ref - float64 golden| %.2e, max |llama.cpp - golden| %.2e\n", ours,
+              theirs);
+  EXPECT_LE(ours, 1e-5);
+  EXPECT_EQ(argmax(logits.values), 403);
+}
+
+struct LogitCase {
+  std::string name;   // reference/<name>
+  std::string model;  // path under shared models
+  double max_rel;     // bound on max relative error
+  double max_kl;      // bound on mean KL
+  double min_top1;    // bound on top-1 agreement
+};
+
+void PrintTo(const LogitCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+class RefLaneLogits : public ::testing::TestWithParam<LogitCase> {};
+
+TEST_P(RefLaneLogits, AgreeWithLlamaCppAtEveryPosition) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  const LogitCase& c = GetParam();
+  Reference ref = reference(c.name);
+  RefLane lane;
+  lane.load(shared_model(c.model));
+  Logits logits = prefill(lane, ref.tokens);
+  Agreement a = agreement(logits, ref);
+  std::printf("[ref vs llama.cpp] %-16s tokens %2zu  max rel err %.3e  mean KL %.3e  top-1 %.3f\n",
+              c.name.c_str(), ref.tokens.size(), a.max_rel, a.mean_kl, a.top1);
+  EXPECT_LE(a.max_rel, c.max_rel);
+  EXPECT_LE(a.mean_kl, c.max_kl);
+  EXPECT_GE(a.top1, c.min_top1);
+}
+
+// F32 files: not f32 rounding (~1e-6) but ~1e-3. The difference is on llama.cpp's side: its
+// position-0 logits of stories260K sit up to 6.4e-4 (8e-5 relative per logit) from the README's
+// independent float64 forward, which ref matches to 1e-5 (FloatGoldenAfterBos). llama.cpp keeps
+// its KV cache in f16 by default (2^-11 relative rounding of K and V), which is part of it; with
+// that emulated the figures drop only ~20%, so the rest is another reduced-precision step we
+// have not isolated. Measured: 1.1e-3 / 9.2e-4 / 1.4e-3; bound 3e-3, KL 1e-4, argmax exact.
+// Quantized files: llama.cpp also quantizes activations to 8 bits (Q8_0/Q8_K) before each
+// quantized matmul while ref uses the exact dequantized weights: measured 2-3% relative error,
+// mean KL 1e-4..5e-3 nats, top-1 94-100%; bounds 5%, 1e-2 nats, 90% (argmax differs only at
+// near-ties).
+INSTANTIATE_TEST_SUITE_P(
+    Models, RefLaneLogits,
+    ::testing::Values(
+        LogitCase{"stories260K", "stories260K.gguf", 3e-3, 1e-4, 1.0},
+        LogitCase{"ref-llama-f32", "quant-ref/ref-llama-f32.gguf", 3e-3, 1e-4, 1.0},
+        LogitCase{"ref-qwen2-f32", "quant-ref/ref-qwen2-f32.gguf", 3e-3, 1e-4, 1.0},
+        LogitCase{"ref-llama-Q8_0", "quant-ref/ref-llama-Q8_0.gguf", 0.05, 1e-2, 0.9},
+        LogitCase{"ref-llama-Q4_K_M", "quant-ref/ref-llama-Q4_K_M.gguf", 0.05, 1e-2, 0.9},
+        LogitCase{"ref-qwen2-Q8_0", "quant-ref/ref-qwen2-Q8_0.gguf", 0.05, 1e-2, 0.9}),
+    [](const ::testing::TestParamInfo<LogitCase>& info) {
+      std::string s = info.param.name;
+      std::replace(s.begin(), s.end(), '-', '_');
+      return s;
+    });
+
+TEST(RefLaneCapture, FullCaptureDoesNotChangeLogitsAndHoldsEveryCell) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  const Model& model = shared_model("quant-ref/ref-qwen2-f32.gguf");
+  Reference ref = reference("ref-qwen2-f32");
+  RefLane lane;
+  lane.load(model);
+  Trace none, full;
+  Logits plain = prefill(lane, ref.tokens, CapturePlan::none(), none);
+  Logits captured = prefill(lane, ref.tokens, CapturePlan::all(), full);
+  EXPECT_EQ(none.size(), 0u);
+  ASSERT_EQ(plain.values.size(), captured.values.size());
+  EXPECT_EQ(0, std::memcmp(plain.values.data(), captured.values.data(),
+                           plain.values.size() * sizeof(float)));
+
+  const uint64_t n = ref.tokens.size(), heads = model.config.heads;
+  size_t staged = 0;
+  for (const Node& node : model.plan.nodes) {
+    if (!node.stage) continue;
+    ++staged;
+    Cell cell{*node.stage, node.layer};
+    const Tensor* t = full.find(cell);
+    ASSERT_NE(t, nullptr) << cell_name(cell);
+    std::vector<uint64_t> shape = node.width_times_ctx ? std::vector<uint64_t>{heads, n, n}
+                                                       : std::vector<uint64_t>{n, node.width};
+    EXPECT_EQ(t->shape, shape) << cell_name(cell);
+    EXPECT_TRUE(std::all_of(t->data.begin(), t->data.end(), [&](float v) {
+      return std::isfinite(v) || node.stage == Stage::AttnScores;
+    })) << cell_name(cell);
+  }
+  EXPECT_EQ(full.size(), staged);
+  // qwen2 has QKV bias, so the qkv_bias cell exists; llama-only stages are absent by design.
+  EXPECT_NE(full.find({Stage::QkvBias, 1u}), nullptr);
+  const Tensor* lm = full.find({Stage::LmHead, std::nullopt});
+  ASSERT_NE(lm, nullptr);
+  EXPECT_EQ(lm->data, captured.values);
+  EXPECT_EQ(full.lane, "ref");
+  EXPECT_EQ(full.tokens, ref.tokens);
+
+  // Softmax rows: causal zeros past the query, summing to one.
+  const Tensor* probs = full.find({Stage::AttnSoftmax, 0u});
+  ASSERT_NE(probs, nullptr);
+  for (uint64_t h = 0; h < heads; ++h)
+    for (uint64_t t = 0; t < n; ++t) {
+      double sum = 0.0;
+      for (uint64_t j = 0; j < n; ++j) {
+        float p = probs->data[(h * n + t) * n + j];
+        if (j > t) {
+          EXPECT_EQ(p, 0.0f);
+        }
+        sum += p;
+      }
+      EXPECT_NEAR(sum, 1.0, 1e-6);
+    }
+
+  // A capture plan naming a few cells gets exactly those.
+  Trace some;
+  prefill(lane, ref.tokens, CapturePlan::parse("attn_norm@1;lm_head"), some);
+  EXPECT_EQ(some.size(), 2u);
+  EXPECT_NE(some.find({Stage::AttnNorm, 1u}), nullptr);
+}
+
+TEST(RefLaneCapture, DecodeAfterPrefillEqualsWholePrefill) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  for (const char* name : {"ref-llama-f32", "ref-qwen2-f32"}) {
+    SCOPED_TRACE(name);
+    Reference ref = reference(name);
+    RefLane lane;
+    lane.load(shared_model(std::string("quant-ref/") + name + ".gguf"));
+    std::span<const int32_t> all(ref.tokens);
+    Logits whole = prefill(lane, all);
+    const uint64_t n = all.size(), v = whole.vocab;
+
+    // Prefill all but the last three, then decode them one at a time.
+    lane.reset();
+    Trace trace;
+    lane.forward(all.first(n - 3), 0, CapturePlan::none(), trace);
+    Logits step;
+    for (uint64_t t = n - 3; t < n; ++t)
+      step = lane.forward(all.subspan(t, 1), static_cast<uint32_t>(t), CapturePlan::none(), trace);
+    ASSERT_EQ(step.tokens, 1u);
+    double diff = 0.0, norm = 0.0;
+    for (uint64_t i = 0; i < v; ++i) {
+      double d = double(step.values[i]) - whole.values[(n - 1) * v + i];
+      diff += d * d;
+      norm += double(whole.values[(n - 1) * v + i]) * whole.values[(n - 1) * v + i];
+    }
+    EXPECT_LE(std::sqrt(diff / norm), 1e-12);
+
+    // Re-running from an earlier position cuts the cache back and gives the same answer.
+    Logits again = lane.forward(all.subspan(n - 1, 1), static_cast<uint32_t>(n - 1),
+                                CapturePlan::none(), trace);
+    EXPECT_EQ(again.values, step.values);
+    EXPECT_EQ(lane.cached_tokens(), n);
+    test::expect_error([&] {
+      lane.forward(all.first(1), static_cast<uint32_t>(n + 1), CapturePlan::none(), trace);
+    });
+  }
+}
+
+TEST(RefLaneReplay, CapturedInputsReproduceCapturedOutputs) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  for (const char* name : {"ref-llama-f32", "ref-qwen2-f32"}) {
+    SCOPED_TRACE(name);
+    const Model& model = shared_model(std::string("quant-ref/") + name + ".gguf");
+    Reference ref = reference(name);
+    RefLane lane;
+    lane.load(model);
+    Trace trace;
+    prefill(lane, ref.tokens, CapturePlan::all(), trace);
+    size_t replayed = 0;
+    for (const Node& node : model.plan.nodes) {
+      if (!node.stage) continue;
+      std::vector<Tensor> inputs;
+      if (node.op == Op::Embed) {
+        Tensor ids;
+        ids.shape = {ref.tokens.size()};
+        ids.data.assign(ref.tokens.begin(), ref.tokens.end());
+        inputs.push_back(ids);
+      }
+      bool all_captured = true;
+      for (size_t in : node.inputs) {
+        const Node& src = model.plan.nodes[in];
+        const Tensor* t = src.stage ? trace.find({*src.stage, src.layer}) : nullptr;
+        if (!t) all_captured = false;
+        if (t) inputs.push_back(*t);
+      }
+      if (!all_captured) continue;
+      const Tensor* expected = trace.find({*node.stage, node.layer});
+      ASSERT_NE(expected, nullptr);
+      Tensor got = lane.replay(node, inputs);
+      EXPECT_EQ(got.shape, expected->shape) << cell_name({*node.stage, node.layer});
+      ASSERT_EQ(got.data.size(), expected->data.size());
+      EXPECT_EQ(
+          0, std::memcmp(got.data.data(), expected->data.data(), got.data.size() * sizeof(float)))
+          << cell_name({*node.stage, node.layer}) << " " << op_name(node.op);
+      ++replayed;
+    }
+    // Every staged node whose inputs are all staged: MatMul, RmsNorm, Rope, attention, ...
+    EXPECT_GE(replayed, model.config.layers * 14);
+    Tensor bad;
+    bad.shape = {1, 3};
+    bad.data = {1, 2, 3};
+    test::expect_error([&] { lane.replay(*model.plan.find(Stage::AttnNorm, 0u), {&bad, 1}); });
+  }
+}
+
+class RefLaneTiny : public ::testing::TestWithParam<test::TinySpec> {};
+
+TEST_P(RefLaneTiny, RunsToFiniteLogits) {
+  const test::TinySpec& spec = GetParam();
+  fs::path path =
+      test::write_tiny_gguf(test::scratch_dir("ref_lane_" + spec.arch) / "m.gguf", spec);
+  Model model = open_model(path, registry());
+  RefLane lane;
+  lane.load(model);
+  std::vector<int32_t> tokens{1, 5, 7, 3, 39, 0};
+  Trace trace;
+  Logits logits = lane.forward(tokens, 0, CapturePlan::all(), trace);
+  ASSERT_EQ(logits.values.size(), tokens.size() * spec.vocab);
+  EXPECT_TRUE(std::all_of(logits.values.begin(), logits.values.end(),
+                          [](float v) { return std::isfinite(v); }));
+  size_t staged = std::count_if(model.plan.nodes.begin(), model.plan.nodes.end(),
+                                [](const Node& n) { return n.stage.has_value(); });
+  EXPECT_EQ(trace.size(), staged);
+  // One decode step after the prefill matches a prefill of the longer sequence.
+  int32_t next = 11;
+  Logits step = lane.forward(std::span(&next, 1), 6, CapturePlan::none(), trace);
+  tokens.push_back(next);
+  Logits whole = prefill(lane, tokens);
+  for (uint64_t i = 0; i < spec.vocab; ++i)
+    EXPECT_NEAR(step.values[i], whole.values[6 * spec.vocab + i], 1e-6);
+  test::expect_error([&] {
+    int32_t out_of_vocab = static_cast<int32_t>(spec.vocab);
+    lane.forward(std::span(&out_of_vocab, 1), 0, CapturePlan::none(), trace);
+  });
+}
+
+test::TinySpec tiny(std::string arch) {
+  test::TinySpec s;
+  s.arch = std::move(arch);
+  if (s.arch == "qwen2") {
+    s.qkv_bias = true;
+    s.tied = true;
+  } else if (s.arch == "starcoder2") {
+    s.layer_norm = true;
+    s.gated = false;
+    s.qkv_bias = true;
+    s.out_bias = true;
+    s.tied = true;
+  } else if (s.arch == "qwen3") {
+    s.qk_norm = true;
+  }
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, RefLaneTiny,
+                         ::testing::Values(tiny("llama"), tiny("qwen2"), tiny("qwen3"),
+                                           tiny("starcoder2")),
+                         [](const ::testing::TestParamInfo<test::TinySpec>& info) {
+                           return info.param.arch;
+                         });
+
+}  // namespace
+}  // namespace lockstep::engine
