@@ -238,9 +238,9 @@ std::vector<double> RefLane::run_node(const Node& node,
     }
     case Op::Rope: {
       const uint64_t in_w = input_width(node, 0);
-      uint64_t offset = node.part == QkvPart::Q ? 0 : node.part == QkvPart::K ? q_dim : 0;
       if (node.part != QkvPart::Q && node.part != QkvPart::K)
         fail(node, "rope part must be Q or K");
+      const uint64_t offset = node.part == QkvPart::Q ? 0 : q_dim;  // into [Q | K | V]
       y.assign(n * width, 0.0);  // [tokens, heads · head_dim] of the part
       const uint64_t rot = c.rope_dims, half = rot / 2;
       for (uint64_t t = 0; t < n; ++t) {

@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
@@ -308,6 +310,47 @@ TEST(RefLaneCapture, DecodeAfterPrefillEqualsWholePrefill) {
   }
 }
 
+// Replays every node of `model`'s plan on the outputs `trace` captured (an unstaged node, such
+// as Qwen3's Q/K norm, on the replayed output before it) and checks each staged node's output
+// against its capture bit for bit. Returns the ops replayed.
+std::set<Op> replay_all(RefLane& lane, const Model& model, std::span<const int32_t> tokens,
+                        const Trace& trace) {
+  std::map<size_t, Tensor> unstaged;  // replayed outputs of nodes no capture names
+  std::set<Op> ops;
+  for (const Node& node : model.plan.nodes) {
+    std::vector<Tensor> inputs;
+    if (node.op == Op::Embed) {
+      Tensor ids;
+      ids.shape = {tokens.size()};
+      ids.data.assign(tokens.begin(), tokens.end());
+      inputs.push_back(ids);
+    }
+    for (size_t in : node.inputs) {
+      const Node& src = model.plan.nodes[in];
+      const Tensor* t = src.stage ? trace.find({*src.stage, src.layer}) : &unstaged.at(in);
+      if (!t) ADD_FAILURE() << "no capture of node " << in;
+      if (!t) return ops;
+      inputs.push_back(*t);
+    }
+    Tensor got = lane.replay(node, inputs);
+    ops.insert(node.op);
+    if (!node.stage) {
+      unstaged[node.index] = std::move(got);
+      continue;
+    }
+    const Tensor* expected = trace.find({*node.stage, node.layer});
+    std::string cell = cell_name({*node.stage, node.layer});
+    if (!expected) ADD_FAILURE() << "no capture of " << cell;
+    if (!expected) return ops;
+    EXPECT_EQ(got.shape, expected->shape) << cell;
+    if (got.data.size() != expected->data.size()) continue;
+    EXPECT_EQ(0,
+              std::memcmp(got.data.data(), expected->data.data(), got.data.size() * sizeof(float)))
+        << cell << " " << op_name(node.op);
+  }
+  return ops;
+}
+
 TEST(RefLaneReplay, CapturedInputsReproduceCapturedOutputs) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   for (const char* name : {"ref-llama-f32", "ref-qwen2-f32"}) {
@@ -318,36 +361,12 @@ TEST(RefLaneReplay, CapturedInputsReproduceCapturedOutputs) {
     lane.load(model);
     Trace trace;
     prefill(lane, ref.tokens, CapturePlan::all(), trace);
-    size_t replayed = 0;
-    for (const Node& node : model.plan.nodes) {
-      if (!node.stage) continue;
-      std::vector<Tensor> inputs;
-      if (node.op == Op::Embed) {
-        Tensor ids;
-        ids.shape = {ref.tokens.size()};
-        ids.data.assign(ref.tokens.begin(), ref.tokens.end());
-        inputs.push_back(ids);
-      }
-      bool all_captured = true;
-      for (size_t in : node.inputs) {
-        const Node& src = model.plan.nodes[in];
-        const Tensor* t = src.stage ? trace.find({*src.stage, src.layer}) : nullptr;
-        if (!t) all_captured = false;
-        if (t) inputs.push_back(*t);
-      }
-      if (!all_captured) continue;
-      const Tensor* expected = trace.find({*node.stage, node.layer});
-      ASSERT_NE(expected, nullptr);
-      Tensor got = lane.replay(node, inputs);
-      EXPECT_EQ(got.shape, expected->shape) << cell_name({*node.stage, node.layer});
-      ASSERT_EQ(got.data.size(), expected->data.size());
-      EXPECT_EQ(
-          0, std::memcmp(got.data.data(), expected->data.data(), got.data.size() * sizeof(float)))
-          << cell_name({*node.stage, node.layer}) << " " << op_name(node.op);
-      ++replayed;
-    }
-    // Every staged node whose inputs are all staged: MatMul, RmsNorm, Rope, attention, ...
-    EXPECT_GE(replayed, model.config.layers * 14);
+    std::set<Op> ops = replay_all(lane, model, ref.tokens, trace);
+    for (Op op : {Op::Embed, Op::RmsNorm, Op::MatMul, Op::Rope, Op::AttnScores, Op::Softmax,
+                  Op::AttnWeightedSum, Op::Add, Op::Silu, Op::Mul})
+      EXPECT_TRUE(ops.count(op)) << op_name(op);
+    EXPECT_EQ(ops.count(Op::AddBias), std::string(name) == "ref-qwen2-f32" ? 1u : 0u);
+
     Tensor bad;
     bad.shape = {1, 3};
     bad.data = {1, 2, 3};
@@ -355,13 +374,25 @@ TEST(RefLaneReplay, CapturedInputsReproduceCapturedOutputs) {
   }
 }
 
-class RefLaneTiny : public ::testing::TestWithParam<test::TinySpec> {};
+struct TinyCase {
+  std::string name;
+  test::TinySpec spec;
+  std::set<Op> ops;  // ops the family's plan must hold beyond the common ones
+};
 
-TEST_P(RefLaneTiny, RunsToFiniteLogits) {
-  const test::TinySpec& spec = GetParam();
-  fs::path path =
-      test::write_tiny_gguf(test::scratch_dir("ref_lane_" + spec.arch) / "m.gguf", spec);
+void PrintTo(const TinyCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+class RefLaneTiny : public ::testing::TestWithParam<TinyCase> {};
+
+TEST_P(RefLaneTiny, RunsToFiniteLogitsAndReplaysEveryNode) {
+  const TinyCase& c = GetParam();
+  const test::TinySpec& spec = c.spec;
+  fs::path path = test::write_tiny_gguf(test::scratch_dir("ref_lane_" + c.name) / "m.gguf", spec);
   Model model = open_model(path, registry());
+  EXPECT_EQ(model.config.sliding_window.has_value(), !spec.extra_kv.empty());
+  EXPECT_EQ(model.config.rope_freq_factors, spec.rope_freqs);
   RefLane lane;
   lane.load(model);
   std::vector<int32_t> tokens{1, 5, 7, 3, 39, 0};
@@ -373,6 +404,19 @@ TEST_P(RefLaneTiny, RunsToFiniteLogits) {
   size_t staged = std::count_if(model.plan.nodes.begin(), model.plan.nodes.end(),
                                 [](const Node& n) { return n.stage.has_value(); });
   EXPECT_EQ(trace.size(), staged);
+  std::set<Op> ops = replay_all(lane, model, tokens, trace);
+  for (Op op : c.ops) EXPECT_TRUE(ops.count(op)) << op_name(op);
+
+  // A sliding window hides keys `window` or more positions back.
+  if (model.config.sliding_window) {
+    const uint64_t w = *model.config.sliding_window, n = tokens.size();
+    const Tensor* probs = trace.find({Stage::AttnSoftmax, 1u});
+    ASSERT_NE(probs, nullptr);
+    for (uint64_t t = 0; t < n; ++t)
+      for (uint64_t j = 0; j < n; ++j)
+        EXPECT_EQ(probs->data[t * n + j] == 0.0f, j > t || t - j >= w) << t << "," << j;
+  }
+
   // One decode step after the prefill matches a prefill of the longer sequence.
   int32_t next = 11;
   Logits step = lane.forward(std::span(&next, 1), 6, CapturePlan::none(), trace);
@@ -386,29 +430,38 @@ TEST_P(RefLaneTiny, RunsToFiniteLogits) {
   });
 }
 
-test::TinySpec tiny(std::string arch) {
-  test::TinySpec s;
-  s.arch = std::move(arch);
-  if (s.arch == "qwen2") {
+TinyCase tiny(std::string name) {
+  TinyCase c{name, {}, {}};
+  test::TinySpec& s = c.spec;
+  if (name == "llama_rope_freqs") {
+    s.rope_freqs = true;
+  } else if (name == "qwen2") {
+    s.arch = "qwen2";
     s.qkv_bias = true;
     s.tied = true;
-  } else if (s.arch == "starcoder2") {
+    c.ops = {Op::AddBias};
+  } else if (name == "qwen3") {
+    s.arch = "qwen3";
+    s.qk_norm = true;
+    c.ops = {Op::QkNorm};
+  } else if (name == "starcoder2") {
+    s.arch = "starcoder2";
     s.layer_norm = true;
     s.gated = false;
     s.qkv_bias = true;
     s.out_bias = true;
     s.tied = true;
-  } else if (s.arch == "qwen3") {
-    s.qk_norm = true;
+    s.extra_kv = {{"starcoder2.attention.sliding_window", formats::GgufValue::u32(3)}};
+    c.ops = {Op::LayerNorm, Op::Gelu, Op::AddBias};
   }
-  return s;
+  return c;
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, RefLaneTiny,
-                         ::testing::Values(tiny("llama"), tiny("qwen2"), tiny("qwen3"),
-                                           tiny("starcoder2")),
-                         [](const ::testing::TestParamInfo<test::TinySpec>& info) {
-                           return info.param.arch;
+                         ::testing::Values(tiny("llama"), tiny("llama_rope_freqs"), tiny("qwen2"),
+                                           tiny("qwen3"), tiny("starcoder2")),
+                         [](const ::testing::TestParamInfo<TinyCase>& info) {
+                           return info.param.name;
                          });
 
 }  // namespace
