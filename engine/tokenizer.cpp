@@ -461,40 +461,45 @@ int32_t Tokenizer::spm_byte_token(uint8_t byte) const {
               "a byte token " + std::string(name.data()) + " or an unknown token in the vocab");
 }
 
-// SentencePiece merging: start from UTF-8 characters, repeatedly merge the adjacent pair whose
-// concatenation is the highest-scoring token (leftmost on ties), with a priority queue whose
-// stale entries are skipped when popped.
-void Tokenizer::encode_spm(std::string_view s, std::vector<int32_t>& out) const {
+namespace {
+
+// The merge loop SentencePiece and byte-level BPE share: start from UTF-8 characters and
+// repeatedly merge the adjacent pair with the best priority (leftmost on ties), using a
+// priority queue whose stale entries are skipped when popped. `priority(left, right)` gives a
+// pair's priority, or nullopt when the pair does not merge; larger merges first. Returns the
+// final pieces as views into `text`.
+template <typename Priority>
+std::vector<std::string_view> merge_pairs(std::string_view text, Priority priority) {
   struct Symbol {
     int prev, next;
     size_t pos, len;
   };
   struct Bigram {
     int left, right;
-    float score;
+    double priority;
     size_t size;
   };
-  auto lower = [](const Bigram& a, const Bigram& b) {
-    return a.score < b.score || (a.score == b.score && a.left > b.left);
+  auto worse = [](const Bigram& a, const Bigram& b) {
+    return a.priority < b.priority || (a.priority == b.priority && a.left > b.left);
   };
   std::vector<Symbol> sym;  // [characters]
-  sym.reserve(s.size());
-  for (size_t pos = 0; pos < s.size();) {
-    size_t len = std::min(utf8_len(static_cast<uint8_t>(s[pos])), s.size() - pos);
+  sym.reserve(text.size());
+  for (size_t pos = 0; pos < text.size();) {
+    size_t len = std::min(utf8_len(static_cast<uint8_t>(text[pos])), text.size() - pos);
     int idx = static_cast<int>(sym.size());
     sym.push_back({idx - 1, idx + 1, pos, len});
     pos += len;
   }
-  if (sym.empty()) return;
+  std::vector<std::string_view> pieces;
+  if (sym.empty()) return pieces;
   sym.back().next = -1;
 
-  std::priority_queue<Bigram, std::vector<Bigram>, decltype(lower)> queue(lower);
+  std::priority_queue<Bigram, std::vector<Bigram>, decltype(worse)> queue(worse);
   auto try_add = [&](int left, int right) {
     if (left < 0 || right < 0) return;
-    size_t size = sym[left].len + sym[right].len;
-    auto it = token_ids_.find(s.substr(sym[left].pos, size));
-    if (it == token_ids_.end()) return;
-    queue.push({left, right, scores_[it->second], size});
+    std::optional<double> p = priority(text.substr(sym[left].pos, sym[left].len),
+                                       text.substr(sym[right].pos, sym[right].len));
+    if (p) queue.push({left, right, *p, sym[left].len + sym[right].len});
   };
   for (size_t i = 1; i < sym.size(); ++i) try_add(static_cast<int>(i - 1), static_cast<int>(i));
 
@@ -511,9 +516,21 @@ void Tokenizer::encode_spm(std::string_view s, std::vector<int32_t>& out) const 
     try_add(l.prev, b.left);
     try_add(b.left, l.next);
   }
+  for (int i = 0; i != -1; i = sym[i].next) pieces.push_back(text.substr(sym[i].pos, sym[i].len));
+  return pieces;
+}
 
-  for (int i = 0; i != -1; i = sym[i].next) {
-    std::string_view piece_text = s.substr(sym[i].pos, sym[i].len);
+}  // namespace
+
+// SentencePiece: a pair merges when its concatenation is a token; the higher score first.
+// Pieces outside the vocab fall back to byte tokens.
+void Tokenizer::encode_spm(std::string_view s, std::vector<int32_t>& out) const {
+  auto score = [&](std::string_view left, std::string_view right) -> std::optional<double> {
+    auto it = token_ids_.find(std::string_view(left.data(), left.size() + right.size()));
+    if (it == token_ids_.end()) return std::nullopt;
+    return scores_[it->second];
+  };
+  for (std::string_view piece_text : merge_pairs(s, score)) {
     if (auto it = token_ids_.find(piece_text); it != token_ids_.end()) {
       out.push_back(it->second);
     } else {
@@ -532,8 +549,8 @@ void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& out) con
   }
 }
 
-// Byte-level BPE over one pre-tokenized word (already in GPT-2's code points): repeatedly merge
-// the adjacent pair with the lowest merge rank (leftmost on ties).
+// Byte-level BPE over one pre-tokenized word (already in GPT-2's code points): a pair merges
+// when "left right" is a merge rule; the lowest rank first.
 void Tokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) const {
   if (ignore_merges_) {
     if (auto it = token_ids_.find(word); it != token_ids_.end()) {
@@ -541,57 +558,16 @@ void Tokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) const
       return;
     }
   }
-  struct Symbol {
-    int prev, next;
-    size_t pos, len;
-  };
-  struct Bigram {
-    int left, right;
-    int32_t rank;
-    size_t size;
-  };
-  auto later = [](const Bigram& a, const Bigram& b) {
-    return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
-  };
-  std::vector<Symbol> sym;  // [characters]
-  for (size_t pos = 0; pos < word.size();) {
-    size_t len = std::min(utf8_len(static_cast<uint8_t>(word[pos])), word.size() - pos);
-    int idx = static_cast<int>(sym.size());
-    sym.push_back({idx - 1, idx + 1, pos, len});
-    pos += len;
-  }
-  if (sym.empty()) return;
-  sym.back().next = -1;
-
-  std::priority_queue<Bigram, std::vector<Bigram>, decltype(later)> queue(later);
   std::string key;
-  auto try_add = [&](int left, int right) {
-    if (left < 0 || right < 0) return;
-    key.assign(word.substr(sym[left].pos, sym[left].len));
+  auto rank = [&](std::string_view left, std::string_view right) -> std::optional<double> {
+    key.assign(left);
     key += ' ';
-    key += word.substr(sym[right].pos, sym[right].len);
+    key += right;
     auto it = merge_ranks_.find(key);
-    if (it == merge_ranks_.end()) return;
-    queue.push({left, right, it->second, sym[left].len + sym[right].len});
+    if (it == merge_ranks_.end()) return std::nullopt;
+    return -static_cast<double>(it->second);
   };
-  for (size_t i = 1; i < sym.size(); ++i) try_add(static_cast<int>(i - 1), static_cast<int>(i));
-
-  while (!queue.empty()) {
-    Bigram b = queue.top();
-    queue.pop();
-    Symbol& l = sym[b.left];
-    Symbol& r = sym[b.right];
-    if (l.len == 0 || r.len == 0 || l.len + r.len != b.size) continue;  // stale
-    l.len += r.len;
-    r.len = 0;
-    l.next = r.next;
-    if (r.next >= 0) sym[r.next].prev = b.left;
-    try_add(l.prev, b.left);
-    try_add(b.left, l.next);
-  }
-
-  for (int i = 0; i != -1; i = sym[i].next) {
-    std::string_view piece_text = word.substr(sym[i].pos, sym[i].len);
+  for (std::string_view piece_text : merge_pairs(word, rank)) {
     if (auto it = token_ids_.find(piece_text); it != token_ids_.end()) {
       out.push_back(it->second);
       continue;
