@@ -1,0 +1,119 @@
+// `lockstep gen-model`, run as a user would: a model that opens, determinism, and one-line
+// errors with exit code 2 for bad options.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "engine/weights.h"
+#include "tests/test_util.h"
+
+namespace lockstep {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+Result run(const fs::path& dir, const std::string& args) {
+  std::string cmd = std::string(LOCKSTEP_EXE) + " gen-model " + args + " >" +
+                    (dir / "out").string() + " 2>" + (dir / "err").string();
+  int status = std::system(cmd.c_str());
+  Result r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = test::read_file(dir / "out");
+  r.err = test::read_file(dir / "err");
+  fs::remove(dir / "out");
+  fs::remove(dir / "err");
+  return r;
+}
+
+const std::string kShape = "--hidden 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --vocab 300";
+
+TEST(GenModelCli, WritesAModelThatOpens) {
+  fs::path dir = test::scratch_dir("gen-model-cli");
+  fs::path out = dir / "m.gguf";
+  Result r = run(dir, "--family qwen2 " + kShape + " --type Q4_K_M --seed 3 --context 512 --out " +
+                          out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("wrote " + out.string() + ": "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("MB/s"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("/"), std::string::npos) << "no progress on stderr";
+  engine::Model m = engine::open_model(out, engine::FamilyRegistry::load());
+  EXPECT_EQ(m.config.architecture, "qwen2");
+  EXPECT_EQ(m.config.context, 512u);
+  EXPECT_EQ(m.gguf->find_tensor("blk.1.attn_v.weight")->type, formats::GgmlType::Q6_K);
+
+  fs::path again = dir / "again.gguf";
+  r = run(dir, "--family qwen2 " + kShape + " --type q4_k_m --seed 3 --context 512 --quiet --out " +
+                   again.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(test::read_file(out), test::read_file(again));
+}
+
+TEST(GenModelCli, MistralIsWrittenAsLlamaWithHeadDim) {
+  fs::path dir = test::scratch_dir("gen-model-cli-mistral");
+  fs::path out = dir / "m.gguf";
+  Result r = run(dir,
+                 "--family mistral --hidden 96 --layers 1 --heads 3 --kv-heads 1 --ffn 64 "
+                 "--vocab 260 --head-dim 32 --type F16 --quiet --out " +
+                     out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  engine::Model m = engine::open_model(out, engine::FamilyRegistry::load());
+  EXPECT_EQ(m.config.architecture, "llama");
+  EXPECT_EQ(m.config.head_dim, 32u);
+}
+
+struct BadCase {
+  const char* name;
+  std::string args;
+  const char* message;
+};
+
+TEST(GenModelCli, BadOptionsExitTwoWithOneLine) {
+  fs::path dir = test::scratch_dir("gen-model-cli-bad");
+  std::string out = " --out " + (dir / "m.gguf").string();
+  const BadCase cases[] = {
+      {"family", "--family gptj " + kShape + out, "unknown --family \"gptj\""},
+      {"type", "--family llama " + kShape + " --type Q7_K" + out, "unknown --type \"Q7_K\""},
+      {"heads",
+       "--family llama --hidden 256 --layers 2 --heads 3 --kv-heads 1 --ffn 512 "
+       "--vocab 300" +
+           out,
+       "--hidden 256 is not a multiple of --heads 3"},
+      {"kv-heads",
+       "--family llama --hidden 256 --layers 2 --heads 4 --kv-heads 3 --ffn 512 "
+       "--vocab 300" +
+           out,
+       "--heads 4 is not a multiple of --kv-heads 3"},
+      {"vocab", "--family llama --hidden 256 --layers 2 --heads 4 --ffn 512 --vocab 100" + out,
+       "too small"},
+      {"missing", "--family llama --hidden 256" + out, "required"},
+  };
+  for (const BadCase& c : cases) {
+    Result r = run(dir, c.args);
+    EXPECT_EQ(r.code, 2) << c.name;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << c.name << ": " << r.err;
+    EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << c.name << ": not one line: " << r.err;
+    EXPECT_FALSE(fs::exists(dir / "m.gguf")) << c.name;
+  }
+  // A borrowed tokenizer fixes the vocab size.
+  fs::path donor = dir / "donor.gguf";
+  ASSERT_EQ(run(dir, "--family llama " + kShape + " --quiet --out " + donor.string()).code, 0);
+  Result r = run(dir,
+                 "--family llama --hidden 256 --layers 2 --heads 4 --ffn 512 --vocab 301 "
+                 "--tokenizer " +
+                     donor.string() + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--vocab 301 does not match the 300 tokens"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << r.err;
+}
+
+}  // namespace
+}  // namespace lockstep
