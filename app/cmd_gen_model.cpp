@@ -2,6 +2,7 @@
 #include <csignal>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "app/commands.h"
@@ -16,6 +17,7 @@ struct GenModelArgs {
   std::string type = "F32";
   std::string tokenizer;
   std::string out;
+  std::optional<bool> tied;
   bool quiet = false;
 };
 
@@ -37,6 +39,7 @@ int cmd_gen_model(GenModelArgs& a) {
   a.opts.mix = *mix;
   a.opts.tokenizer_from = a.tokenizer;
   a.opts.out = a.out;
+  a.opts.tied_embeddings = a.tied;
   engine::FamilyRegistry families = engine::FamilyRegistry::load();
 
   g_cancel.store(false);
@@ -89,6 +92,8 @@ Command add_gen_model_command(CLI::App& app) {
   sub->add_option("--context", o.context, "Context length")->capture_default_str();
   sub->add_option("--head-dim", o.head_dim, "Head size (default: hidden / heads)");
   sub->add_option("--threads", o.threads, "Generation threads")->capture_default_str();
+  sub->add_flag("--tie-embeddings,!--untie-embeddings", args->tied,
+                "lm_head reads token_embd (no output.weight); default: the family's usual");
   sub->add_flag("--quiet", args->quiet, "No progress on stderr");
   return {sub, [args] {
             if (args->opts.kv_heads == 0) args->opts.kv_heads = args->opts.heads;

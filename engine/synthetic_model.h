@@ -10,7 +10,7 @@
 //     1); when tied it doubles as lm_head, so σ = hidden^-1/4 balances residual RMS against
 //     logit spread; Granite's embedding multiplier is divided out of σ;
 //   - norm weights (incl. Q/K norms) 1 + U(-0.1, 0.1); biases N(0, 0.02²).
-// Values come from splitmix64 over (tensor key + pair index) through Box-Muller, so any row
+// Values come from splitmix64 over (tensor key + pair index) through float Box-Muller, so any row
 // range can be generated independently and the output does not depend on thread count.
 
 #include <atomic>

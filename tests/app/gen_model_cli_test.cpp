@@ -62,12 +62,14 @@ TEST(GenModelCli, MistralIsWrittenAsLlamaWithHeadDim) {
   fs::path out = dir / "m.gguf";
   Result r = run(dir,
                  "--family mistral --hidden 96 --layers 1 --heads 3 --kv-heads 1 --ffn 64 "
-                 "--vocab 260 --head-dim 32 --type F16 --quiet --out " +
+                 "--vocab 260 --head-dim 32 --type F16 --tie-embeddings --quiet --out " +
                      out.string());
   ASSERT_EQ(r.code, 0) << r.err;
   engine::Model m = engine::open_model(out, engine::FamilyRegistry::load());
   EXPECT_EQ(m.config.architecture, "llama");
   EXPECT_EQ(m.config.head_dim, 32u);
+  EXPECT_TRUE(m.config.tied_embeddings);
+  EXPECT_EQ(m.gguf->find_tensor("output.weight"), nullptr);
 }
 
 struct BadCase {
