@@ -163,6 +163,7 @@ Init init_for(const SyntheticTensor& t, const ModelConfig& c) {
   double scale = 1.0 / std::sqrt(static_cast<double>(t.dims[0]));
   if (t.role == R::AttnOutput || t.role == R::FfnDown)
     scale /= std::sqrt(2.0 * static_cast<double>(c.layers));
+  if (t.role == R::Output) scale *= c.logits_scaling;  // Granite divides logits by it
   return {0.0, scale, false};
 }
 

@@ -9,6 +9,7 @@
 //   - token_embd ~ N(0, 1) when an untied output matrix exists (residual stream RMS starts at
 //     1); when tied it doubles as lm_head, so σ = hidden^-1/4 balances residual RMS against
 //     logit spread; Granite's embedding multiplier is divided out of σ;
+//   - an untied output matrix is multiplied by Granite's logit scale, so logits keep RMS ~1;
 //   - norm weights (incl. Q/K norms) 1 + U(-0.1, 0.1); biases N(0, 0.02²).
 // Values come from splitmix64 over (tensor key + pair index) through float Box-Muller, so any row
 // range can be generated independently and the output does not depend on thread count.
