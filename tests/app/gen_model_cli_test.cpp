@@ -14,6 +14,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// A scratch directory removed with everything in it at scope exit: the models are megabytes.
+struct ScratchDir {
+  explicit ScratchDir(const std::string& tag) : path(test::scratch_dir(tag)) {}
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  fs::path path;
+};
+
 struct Result {
   int code = -1;
   std::string out;
@@ -36,7 +46,8 @@ Result run(const fs::path& dir, const std::string& args) {
 const std::string kShape = "--hidden 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --vocab 300";
 
 TEST(GenModelCli, WritesAModelThatOpens) {
-  fs::path dir = test::scratch_dir("gen-model-cli");
+  ScratchDir scratch("gen-model-cli");
+  fs::path dir = scratch.path;
   fs::path out = dir / "m.gguf";
   Result r = run(dir, "--family qwen2 " + kShape + " --type Q4_K_M --seed 3 --context 512 --out " +
                           out.string());
@@ -58,7 +69,8 @@ TEST(GenModelCli, WritesAModelThatOpens) {
 }
 
 TEST(GenModelCli, MistralIsWrittenAsLlamaWithHeadDim) {
-  fs::path dir = test::scratch_dir("gen-model-cli-mistral");
+  ScratchDir scratch("gen-model-cli-mistral");
+  fs::path dir = scratch.path;
   fs::path out = dir / "m.gguf";
   Result r = run(dir,
                  "--family mistral --hidden 96 --layers 1 --heads 3 --kv-heads 1 --ffn 64 "
@@ -79,7 +91,8 @@ struct BadCase {
 };
 
 TEST(GenModelCli, BadOptionsExitTwoWithOneLine) {
-  fs::path dir = test::scratch_dir("gen-model-cli-bad");
+  ScratchDir scratch("gen-model-cli-bad");
+  fs::path dir = scratch.path;
   std::string out = " --out " + (dir / "m.gguf").string();
   const BadCase cases[] = {
       {"family", "--family gptj " + kShape + out, "unknown --family \"gptj\""},

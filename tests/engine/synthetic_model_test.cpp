@@ -20,6 +20,16 @@ namespace {
 namespace fs = std::filesystem;
 using formats::GgmlType;
 
+// A scratch directory removed with everything in it at scope exit: the models are megabytes.
+struct ScratchDir {
+  explicit ScratchDir(const std::string& tag) : path(test::scratch_dir(tag)) {}
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  fs::path path;
+};
+
 const FamilyRegistry& registry() {
   static const FamilyRegistry r = FamilyRegistry::load();
   return r;
@@ -56,7 +66,8 @@ class SyntheticFamily : public ::testing::TestWithParam<FamilyCase> {};
 
 TEST_P(SyntheticFamily, OpensInspectsAndTokenizes) {
   const FamilyCase& p = GetParam();
-  fs::path path = test::scratch_dir("synthetic-family") / "m.gguf";
+  ScratchDir scratch("synthetic-family");
+  fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small(p.family, p.mix, path);
   SyntheticPlan plan = plan_synthetic_model(o, registry());
   SyntheticSummary s = write_synthetic_model(o, registry());
@@ -137,7 +148,8 @@ INSTANTIATE_TEST_SUITE_P(All, SyntheticFamily, ::testing::ValuesIn(family_cases(
                          });
 
 TEST(Synthetic, SameSeedSameBytesAnyThreadCount) {
-  fs::path dir = test::scratch_dir("synthetic-determinism");
+  ScratchDir scratch("synthetic-determinism");
+  fs::path dir = scratch.path;
   SyntheticModelOptions o = small("qwen2", QuantMix::Q4_K_M, dir / "a.gguf");
   o.ffn = 1024;  // big enough that tensors are split across threads
   write_synthetic_model(o, registry());
@@ -161,7 +173,8 @@ TEST(Synthetic, SameSeedSameBytesAnyThreadCount) {
 TEST(Synthetic, KMediumMixesUseQ6KOnMoreBitsLayers) {
   for (auto [mix, base] :
        {std::pair{QuantMix::Q4_K_M, GgmlType::Q4_K}, std::pair{QuantMix::Q5_K_M, GgmlType::Q5_K}}) {
-    fs::path path = test::scratch_dir("synthetic-mix") / "m.gguf";
+    ScratchDir scratch("synthetic-mix");
+    fs::path path = scratch.path / "m.gguf";
     SyntheticModelOptions o = small("llama", mix, path);
     o.layers = 8;
     write_synthetic_model(o, registry());
@@ -185,7 +198,8 @@ TEST(Synthetic, KMediumMixesUseQ6KOnMoreBitsLayers) {
 }
 
 TEST(Synthetic, TiedEmbeddingIsTheLmHeadAndGetsQ6K) {
-  fs::path path = test::scratch_dir("synthetic-tied") / "m.gguf";
+  ScratchDir scratch("synthetic-tied");
+  fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small("qwen2", QuantMix::Q4_K_M, path);
   o.tied_embeddings = true;
   write_synthetic_model(o, registry());
@@ -198,7 +212,8 @@ TEST(Synthetic, TiedEmbeddingIsTheLmHeadAndGetsQ6K) {
 // Rows that are not a multiple of 256 fall back like llama.cpp: Q4_K → Q5_0, Q6_K → Q8_0;
 // rows that are not a multiple of 32 either are F16.
 TEST(Synthetic, RowsOffTheSuperBlockFallBack) {
-  fs::path path = test::scratch_dir("synthetic-fallback") / "m.gguf";
+  ScratchDir scratch("synthetic-fallback");
+  fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small("llama", QuantMix::Q4_K_M, path);
   o.hidden = 96;
   o.heads = 2;
@@ -228,7 +243,8 @@ double rms_of(const formats::GgufFile& f, const std::string& name, double mean =
 }
 
 TEST(Synthetic, WeightScalesFollowTheDocumentedInit) {
-  fs::path path = test::scratch_dir("synthetic-init") / "m.gguf";
+  ScratchDir scratch("synthetic-init");
+  fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small("llama", QuantMix::F32, path);
   o.layers = 8;
   write_synthetic_model(o, registry());
@@ -244,7 +260,8 @@ TEST(Synthetic, WeightScalesFollowTheDocumentedInit) {
 }
 
 TEST(Synthetic, BorrowsATokenizerWhoseSizeMatches) {
-  fs::path dir = test::scratch_dir("synthetic-borrow");
+  ScratchDir scratch("synthetic-borrow");
+  fs::path dir = scratch.path;
   SyntheticModelOptions donor = small("llama", QuantMix::F16, dir / "donor.gguf");
   donor.vocab = 400;
   write_synthetic_model(donor, registry());
@@ -270,7 +287,8 @@ TEST(Synthetic, BorrowsATokenizerWhoseSizeMatches) {
 TEST(Synthetic, BorrowsARealTokenizer) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   fs::path donor = test::shared_models() / "stories260K.gguf";
-  fs::path path = test::scratch_dir("synthetic-borrow-real") / "m.gguf";
+  ScratchDir scratch("synthetic-borrow-real");
+  fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small("llama", QuantMix::Q4_0, path);
   o.vocab = 0;
   o.tokenizer_from = donor;
@@ -283,7 +301,8 @@ TEST(Synthetic, BorrowsARealTokenizer) {
 }
 
 TEST(Synthetic, BadOptionsAreErrorsNamingTheOption) {
-  fs::path dir = test::scratch_dir("synthetic-bad");
+  ScratchDir scratch("synthetic-bad");
+  fs::path dir = scratch.path;
   auto fails_with = [&](SyntheticModelOptions o, const std::string& needle) {
     Error e = test::expect_error([&] { plan_synthetic_model(o, registry()); });
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
@@ -316,7 +335,8 @@ TEST(Synthetic, BadOptionsAreErrorsNamingTheOption) {
 }
 
 TEST(Synthetic, CancelLeavesNoFile) {
-  fs::path dir = test::scratch_dir("synthetic-cancel");
+  ScratchDir scratch("synthetic-cancel");
+  fs::path dir = scratch.path;
   SyntheticModelOptions o = small("llama", QuantMix::Q4_K_M, dir / "m.gguf");
   std::atomic<bool> cancel{false};
   size_t calls = 0;
@@ -332,7 +352,8 @@ TEST(Synthetic, CancelLeavesNoFile) {
 }
 
 TEST(Synthetic, ByteVocabHasSpmLayout) {
-  fs::path path = test::scratch_dir("synthetic-vocab") / "m.gguf";
+  ScratchDir scratch("synthetic-vocab");
+  fs::path path = scratch.path / "m.gguf";
   write_synthetic_model(small("llama", QuantMix::F16, path), registry());
   formats::GgufFile f = formats::GgufFile::open(path.string());
   Tokenizer tok = Tokenizer::from_gguf(f);
