@@ -17,6 +17,18 @@ namespace lockstep::test {
 std::filesystem::path shared_models();
 // A fresh, empty directory under the build tree, unique per test; removed at exit if empty.
 std::filesystem::path scratch_dir(const std::string& tag);
+// A scratch_dir() removed with everything in it at scope exit (for tests that write models).
+struct ScratchDir {
+  explicit ScratchDir(const std::string& tag) : path(scratch_dir(tag)) {}
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  std::filesystem::path path;
+};
+
 std::string read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::string& bytes);
 
@@ -39,8 +51,8 @@ Error expect_error(F f) {
 }  // namespace lockstep::test
 
 // Skips the current test when ../shared/models is absent (CI always has it).
-#define LOCKSTEP_REQUIRE_SHARED_MODELS()                                                  \
-  do {                                                                                     \
-    if (::lockstep::test::shared_models().empty())                                         \
-      GTEST_SKIP() << "../shared/models is absent (set -DLOCKSTEP_SHARED_DIR)";           \
+#define LOCKSTEP_REQUIRE_SHARED_MODELS()                                        \
+  do {                                                                          \
+    if (::lockstep::test::shared_models().empty())                              \
+      GTEST_SKIP() << "../shared/models is absent (set -DLOCKSTEP_SHARED_DIR)"; \
   } while (0)

@@ -11,6 +11,7 @@
 #include "formats/ggml_codec.h"
 #include "formats/gguf.h"
 #include "formats/npy.h"
+#include "tests/app/cli_run.h"
 #include "tests/test_util.h"
 
 namespace lockstep {
@@ -18,40 +19,18 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
-
-Result run(const std::string& args) {
-  fs::path dir = test::scratch_dir("cli");
-  std::string cmd = std::string(LOCKSTEP_EXE) + " " + args + " >" + (dir / "out").string() + " 2>" +
-                    (dir / "err").string();
-  int status = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = test::read_file(dir / "out");
-  r.err = test::read_file(dir / "err");
-  return r;
-}
-
-std::string quote(const fs::path& p) {
-  return "'" + p.string() + "'";
-}
-
 TEST(Cli, HelpListsSubcommandsAndExitsZero) {
-  Result r = run("--help");
+  test::CliResult r = test::run_lockstep("--help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("inspect"), std::string::npos) << r.out;
-  Result sub = run("inspect --help");
+  test::CliResult sub = test::run_lockstep("inspect --help");
   EXPECT_EQ(sub.code, 0);
   EXPECT_NE(sub.out.find("--npy"), std::string::npos) << sub.out;
   EXPECT_NE(sub.out.find("--json"), std::string::npos) << sub.out;
 }
 
 TEST(Cli, VersionNamesBuildFeatures) {
-  Result r = run("--version");
+  test::CliResult r = test::run_lockstep("--version");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("lockstep "), std::string::npos);
   EXPECT_NE(r.out.find("CUDA lanes"), std::string::npos);
@@ -60,7 +39,7 @@ TEST(Cli, VersionNamesBuildFeatures) {
 TEST(Cli, UsageErrorsExitTwoWithOneLine) {
   for (const char* args : {"--no-such-option", "inspect", "no-such-command",
                            "inspect a.gguf --bogus", "inspect a.gguf b.gguf"}) {
-    Result r = run(args);
+    test::CliResult r = test::run_lockstep(args);
     EXPECT_EQ(r.code, 2) << args;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
     EXPECT_EQ(r.err.rfind("lockstep: ", 0), 0u) << r.err;
@@ -70,21 +49,21 @@ TEST(Cli, UsageErrorsExitTwoWithOneLine) {
 
 TEST(Cli, BadInputExitsTwoNamingTheFile) {
   fs::path dir = test::scratch_dir("cli-bad");
-  Result r = run("inspect " + quote(dir / "nope.gguf"));
+  test::CliResult r = test::run_lockstep("inspect " + test::shell_quote(dir / "nope.gguf"));
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("nope.gguf"), std::string::npos) << r.err;
 
   test::write_file(dir / "trunc.gguf", std::string("GGUF\x03\0\0\0\x05", 9));
-  r = run("inspect " + quote(dir / "trunc.gguf"));
+  r = test::run_lockstep("inspect " + test::shell_quote(dir / "trunc.gguf"));
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("trunc.gguf: at offset 8: expected"), std::string::npos) << r.err;
 
   test::write_file(dir / "junk.bin", "hello world");
-  r = run("inspect " + quote(dir / "junk.bin"));
+  r = test::run_lockstep("inspect " + test::shell_quote(dir / "junk.bin"));
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("junk.bin"), std::string::npos) << r.err;
 
-  r = run("inspect " + quote(dir / "junk.bin") + " --tensor x");
+  r = test::run_lockstep("inspect " + test::shell_quote(dir / "junk.bin") + " --tensor x");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("--npy"), std::string::npos) << r.err;
 }
@@ -92,7 +71,7 @@ TEST(Cli, BadInputExitsTwoNamingTheFile) {
 TEST(Cli, InspectStoriesShowsHyperparametersAndTensors) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   fs::path model = test::shared_models() / "stories260K.gguf";
-  Result r = run("inspect " + quote(model));
+  test::CliResult r = test::run_lockstep("inspect " + test::shell_quote(model));
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* needle :
        {"hidden (dim)    64", "layers          5", "heads           8", "kv heads        4",
@@ -100,7 +79,7 @@ TEST(Cli, InspectStoriesShowsHyperparametersAndTensors) {
         "blk.4.ffn_down.weight", "48 tensors"})
     EXPECT_NE(r.out.find(needle), std::string::npos) << needle << "\n" << r.out;
 
-  Result j = run("inspect --json " + quote(model));
+  test::CliResult j = test::run_lockstep("inspect --json " + test::shell_quote(model));
   ASSERT_EQ(j.code, 0) << j.err;
   auto report = nlohmann::json::parse(j.out);
   const auto& h = report["model"]["hyperparameters"];
@@ -118,7 +97,9 @@ TEST(Cli, TensorExportToNpyIsTheDequantizedTensor) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   fs::path model = test::shared_models() / "quant-ref" / "ref-llama-Q4_K_M.gguf";
   fs::path out = test::scratch_dir("cli-npy") / "w.npy";
-  Result r = run("inspect " + quote(model) + " --tensor blk.1.ffn_down.weight --npy " + quote(out));
+  test::CliResult r =
+      test::run_lockstep("inspect " + test::shell_quote(model) +
+                         " --tensor blk.1.ffn_down.weight --npy " + test::shell_quote(out));
   ASSERT_EQ(r.code, 0) << r.err;
   formats::NpyArray a = formats::read_npy(out);
   formats::GgufFile f = formats::GgufFile::open(model.string());
@@ -130,7 +111,8 @@ TEST(Cli, TensorExportToNpyIsTheDequantizedTensor) {
   ASSERT_EQ(a.values.size(), want.size());
   EXPECT_EQ(std::memcmp(a.values.data(), want.data(), want.size() * 4), 0);
 
-  Result bad = run("inspect " + quote(model) + " --tensor no.such --npy " + quote(out));
+  test::CliResult bad = test::run_lockstep("inspect " + test::shell_quote(model) +
+                                           " --tensor no.such --npy " + test::shell_quote(out));
   EXPECT_EQ(bad.code, 2);
   EXPECT_NE(bad.err.find("no.such"), std::string::npos);
 }
@@ -149,7 +131,7 @@ TEST(Cli, InspectDumpListsCellsAndIssues) {
     w.commit();
   }
   test::write_file(dump / "notes.txt", "stray");
-  Result r = run("inspect " + quote(dump));
+  test::CliResult r = test::run_lockstep("inspect " + test::shell_quote(dump));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("3 in 2 layers"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("lm_head"), std::string::npos);
@@ -157,7 +139,8 @@ TEST(Cli, InspectDumpListsCellsAndIssues) {
   EXPECT_NE(r.out.find("notes.txt"), std::string::npos) << r.out;
 
   fs::path out = dump.parent_path() / "cell.npy";
-  r = run("inspect " + quote(dump) + " --tensor layer-1/attn_norm --npy " + quote(out));
+  r = test::run_lockstep("inspect " + test::shell_quote(dump) +
+                         " --tensor layer-1/attn_norm --npy " + test::shell_quote(out));
   ASSERT_EQ(r.code, 0) << r.err;
   formats::NpyArray a = formats::read_npy(out);
   EXPECT_EQ(a.shape, (std::vector<uint64_t>{2, 8}));
@@ -184,10 +167,10 @@ TEST(Cli, InspectSurvivesInvalidUtf8Metadata) {
     w.set("tokenizer.ggml.bos_token_id", formats::GgufValue::u32(0));
     w.finish();
   }
-  Result text = run("inspect " + quote(model));
+  test::CliResult text = test::run_lockstep("inspect " + test::shell_quote(model));
   EXPECT_EQ(text.code, 0) << text.err;
   EXPECT_NE(text.out.find("bos 0"), std::string::npos) << text.out;
-  Result j = run("inspect --json " + quote(model));
+  test::CliResult j = test::run_lockstep("inspect --json " + test::shell_quote(model));
   ASSERT_EQ(j.code, 0) << j.err;
   auto report = nlohmann::json::parse(j.out);
   EXPECT_EQ(report["tokenizer"]["tokens"], 2);

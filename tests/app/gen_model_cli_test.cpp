@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "engine/weights.h"
+#include "tests/app/cli_run.h"
 #include "tests/test_util.h"
 
 namespace lockstep {
@@ -14,43 +15,18 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A scratch directory removed with everything in it at scope exit: the models are megabytes.
-struct ScratchDir {
-  explicit ScratchDir(const std::string& tag) : path(test::scratch_dir(tag)) {}
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path path;
-};
-
-struct Result {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
-
-Result run(const fs::path& dir, const std::string& args) {
-  std::string cmd = std::string(LOCKSTEP_EXE) + " gen-model " + args + " >" +
-                    (dir / "out").string() + " 2>" + (dir / "err").string();
-  int status = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = test::read_file(dir / "out");
-  r.err = test::read_file(dir / "err");
-  fs::remove(dir / "out");
-  fs::remove(dir / "err");
-  return r;
+test::CliResult gen_model(const std::string& args) {
+  return test::run_lockstep("gen-model " + args);
 }
 
 const std::string kShape = "--hidden 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --vocab 300";
 
 TEST(GenModelCli, WritesAModelThatOpens) {
-  ScratchDir scratch("gen-model-cli");
+  test::ScratchDir scratch("gen-model-cli");
   fs::path dir = scratch.path;
   fs::path out = dir / "m.gguf";
-  Result r = run(dir, "--family qwen2 " + kShape + " --type Q4_K_M --seed 3 --context 512 --out " +
-                          out.string());
+  test::CliResult r = gen_model("--family qwen2 " + kShape +
+                                " --type Q4_K_M --seed 3 --context 512 --out " + out.string());
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("wrote " + out.string() + ": "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("MB/s"), std::string::npos) << r.out;
@@ -61,21 +37,21 @@ TEST(GenModelCli, WritesAModelThatOpens) {
   EXPECT_EQ(m.gguf->find_tensor("blk.1.attn_v.weight")->type, formats::GgmlType::Q6_K);
 
   fs::path again = dir / "again.gguf";
-  r = run(dir, "--family qwen2 " + kShape + " --type q4_k_m --seed 3 --context 512 --quiet --out " +
-                   again.string());
+  r = gen_model("--family qwen2 " + kShape +
+                " --type q4_k_m --seed 3 --context 512 --quiet --out " + again.string());
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.err, "");
   EXPECT_EQ(test::read_file(out), test::read_file(again));
 }
 
 TEST(GenModelCli, MistralIsWrittenAsLlamaWithHeadDim) {
-  ScratchDir scratch("gen-model-cli-mistral");
+  test::ScratchDir scratch("gen-model-cli-mistral");
   fs::path dir = scratch.path;
   fs::path out = dir / "m.gguf";
-  Result r = run(dir,
-                 "--family mistral --hidden 96 --layers 1 --heads 3 --kv-heads 1 --ffn 64 "
-                 "--vocab 260 --head-dim 32 --type F16 --tie-embeddings --quiet --out " +
-                     out.string());
+  test::CliResult r = gen_model(
+      "--family mistral --hidden 96 --layers 1 --heads 3 --kv-heads 1 --ffn 64 "
+      "--vocab 260 --head-dim 32 --type F16 --tie-embeddings --quiet --out " +
+      out.string());
   ASSERT_EQ(r.code, 0) << r.err;
   engine::Model m = engine::open_model(out, engine::FamilyRegistry::load());
   EXPECT_EQ(m.config.architecture, "llama");
@@ -91,7 +67,7 @@ struct BadCase {
 };
 
 TEST(GenModelCli, BadOptionsExitTwoWithOneLine) {
-  ScratchDir scratch("gen-model-cli-bad");
+  test::ScratchDir scratch("gen-model-cli-bad");
   fs::path dir = scratch.path;
   std::string out = " --out " + (dir / "m.gguf").string();
   const BadCase cases[] = {
@@ -112,7 +88,7 @@ TEST(GenModelCli, BadOptionsExitTwoWithOneLine) {
       {"missing", "--family llama --hidden 256" + out, "required"},
   };
   for (const BadCase& c : cases) {
-    Result r = run(dir, c.args);
+    test::CliResult r = gen_model(c.args);
     EXPECT_EQ(r.code, 2) << c.name;
     EXPECT_NE(r.err.find(c.message), std::string::npos) << c.name << ": " << r.err;
     EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << c.name << ": not one line: " << r.err;
@@ -120,11 +96,11 @@ TEST(GenModelCli, BadOptionsExitTwoWithOneLine) {
   }
   // A borrowed tokenizer fixes the vocab size.
   fs::path donor = dir / "donor.gguf";
-  ASSERT_EQ(run(dir, "--family llama " + kShape + " --quiet --out " + donor.string()).code, 0);
-  Result r = run(dir,
-                 "--family llama --hidden 256 --layers 2 --heads 4 --ffn 512 --vocab 301 "
-                 "--tokenizer " +
-                     donor.string() + out);
+  ASSERT_EQ(gen_model("--family llama " + kShape + " --quiet --out " + donor.string()).code, 0);
+  test::CliResult r = gen_model(
+      "--family llama --hidden 256 --layers 2 --heads 4 --ffn 512 --vocab 301 "
+      "--tokenizer " +
+      donor.string() + out);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("--vocab 301 does not match the 300 tokens"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << r.err;

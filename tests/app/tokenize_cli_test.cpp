@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "tests/app/cli_run.h"
 #include "tests/test_util.h"
 
 namespace lockstep {
@@ -15,40 +16,25 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
-
-Result run(const std::string& args) {
-  fs::path dir = test::scratch_dir("tokenize-cli");
-  std::string cmd = std::string(LOCKSTEP_EXE) + " " + args + " >" + (dir / "out").string() + " 2>" +
-                    (dir / "err").string();
-  int status = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = test::read_file(dir / "out");
-  r.err = test::read_file(dir / "err");
-  return r;
-}
-
 std::string model(const std::string& rel) {
   return "'" + (test::shared_models() / rel).string() + "'";
 }
 
 TEST(TokenizeCli, PrintsIdsWithBosLikeLlamaCpp) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
-  Result r = run("tokenize " + model("stories260K.gguf") + " 'Once upon a time'");
+  test::CliResult r =
+      test::run_lockstep("tokenize " + model("stories260K.gguf") + " 'Once upon a time'");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "1 403 407 261 378\n");  // reference/stories260K/llamacpp.json "tokens"
-  Result no_bos = run("tokenize --no-bos " + model("stories260K.gguf") + " 'Once upon a time'");
+  test::CliResult no_bos =
+      test::run_lockstep("tokenize --no-bos " + model("stories260K.gguf") + " 'Once upon a time'");
   EXPECT_EQ(no_bos.out, "403 407 261 378\n");
 }
 
 TEST(TokenizeCli, JsonListsIdsAndTokenTexts) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
-  Result r = run("tokenize --json " + model("stories260K.gguf") + " 'Once upon a time'");
+  test::CliResult r =
+      test::run_lockstep("tokenize --json " + model("stories260K.gguf") + " 'Once upon a time'");
   ASSERT_EQ(r.code, 0) << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["ids"], nlohmann::json({1, 403, 407, 261, 378}));
@@ -61,8 +47,9 @@ TEST(TokenizeCli, JsonListsIdsAndTokenTexts) {
 TEST(TokenizeCli, SpecialFlagParsesMarkers) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   std::string vocab = model("vocab/ggml-vocab-qwen2.gguf");
-  Result plain = run("tokenize " + vocab + " '<|im_start|>user'");
-  Result special = run("tokenize --special " + vocab + " '<|im_start|>user'");
+  test::CliResult plain = test::run_lockstep("tokenize " + vocab + " '<|im_start|>user'");
+  test::CliResult special =
+      test::run_lockstep("tokenize --special " + vocab + " '<|im_start|>user'");
   EXPECT_EQ(special.out.substr(0, special.out.find(' ')), "151644");
   EXPECT_EQ(plain.out.find("151644"), std::string::npos) << plain.out;
 }
@@ -72,10 +59,10 @@ TEST(TokenizeCli, DecodeRoundTripsRandomIds) {
   std::mt19937 rng(std::random_device{}());
   std::string word = "w" + std::to_string(rng() % 1000000);
   std::string vocab = model("vocab/ggml-vocab-gpt-2.gguf");
-  Result enc = run("tokenize " + vocab + " 'hello " + word + "'");
+  test::CliResult enc = test::run_lockstep("tokenize " + vocab + " 'hello " + word + "'");
   ASSERT_EQ(enc.code, 0) << enc.err;
   std::string ids = enc.out.substr(0, enc.out.size() - 1);
-  Result dec = run("tokenize " + vocab + " --decode " + ids);
+  test::CliResult dec = test::run_lockstep("tokenize " + vocab + " --decode " + ids);
   EXPECT_EQ(dec.code, 0) << dec.err;
   EXPECT_EQ(dec.out, "hello " + word + "\n");
 }
@@ -84,13 +71,15 @@ TEST(TokenizeCli, BadInputExitsTwoWithOneLine) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   fs::path bad = test::scratch_dir("tokenize-bad") / "not.gguf";
   test::write_file(bad, "this is not a gguf file at all");
-  Result r = run("tokenize '" + bad.string() + "' hello");
+  test::CliResult r = test::run_lockstep("tokenize '" + bad.string() + "' hello");
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  Result id = run("tokenize " + model("stories260K.gguf") + " --decode 1 512");
+  test::CliResult id =
+      test::run_lockstep("tokenize " + model("stories260K.gguf") + " --decode 1 512");
   EXPECT_EQ(id.code, 2);
   EXPECT_NE(id.err.find("512"), std::string::npos) << id.err;
-  Result no_tok = run("tokenize " + model("quant-ref/ref-llama-f32.gguf.dequant.json") + " hi");
+  test::CliResult no_tok =
+      test::run_lockstep("tokenize " + model("quant-ref/ref-llama-f32.gguf.dequant.json") + " hi");
   EXPECT_EQ(no_tok.code, 2);
 }
 

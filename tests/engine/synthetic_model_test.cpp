@@ -20,16 +20,6 @@ namespace {
 namespace fs = std::filesystem;
 using formats::GgmlType;
 
-// A scratch directory removed with everything in it at scope exit: the models are megabytes.
-struct ScratchDir {
-  explicit ScratchDir(const std::string& tag) : path(test::scratch_dir(tag)) {}
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path path;
-};
-
 const FamilyRegistry& registry() {
   static const FamilyRegistry r = FamilyRegistry::load();
   return r;
@@ -66,7 +56,7 @@ class SyntheticFamily : public ::testing::TestWithParam<FamilyCase> {};
 
 TEST_P(SyntheticFamily, OpensInspectsAndTokenizes) {
   const FamilyCase& p = GetParam();
-  ScratchDir scratch("synthetic-family");
+  test::ScratchDir scratch("synthetic-family");
   fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small(p.family, p.mix, path);
   SyntheticPlan plan = plan_synthetic_model(o, registry());
@@ -148,7 +138,7 @@ INSTANTIATE_TEST_SUITE_P(All, SyntheticFamily, ::testing::ValuesIn(family_cases(
                          });
 
 TEST(Synthetic, SameSeedSameBytesAnyThreadCount) {
-  ScratchDir scratch("synthetic-determinism");
+  test::ScratchDir scratch("synthetic-determinism");
   fs::path dir = scratch.path;
   SyntheticModelOptions o = small("qwen2", QuantMix::Q4_K_M, dir / "a.gguf");
   o.ffn = 1024;  // big enough that tensors are split across threads
@@ -173,7 +163,7 @@ TEST(Synthetic, SameSeedSameBytesAnyThreadCount) {
 TEST(Synthetic, KMediumMixesUseQ6KOnMoreBitsLayers) {
   for (auto [mix, base] :
        {std::pair{QuantMix::Q4_K_M, GgmlType::Q4_K}, std::pair{QuantMix::Q5_K_M, GgmlType::Q5_K}}) {
-    ScratchDir scratch("synthetic-mix");
+    test::ScratchDir scratch("synthetic-mix");
     fs::path path = scratch.path / "m.gguf";
     SyntheticModelOptions o = small("llama", mix, path);
     o.layers = 8;
@@ -198,7 +188,7 @@ TEST(Synthetic, KMediumMixesUseQ6KOnMoreBitsLayers) {
 }
 
 TEST(Synthetic, TiedEmbeddingIsTheLmHeadAndGetsQ6K) {
-  ScratchDir scratch("synthetic-tied");
+  test::ScratchDir scratch("synthetic-tied");
   fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small("qwen2", QuantMix::Q4_K_M, path);
   o.tied_embeddings = true;
@@ -212,7 +202,7 @@ TEST(Synthetic, TiedEmbeddingIsTheLmHeadAndGetsQ6K) {
 // Rows that are not a multiple of 256 fall back like llama.cpp: Q4_K → Q5_0, Q6_K → Q8_0;
 // rows that are not a multiple of 32 either are F16.
 TEST(Synthetic, RowsOffTheSuperBlockFallBack) {
-  ScratchDir scratch("synthetic-fallback");
+  test::ScratchDir scratch("synthetic-fallback");
   fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small("llama", QuantMix::Q4_K_M, path);
   o.hidden = 96;
@@ -243,7 +233,7 @@ double rms_of(const formats::GgufFile& f, const std::string& name, double mean =
 }
 
 TEST(Synthetic, WeightScalesFollowTheDocumentedInit) {
-  ScratchDir scratch("synthetic-init");
+  test::ScratchDir scratch("synthetic-init");
   fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small("llama", QuantMix::F32, path);
   o.layers = 8;
@@ -260,7 +250,7 @@ TEST(Synthetic, WeightScalesFollowTheDocumentedInit) {
 }
 
 TEST(Synthetic, BorrowsATokenizerWhoseSizeMatches) {
-  ScratchDir scratch("synthetic-borrow");
+  test::ScratchDir scratch("synthetic-borrow");
   fs::path dir = scratch.path;
   SyntheticModelOptions donor = small("llama", QuantMix::F16, dir / "donor.gguf");
   donor.vocab = 400;
@@ -287,7 +277,7 @@ TEST(Synthetic, BorrowsATokenizerWhoseSizeMatches) {
 TEST(Synthetic, BorrowsARealTokenizer) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   fs::path donor = test::shared_models() / "stories260K.gguf";
-  ScratchDir scratch("synthetic-borrow-real");
+  test::ScratchDir scratch("synthetic-borrow-real");
   fs::path path = scratch.path / "m.gguf";
   SyntheticModelOptions o = small("llama", QuantMix::Q4_0, path);
   o.vocab = 0;
@@ -301,7 +291,7 @@ TEST(Synthetic, BorrowsARealTokenizer) {
 }
 
 TEST(Synthetic, BadOptionsAreErrorsNamingTheOption) {
-  ScratchDir scratch("synthetic-bad");
+  test::ScratchDir scratch("synthetic-bad");
   fs::path dir = scratch.path;
   auto fails_with = [&](SyntheticModelOptions o, const std::string& needle) {
     Error e = test::expect_error([&] { plan_synthetic_model(o, registry()); });
@@ -335,7 +325,7 @@ TEST(Synthetic, BadOptionsAreErrorsNamingTheOption) {
 }
 
 TEST(Synthetic, CancelLeavesNoFile) {
-  ScratchDir scratch("synthetic-cancel");
+  test::ScratchDir scratch("synthetic-cancel");
   fs::path dir = scratch.path;
   SyntheticModelOptions o = small("llama", QuantMix::Q4_K_M, dir / "m.gguf");
   std::atomic<bool> cancel{false};
@@ -352,7 +342,7 @@ TEST(Synthetic, CancelLeavesNoFile) {
 }
 
 TEST(Synthetic, ByteVocabHasSpmLayout) {
-  ScratchDir scratch("synthetic-vocab");
+  test::ScratchDir scratch("synthetic-vocab");
   fs::path path = scratch.path / "m.gguf";
   write_synthetic_model(small("llama", QuantMix::F16, path), registry());
   formats::GgufFile f = formats::GgufFile::open(path.string());
