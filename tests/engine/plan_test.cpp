@@ -221,12 +221,7 @@ TEST(Plan, Starcoder2HasNoGateFromHfConfig) {
 }
 
 TEST(Plan, Starcoder2FromSyntheticGguf) {
-  test::TinySpec s;
-  s.arch = "starcoder2";
-  s.layer_norm = true;
-  s.gated = false;
-  s.qkv_bias = true;
-  s.out_bias = true;
+  test::TinySpec s = test::TinySpec::starcoder2();
   Model m =
       open_model(test::write_tiny_gguf(test::scratch_dir("sc2plan") / "m.gguf", s), registry());
   expect_well_formed(m.plan, m.config);

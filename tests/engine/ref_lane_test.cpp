@@ -448,11 +448,7 @@ TinyCase tiny(std::string name) {
     s.qk_norm = true;
     c.ops = {Op::QkNorm};
   } else if (name == "starcoder2") {
-    s.arch = "starcoder2";
-    s.layer_norm = true;
-    s.gated = false;
-    s.qkv_bias = true;
-    s.out_bias = true;
+    s = test::TinySpec::starcoder2();
     s.tied = true;
     s.extra_kv = {{"starcoder2.attention.sliding_window", formats::GgufValue::u32(3)}};
     c.ops = {Op::LayerNorm, Op::Gelu, Op::AddBias};

@@ -32,6 +32,17 @@ struct TinySpec {
   std::set<std::string> drop;                            // tensor names left out
   std::map<std::string, std::vector<uint64_t>> reshape;  // name → dims written instead
   std::map<std::string, formats::GgmlType> retype;       // name → type (filler bytes)
+
+  // StarCoder2's layout: LayerNorm with biases, a non-gated GELU MLP, biases everywhere.
+  static TinySpec starcoder2() {
+    TinySpec s;
+    s.arch = "starcoder2";
+    s.layer_norm = true;
+    s.gated = false;
+    s.qkv_bias = true;
+    s.out_bias = true;
+    return s;
+  }
 };
 
 // Tensor names and ggml-order dims of a model laid out as llama.cpp writes it.

@@ -87,12 +87,7 @@ TEST(Weights, QuantRefQwen2TiedWithBiases) {
 }
 
 TEST(Weights, SyntheticStarcoder2) {
-  test::TinySpec s;
-  s.arch = "starcoder2";
-  s.layer_norm = true;
-  s.gated = false;
-  s.qkv_bias = true;
-  s.out_bias = true;
+  test::TinySpec s = test::TinySpec::starcoder2();
   s.tied = true;
   Model m = open_model(test::write_tiny_gguf(test::scratch_dir("sc2") / "sc2.gguf", s), registry());
   for (const LayerWeights& l : m.weights.layers) {
