@@ -13,10 +13,14 @@
 
 namespace lockstep::engine {
 
+// The logits of the last `tokens` tokens of a forward (every token, unless the lane was told
+// set_last_logits_only).
 struct Logits {
   uint64_t tokens = 0;
   uint64_t vocab = 0;
   std::vector<float> values;  // [tokens, vocab]
+  std::span<const float> row(uint64_t t) const { return {values.data() + t * vocab, vocab}; }
+  std::span<const float> last() const { return row(tokens - 1); }
 };
 
 class Lane {
@@ -38,6 +42,15 @@ class Lane {
   // be told from the error it inherits. Attention nodes take inputs covering the whole
   // context (captured from a prefill at position 0), so no KV cache is involved.
   virtual Tensor replay(const Node& node, std::span<const Tensor> inputs) = 0;
+
+  // Whether forward() returns logits for the last token only: a generation's prefill needs no
+  // others, and the lm_head of a large vocabulary is the biggest matmul. A capture of lm_head
+  // still holds every token.
+  void set_last_logits_only(bool on) { last_logits_only_ = on; }
+  bool last_logits_only() const { return last_logits_only_; }
+
+ private:
+  bool last_logits_only_ = false;
 };
 
 }  // namespace lockstep::engine

@@ -407,9 +407,10 @@ Logits RefLane::forward(std::span<const int32_t> tokens, uint32_t pos, const Cap
   const Node* head = m.plan.find(Stage::LmHead, std::nullopt);
   if (!head) throw Error("ref lane: the plan has no lm_head node");
   Logits logits;
-  logits.tokens = n;
+  logits.tokens = last_logits_only() ? 1 : n;
   logits.vocab = head->width;
-  logits.values.assign(out[head->index].begin(), out[head->index].end());
+  const Vec& all = out[head->index];  // [tokens, vocab]
+  logits.values.assign(all.end() - static_cast<ptrdiff_t>(logits.tokens * logits.vocab), all.end());
   return logits;
 }
 

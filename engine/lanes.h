@@ -1,0 +1,22 @@
+#pragma once
+// The CPU lanes by name, for commands and the session: "ref" and "cpu". (CUDA lanes live in
+// cuda/ and are added by the app, which links both.)
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/lane.h"
+
+namespace lockstep::engine {
+
+struct LaneOptions {
+  unsigned threads = 0;  // cpu lane: 0 = one per hardware thread
+};
+
+std::vector<std::string> cpu_lane_names();  // {"ref", "cpu"} (cpu once it lands)
+// Throws lockstep::Error listing the known names for any other name.
+std::unique_ptr<Lane> make_cpu_lane(std::string_view name, const LaneOptions& options = {});
+
+}  // namespace lockstep::engine
