@@ -47,8 +47,9 @@ class CpuLane final : public Lane {
   unsigned threads() const { return threads_; }
   cpu::Isa isa() const { return isa_; }
 
+  struct Impl;  // the lane's state, defined in cpu_lane.cpp
+
  private:
-  struct Impl;
   const Model& model() const;
 
   unsigned threads_ = 1;

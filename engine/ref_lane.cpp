@@ -5,6 +5,7 @@
 #include <limits>
 #include <numbers>
 
+#include "engine/rope.h"
 #include "formats/error.h"
 #include "formats/ggml_codec.h"
 
@@ -81,44 +82,7 @@ void RefLane::load(const Model& m) {
     }
   }
 
-  // Radians per position for each rotated pair: base^(-2i/rope_dims), then scaling.
-  uint64_t pairs = c.rope_dims / 2;
-  rope_inv_freq_.assign(pairs, 0.0);
-  for (uint64_t i = 0; i < pairs; ++i)
-    rope_inv_freq_[i] =
-        std::pow(c.rope_base, -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dims));
-  if (c.rope_scaling) {
-    const RopeScalingConfig& s = *c.rope_scaling;
-    if (s.type == "linear") {
-      for (double& f : rope_inv_freq_) f /= s.factor;
-    } else if (s.type == "llama3") {
-      // HF's _compute_llama3_parameters: long wavelengths slowed by factor, short kept, and a
-      // smooth blend in between.
-      double orig = static_cast<double>(s.original_context.value_or(8192));
-      double low = s.low_freq_factor.value_or(1.0), high = s.high_freq_factor.value_or(4.0);
-      double low_wavelen = orig / low, high_wavelen = orig / high;
-      for (double& f : rope_inv_freq_) {
-        double wavelen = 2.0 * std::numbers::pi / f;
-        if (wavelen > low_wavelen) {
-          f /= s.factor;
-        } else if (wavelen >= high_wavelen) {
-          double smooth = (orig / wavelen - low) / (high - low);
-          f = (1.0 - smooth) * f / s.factor + smooth * f;
-        }
-      }
-    } else {
-      throw Error(c.source + ": ref lane computes RoPE scaling \"linear\" and \"llama3\", not \"" +
-                  s.type + "\"");
-    }
-  }
-  if (c.rope_freq_factors) {
-    const TensorRef* t = m.weights.find(WeightRole::RopeFreqs);
-    const std::vector<float>& ff = dequantized_.at(t->data.data());
-    if (ff.size() != pairs)
-      throw Error(c.source + ": rope_freqs: expected " + std::to_string(pairs) + " values, found " +
-                  std::to_string(ff.size()));
-    for (uint64_t i = 0; i < pairs; ++i) rope_inv_freq_[i] /= static_cast<double>(ff[i]);
-  }
+  rope_inv_freq_ = rope_inv_freq(c, m.weights);
 
   last_use_.assign(m.plan.nodes.size(), 0);
   for (const Node& node : m.plan.nodes)

@@ -12,6 +12,7 @@
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 #include "formats/aprt.h"
+#include "tests/engine/lane_test_util.h"
 #include "tests/engine/tiny_model.h"
 #include "tests/test_util.h"
 
@@ -20,86 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const FamilyRegistry& registry() {
-  static const FamilyRegistry r = FamilyRegistry::load();
-  return r;
-}
-
-// Models are opened once per binary; lanes point into them.
-const Model& shared_model(const std::string& rel) {
-  static std::map<std::string, std::unique_ptr<Model>> models;
-  auto& m = models[rel];
-  if (!m) m = std::make_unique<Model>(open_model(test::shared_models() / rel, registry()));
-  return *m;
-}
-
-struct Reference {
-  std::vector<int32_t> tokens;
-  std::vector<int32_t> generated;
-  uint64_t vocab = 0;
-  std::vector<float> logits;  // [tokens, vocab]  llama.cpp's, every prompt position
-};
-
-Reference reference(const std::string& name) {
-  fs::path dir = test::shared_models() / "reference" / name;
-  nlohmann::json j = nlohmann::json::parse(test::read_file(dir / "llamacpp.json"));
-  Reference r;
-  r.tokens = j.at("tokens").get<std::vector<int32_t>>();
-  r.generated = j.at("generated").get<std::vector<int32_t>>();
-  r.vocab = j.at("n_vocab").get<uint64_t>();
-  r.logits = formats::read_aprt(dir / "lm_head.bin").values;
-  return r;
-}
-
-std::vector<double> softmax(std::span<const float> logits) {
-  double mx = *std::max_element(logits.begin(), logits.end());
-  std::vector<double> p(logits.size());
-  double sum = 0.0;
-  for (size_t i = 0; i < p.size(); ++i) sum += p[i] = std::exp(logits[i] - mx);
-  for (double& v : p) v /= sum;
-  return p;
-}
-
-struct Agreement {
-  double max_rel = 0.0;  // max over positions of ‖ref − llama.cpp‖ / ‖llama.cpp‖
-  double mean_kl = 0.0;  // mean over positions of KL(p_llama.cpp ‖ p_ref)
-  double top1 = 0.0;     // fraction of positions whose argmax agrees
-};
-
-Agreement agreement(const Logits& ours, const Reference& ref) {
-  EXPECT_EQ(ours.vocab, ref.vocab);
-  EXPECT_EQ(ours.tokens, ref.tokens.size());
-  EXPECT_EQ(ref.logits.size(), ref.tokens.size() * ref.vocab);
-  Agreement a;
-  const uint64_t v = ref.vocab;
-  for (uint64_t t = 0; t < ours.tokens; ++t) {
-    std::span<const float> x(&ours.values[t * v], v), y(&ref.logits[t * v], v);
-    double diff = 0.0, norm = 0.0;
-    for (uint64_t i = 0; i < v; ++i) {
-      diff += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
-      norm += double(y[i]) * y[i];
-    }
-    a.max_rel = std::max(a.max_rel, std::sqrt(diff / norm));
-    std::vector<double> p = softmax(y), q = softmax(x);
-    double kl = 0.0;
-    for (uint64_t i = 0; i < v; ++i)
-      if (p[i] > 0) kl += p[i] * (std::log(p[i]) - std::log(q[i]));
-    a.mean_kl += kl / ours.tokens;
-    a.top1 += (argmax(x) == argmax(y) ? 1.0 : 0.0) / ours.tokens;
-  }
-  return a;
-}
-
-Logits prefill(RefLane& lane, std::span<const int32_t> tokens, const CapturePlan& capture,
-               Trace& trace) {
-  lane.reset();
-  return lane.forward(tokens, 0, capture, trace);
-}
-
-Logits prefill(RefLane& lane, std::span<const int32_t> tokens) {
-  Trace trace;
-  return prefill(lane, tokens, CapturePlan::none(), trace);
-}
+using namespace test_lanes;
 
 TEST(RefLaneStories, GreedyContinuationMatchesLlamaCpp) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
@@ -111,18 +33,8 @@ TEST(RefLaneStories, GreedyContinuationMatchesLlamaCpp) {
 
   RefLane lane;
   lane.load(model);
-  Trace trace;
-  Logits logits = lane.forward(prompt, 0, CapturePlan::none(), trace);
-  std::vector<int32_t> generated;
-  uint32_t pos = static_cast<uint32_t>(prompt.size());
-  while (generated.size() < ref.generated.size()) {
-    std::span<const float> last(&logits.values[(logits.tokens - 1) * logits.vocab], logits.vocab);
-    int32_t next = argmax(last);
-    generated.push_back(next);
-    logits = lane.forward(std::span(&generated.back(), 1), pos++, CapturePlan::none(), trace);
-    EXPECT_EQ(logits.tokens, 1u);
-  }
-  EXPECT_EQ(lane.cached_tokens(), pos);
+  std::vector<int32_t> generated = greedy(lane, prompt, ref.generated.size());
+  EXPECT_EQ(lane.cached_tokens(), prompt.size() + generated.size());
   EXPECT_EQ(generated, ref.generated);
   // greedy.txt holds the continuation through its first line break (64 ids run past it).
   std::string text = tok.decode(generated);
@@ -178,7 +90,7 @@ TEST_P(RefLaneLogits, AgreeWithLlamaCppAtEveryPosition) {
   RefLane lane;
   lane.load(shared_model(c.model));
   Logits logits = prefill(lane, ref.tokens);
-  Agreement a = agreement(logits, ref);
+  Agreement a = agreement(logits, ref.logits);
   std::printf("[ref vs llama.cpp] %-16s tokens %2zu  max rel err %.3e  mean KL %.3e  top-1 %.3f\n",
               c.name.c_str(), ref.tokens.size(), a.max_rel, a.mean_kl, a.top1);
   EXPECT_LE(a.max_rel, c.max_rel);
@@ -311,47 +223,6 @@ TEST(RefLaneCapture, DecodeAfterPrefillEqualsWholePrefill) {
       lane.forward(all.first(1), static_cast<uint32_t>(n + 1), CapturePlan::none(), trace);
     });
   }
-}
-
-// Replays every node of `model`'s plan on the outputs `trace` captured (an unstaged node, such
-// as Qwen3's Q/K norm, on the replayed output before it) and checks each staged node's output
-// against its capture bit for bit. Returns the ops replayed.
-std::set<Op> replay_all(RefLane& lane, const Model& model, std::span<const int32_t> tokens,
-                        const Trace& trace) {
-  std::map<size_t, Tensor> unstaged;  // replayed outputs of nodes no capture names
-  std::set<Op> ops;
-  for (const Node& node : model.plan.nodes) {
-    std::vector<Tensor> inputs;
-    if (node.op == Op::Embed) {
-      Tensor ids;
-      ids.shape = {tokens.size()};
-      ids.data.assign(tokens.begin(), tokens.end());
-      inputs.push_back(ids);
-    }
-    for (size_t in : node.inputs) {
-      const Node& src = model.plan.nodes[in];
-      const Tensor* t = src.stage ? trace.find({*src.stage, src.layer}) : &unstaged.at(in);
-      if (!t) ADD_FAILURE() << "no capture of node " << in;
-      if (!t) return ops;
-      inputs.push_back(*t);
-    }
-    Tensor got = lane.replay(node, inputs);
-    ops.insert(node.op);
-    if (!node.stage) {
-      unstaged[node.index] = std::move(got);
-      continue;
-    }
-    const Tensor* expected = trace.find({*node.stage, node.layer});
-    std::string cell = cell_name({*node.stage, node.layer});
-    if (!expected) ADD_FAILURE() << "no capture of " << cell;
-    if (!expected) return ops;
-    EXPECT_EQ(got.shape, expected->shape) << cell;
-    if (got.data.size() != expected->data.size()) continue;
-    EXPECT_EQ(0,
-              std::memcmp(got.data.data(), expected->data.data(), got.data.size() * sizeof(float)))
-        << cell << " " << op_name(node.op);
-  }
-  return ops;
 }
 
 TEST(RefLaneReplay, CapturedInputsReproduceCapturedOutputs) {
