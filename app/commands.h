@@ -20,5 +20,6 @@ struct Command {
 Command add_inspect_command(CLI::App& app);
 Command add_tokenize_command(CLI::App& app);
 Command add_gen_model_command(CLI::App& app);
+Command add_run_command(CLI::App& app);
 
 }  // namespace lockstep::app
