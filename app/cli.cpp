@@ -46,8 +46,8 @@ int run_cli(int argc, char** argv) {
   app.fallthrough(false);
 
   std::vector<Command> commands = {add_inspect_command(app), add_tokenize_command(app),
-                                   add_gen_model_command(app), add_run_command(app),
-                                   add_dump_command(app)};
+                                   add_gen_model_command(app),  add_run_command(app),
+                                   add_dump_command(app),       add_bench_command(app)};
 
   try {
     app.parse(argc, argv);

@@ -22,5 +22,6 @@ Command add_tokenize_command(CLI::App& app);
 Command add_gen_model_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 Command add_dump_command(CLI::App& app);
+Command add_bench_command(CLI::App& app);
 
 }  // namespace lockstep::app
