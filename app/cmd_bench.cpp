@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -7,7 +9,6 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #include "app/commands.h"
@@ -207,9 +208,10 @@ int cmd_bench(const BenchArgs& a) {
   std::printf("%-26s %10.2f GB/s   %.1f%% of measured bandwidth\n", "decode weight traffic",
               effective / 1e9, 100.0 * fraction);
   if (uint64_t l3 = l3_cache_bytes(); l3 > 0 && weight_bytes <= l3)
-    std::printf("note: %.1f MB of weights fit in the %.1f MB L3 cache, so decode is not bound by "
-                "memory bandwidth here; the fraction says little\n",
-                double(weight_bytes) / 1e6, double(l3) / 1e6);
+    std::printf(
+        "note: %.1f MB of weights fit in the %.1f MB L3 cache, so decode is not bound by "
+        "memory bandwidth here; the fraction says little\n",
+        double(weight_bytes) / 1e6, double(l3) / 1e6);
   return kExitOk;
 }
 
@@ -220,7 +222,8 @@ Command add_bench_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "bench", "Measure prefill and decode speed of a lane against the machine's memory bandwidth");
   sub->add_option("model", args->model, "A .gguf file or a HF model folder")->required();
-  sub->add_option("--lane", args->lane, "CPU lane to measure (ref, cpu)")->capture_default_str();
+  sub->add_option("--lane", args->lane, std::string("CPU lane to measure: ") + cpu_lane_list())
+      ->capture_default_str();
   sub->add_option("--threads", args->threads,
                   "Threads for the lane and the bandwidth measurement; 0 = one per hardware "
                   "thread")

@@ -102,7 +102,8 @@ int cmd_dump(const DumpArgs& a) {
   std::vector<int32_t> tokens = a.tokens;
   if (!a.prompt.empty()) {
     if (!model.gguf)
-      throw Error("dump: " + a.model + " is a safetensors model, whose tokenizer lockstep "
+      throw Error("dump: " + a.model +
+                  " is a safetensors model, whose tokenizer lockstep "
                   "cannot read; give --tokens instead of --prompt");
     tokens = engine::encode_prompt(engine::Tokenizer::from_gguf(*model.gguf), a.prompt, a.chat);
   }
@@ -111,8 +112,8 @@ int cmd_dump(const DumpArgs& a) {
       throw Error("dump: token id " + std::to_string(id) + " is outside the vocab (0.." +
                   std::to_string(model.config.vocab - 1) + ")");
   if (model.config.context > 0 && tokens.size() > model.config.context)
-    throw Error("dump: " + std::to_string(tokens.size()) + " tokens exceed the model's context of " +
-                std::to_string(model.config.context));
+    throw Error("dump: " + std::to_string(tokens.size()) +
+                " tokens exceed the model's context of " + std::to_string(model.config.context));
 
   lane->load(model);
   lane->reset();
@@ -161,7 +162,8 @@ Command add_dump_command(CLI::App& app) {
   sub->add_option("--tokens", args->tokens, "Token ids to run instead of a prompt: 1,2,3")
       ->delimiter(',')
       ->expected(1, -1);
-  sub->add_option("--lane", args->lane, "CPU lane to run on (ref, cpu)")->capture_default_str();
+  sub->add_option("--lane", args->lane, std::string("CPU lane to run on: ") + cpu_lane_list())
+      ->capture_default_str();
   sub->add_option("--stages", args->stages,
                   "Cells to capture: all, or e.g. \"attn_norm,lm_head@0-3;ffn_out@2\" "
                   "(stages with an optional @layer or @first-last range, groups split by ';')")

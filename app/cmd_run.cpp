@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -15,6 +17,26 @@
 
 namespace lockstep::app {
 namespace {
+
+// Ctrl-C stops the generation after the current token, so the summary is still printed.
+std::atomic<bool> interrupted{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
+extern "C" void on_interrupt(int) {
+  interrupted.store(true);
+}
+
+class InterruptGuard {
+ public:
+  InterruptGuard() : previous_(std::signal(SIGINT, on_interrupt)) {}
+  ~InterruptGuard() { std::signal(SIGINT, previous_); }
+  InterruptGuard(const InterruptGuard&) = delete;
+  InterruptGuard& operator=(const InterruptGuard&) = delete;
+
+ private:
+  void (*previous_)(int);
+};
+
+constexpr int kExitInterrupted = 130;  // what shells report for a process ended by SIGINT
 
 struct RunArgs {
   std::string model;
@@ -37,7 +59,8 @@ int cmd_run(const RunArgs& a) {
   std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, {a.threads});
   engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());
   if (!model.gguf)
-    throw Error("run: " + a.model + " is a safetensors model; run needs a GGUF file, whose "
+    throw Error("run: " + a.model +
+                " is a safetensors model; run needs a GGUF file, whose "
                 "metadata holds the tokenizer");
   engine::Tokenizer tok = engine::Tokenizer::from_gguf(*model.gguf);
   std::vector<int32_t> prompt = engine::encode_prompt(tok, a.prompt, a.chat);
@@ -46,9 +69,13 @@ int cmd_run(const RunArgs& a) {
   options.max_tokens = a.max_tokens;
   options.sampler = {a.temperature, a.top_k, a.top_p, a.seed};
   options.context = model.config.context;
-  if (a.chat) options.extra_stop = tok.find_token("<|im_end|>").value_or(engine::Tokenizer::kNoToken);
+  if (a.chat)
+    options.extra_stop = tok.find_token("<|im_end|>").value_or(engine::Tokenizer::kNoToken);
 
   lane->load(model);
+  interrupted = false;
+  options.cancel = &interrupted;
+  InterruptGuard guard;
   bool ends_with_newline = true;  // nothing printed yet
   engine::GenerateResult r =
       engine::generate(*lane, tok, prompt, options, [&](int32_t, std::string_view text) {
@@ -74,13 +101,20 @@ int cmd_run(const RunArgs& a) {
                 static_cast<unsigned long long>(s.prompt_tokens), s.prefill_tokens_per_second(),
                 static_cast<unsigned long long>(s.generated_tokens), s.decode_tokens_per_second(),
                 r.stop == engine::StopReason::EndOfGeneration ? ", stopped at end of generation"
+                : r.stop == engine::StopReason::Cancelled     ? ", interrupted"
                                                               : "",
                 where.c_str());
   std::cerr << line << "\n";
-  return kExitOk;
+  return r.stop == engine::StopReason::Cancelled ? kExitInterrupted : kExitOk;
 }
 
 }  // namespace
+
+std::string cpu_lane_list() {
+  std::string s;
+  for (const std::string& n : engine::cpu_lane_names()) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
 
 Command add_run_command(CLI::App& app) {
   auto args = std::make_shared<RunArgs>();
@@ -90,18 +124,11 @@ Command add_run_command(CLI::App& app) {
   sub->add_option("--prompt,-p", args->prompt, "The prompt text")->required();
   sub->add_flag("--chat", args->chat,
                 "Wrap the prompt as one ChatML user turn and stop at <|im_end|>");
-  sub->add_option("--lane", args->lane,
-                  "CPU lane to run on: " + [] {
-                    std::string s;
-                    for (const std::string& n : engine::cpu_lane_names())
-                      s += (s.empty() ? "" : ", ") + n;
-                    return s;
-                  }())
+  sub->add_option("--lane", args->lane, std::string("CPU lane to run on: ") + cpu_lane_list())
       ->capture_default_str();
   sub->add_option("-n,--max-tokens", args->max_tokens, "Generate at most this many tokens")
       ->capture_default_str();
-  sub->add_option("--temperature", args->temperature,
-                  "Sampling temperature; 0 = greedy (argmax)")
+  sub->add_option("--temperature", args->temperature, "Sampling temperature; 0 = greedy (argmax)")
       ->capture_default_str();
   sub->add_option("--top-k", args->top_k, "Sample among the K most likely tokens; 0 = all")
       ->capture_default_str();
