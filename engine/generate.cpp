@@ -84,8 +84,7 @@ std::string Utf8Stream::flush() {
   return out;
 }
 
-std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt,
-                                   bool chat) {
+std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt, bool chat) {
   if (prompt.empty()) throw Error("the prompt is empty");
   if (chat) {
     ChatMessage user{"user", std::string(prompt)};

@@ -37,8 +37,7 @@ class Utf8Stream {
 // The prompt's token ids: the raw text with BOS as the tokenizer's metadata asks
 // (tokenizer.ggml.add_bos_token), or with `chat` one ChatML user turn plus the opening of the
 // assistant's (engine/chat_template.h). Throws lockstep::Error for an empty prompt.
-std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt,
-                                   bool chat);
+std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt, bool chat);
 
 struct GenerateOptions {
   int64_t max_tokens = 64;  // tokens to generate at most; >= 1

@@ -10,9 +10,9 @@ namespace lockstep::engine {
 
 struct BandwidthResult {
   unsigned threads = 0;
-  uint64_t bytes = 0;                  // buffer size actually read per repetition
-  std::vector<double> bytes_per_s;     // one per repetition, in order
-  double best = 0.0;                   // the fastest repetition (as STREAM reports)
+  uint64_t bytes = 0;               // buffer size actually read per repetition
+  std::vector<double> bytes_per_s;  // one per repetition, in order
+  double best = 0.0;                // the fastest repetition (as STREAM reports)
   double median = 0.0;
 };
 

@@ -6,8 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/lanes.h"
-#include "tests/app/cli_run.h"
 #include "formats/gguf.h"
+#include "tests/app/cli_run.h"
 #include "tests/test_util.h"
 
 namespace lockstep {
@@ -30,7 +30,8 @@ fs::path gen_model(const fs::path& dir, const std::string& name, const std::stri
   fs::path out = dir / name;
   test::CliResult r = test::run_lockstep(
       "gen-model --family llama --hidden 256 --layers 2 --heads 4 --kv-heads 2 --ffn 256 "
-      "--vocab 300 --context 64 --type Q4_K_M --quiet " + extra + " --out " + quote(out));
+      "--vocab 300 --context 64 --type Q4_K_M --quiet " +
+      extra + " --out " + quote(out));
   EXPECT_EQ(r.code, 0) << r.err;
   return out;
 }
@@ -78,8 +79,9 @@ TEST(BenchCli, JsonHasPositiveConsistentNumbersOnEveryCpuLane) {
       EXPECT_EQ(weights, expected_weight_bytes(model));
       double decode = j.at("decode").at("tokens_per_s");
       EXPECT_DOUBLE_EQ(j.at("effective_bytes_per_s").get<double>(), double(weights) * decode);
-      EXPECT_DOUBLE_EQ(j.at("bandwidth_fraction").get<double>(),
-                       double(weights) * decode / j.at("bandwidth").at("best_bytes_per_s").get<double>());
+      EXPECT_DOUBLE_EQ(
+          j.at("bandwidth_fraction").get<double>(),
+          double(weights) * decode / j.at("bandwidth").at("best_bytes_per_s").get<double>());
       EXPECT_GT(j.at("bandwidth_fraction").get<double>(), 0.0);
     }
   }

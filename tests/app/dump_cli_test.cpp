@@ -29,8 +29,12 @@ std::string quote(const std::filesystem::path& p) {
 
 namespace fs = std::filesystem;
 
-fs::path stories_path() { return test::shared_models() / "stories260K.gguf"; }
-std::string stories() { return quote(stories_path()); }
+fs::path stories_path() {
+  return test::shared_models() / "stories260K.gguf";
+}
+std::string stories() {
+  return quote(stories_path());
+}
 
 const engine::Model& stories_model() {
   static const engine::Model m = engine::open_model(stories_path(), engine::FamilyRegistry::load());
@@ -62,9 +66,9 @@ TEST(DumpCli, WritesEveryCellOfThePlanWithShapesAndTheLanesValues) {
     SCOPED_TRACE(lane_name);
     test::ScratchDir scratch("dump-cli-" + lane_name);
     fs::path out = scratch.path / "dump";
-    test::CliResult r = test::run_lockstep("dump " + stories() + " --lane " + lane_name +
-                                           " --threads 1 --prompt 'Once upon a time' --out " +
-                                           quote(out));
+    test::CliResult r =
+        test::run_lockstep("dump " + stories() + " --lane " + lane_name +
+                           " --threads 1 --prompt 'Once upon a time' --out " + quote(out));
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_NE(r.out.find(" cells ("), std::string::npos) << r.out;
     EXPECT_NE(r.out.find(out.string()), std::string::npos) << r.out;
@@ -97,9 +101,8 @@ TEST(DumpCli, WritesEveryCellOfThePlanWithShapesAndTheLanesValues) {
       SCOPED_TRACE(name + "@" + (node.layer ? std::to_string(*node.layer) : "-"));
       const formats::DumpCell* cell = scan.find(name, node.layer);
       ASSERT_NE(cell, nullptr);
-      std::vector<uint64_t> shape = node.width_times_ctx
-                                        ? std::vector<uint64_t>{node.width, n, n}
-                                        : std::vector<uint64_t>{n, node.width};
+      std::vector<uint64_t> shape = node.width_times_ctx ? std::vector<uint64_t>{node.width, n, n}
+                                                         : std::vector<uint64_t>{n, node.width};
       ASSERT_TRUE(cell->shape.has_value());
       EXPECT_EQ(*cell->shape, shape);
       formats::AprtTensor t = formats::read_aprt(cell->path);
@@ -146,8 +149,8 @@ TEST(DumpCli, RefusesAnExistingDirectoryUnlessForcedAndReplacesOnlyWhenComplete)
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   test::ScratchDir scratch("dump-cli-force");
   fs::path out = scratch.path / "d";
-  std::string base = "dump " + stories() + " --lane ref --tokens 1,403 --out " +
-                     quote(out) + " --stages ";
+  std::string base =
+      "dump " + stories() + " --lane ref --tokens 1,403 --out " + quote(out) + " --stages ";
   ASSERT_EQ(test::run_lockstep(base + "attn_norm@0").code, 0);
   ASSERT_TRUE(fs::exists(out / "layer-0/attn_norm.bin"));
 
@@ -156,9 +159,8 @@ TEST(DumpCli, RefusesAnExistingDirectoryUnlessForcedAndReplacesOnlyWhenComplete)
   EXPECT_FALSE(fs::exists(out / "layer-0/ffn_out.bin"));
 
   // A --force run that fails (a token outside the vocab) leaves the old dump alone.
-  test::CliResult bad = test::run_lockstep("dump " + stories() +
-                                           " --lane ref --tokens 1,9999 --force --out " +
-                                           quote(out));
+  test::CliResult bad = test::run_lockstep(
+      "dump " + stories() + " --lane ref --tokens 1,9999 --force --out " + quote(out));
   expect_one_line_error(bad, "9999");
   EXPECT_TRUE(fs::exists(out / "layer-0/attn_norm.bin"));
 
@@ -175,8 +177,7 @@ TEST(DumpCli, RefusesAnExistingDirectoryUnlessForcedAndReplacesOnlyWhenComplete)
   fs::create_directories(other);
   test::write_file(other / "notes.txt", "keep me");
   expect_one_line_error(test::run_lockstep("dump " + stories() +
-                                           " --lane ref --tokens 1 --force --out " +
-                                           quote(other)),
+                                           " --lane ref --tokens 1 --force --out " + quote(other)),
                         "notes");
   EXPECT_EQ(test::read_file(other / "notes.txt"), "keep me");
   for (const auto& e : fs::directory_iterator(scratch.path))
@@ -191,13 +192,12 @@ TEST(DumpCli, BadRequestsAreOneLineErrors) {
   expect_one_line_error(
       test::run_lockstep("dump " + stories() + " --lane ref --prompt hi --tokens 1" + out),
       "--tokens");
-  expect_one_line_error(test::run_lockstep("dump " + stories() + " --lane ref" + out),
-                        "--prompt");
+  expect_one_line_error(test::run_lockstep("dump " + stories() + " --lane ref" + out), "--prompt");
   expect_one_line_error(
       test::run_lockstep("dump " + stories() + " --lane ref --tokens 1 --stages bogus" + out),
       "bogus");
-  expect_one_line_error(
-      test::run_lockstep("dump " + stories() + " --lane nope --tokens 1" + out), "nope");
+  expect_one_line_error(test::run_lockstep("dump " + stories() + " --lane nope --tokens 1" + out),
+                        "nope");
   expect_one_line_error(test::run_lockstep("dump " + stories() + " --lane ref --tokens 1"),
                         "--out");
   EXPECT_FALSE(fs::exists(scratch.path / "d"));

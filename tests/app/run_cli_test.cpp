@@ -20,7 +20,9 @@ std::string quote(const std::filesystem::path& p) {
   return s;
 }
 
-std::string stories() { return quote(test::shared_models() / "stories260K.gguf"); }
+std::string stories() {
+  return quote(test::shared_models() / "stories260K.gguf");
+}
 
 void expect_one_line_error(const test::CliResult& r, const std::string& needle) {
   EXPECT_EQ(r.code, 2) << r.err;
@@ -73,9 +75,8 @@ TEST(RunCli, ErrorsAreOneLineWithExitCode2) {
                         "prompt is empty");
   expect_one_line_error(test::run_lockstep("run " + stories() + " --lane ref -n 0 --prompt hi"),
                         "-n must be at least 1");
-  expect_one_line_error(
-      test::run_lockstep("run " + stories() + " --lane ref -n 4000 --prompt hi"),
-      "context of 2048 tokens");
+  expect_one_line_error(test::run_lockstep("run " + stories() + " --lane ref -n 4000 --prompt hi"),
+                        "context of 2048 tokens");
   expect_one_line_error(test::run_lockstep("run " + stories() + " --lane ref --chat --prompt hi"),
                         "<|im_start|>");
   expect_one_line_error(test::run_lockstep("run " + stories() + " --lane ref"), "--prompt");

@@ -87,12 +87,16 @@ TEST(Utf8Stream, ReplacesBytesThatCanNeverBeValid) {
   struct Case {
     std::string in, out;
   } cases[] = {
-      {"\x80", kFffd},                                  // stray continuation
-      {"\xE2\x82" "A", kFffd + kFffd + "A"},            // lead cut short by ASCII
-      {"\xC0\xAF", kFffd + kFffd},                      // overlong '/'
-      {"\xED\xA0\x80", kFffd + kFffd + kFffd},          // surrogate U+D800
+      {"\x80", kFffd},  // stray continuation
+      {"\xE2\x82"
+       "A",
+       kFffd + kFffd + "A"},                                // lead cut short by ASCII
+      {"\xC0\xAF", kFffd + kFffd},                          // overlong '/'
+      {"\xED\xA0\x80", kFffd + kFffd + kFffd},              // surrogate U+D800
       {"\xF4\x90\x80\x80", kFffd + kFffd + kFffd + kFffd},  // above U+10FFFF
-      {"\xFF" "b\xC3\xA9", kFffd + "b\xC3\xA9"},
+      {"\xFF"
+       "b\xC3\xA9",
+       kFffd + "b\xC3\xA9"},
   };
   for (const Case& c : cases) {
     Utf8Stream s;
@@ -153,7 +157,7 @@ TEST(Generate, StreamsMultiByteTextOnlyWhenComplete) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   const Tokenizer& tok = stories_tokenizer();
   // "a€" then the first two bytes of an emoji that never finishes.
-  std::vector<int32_t> script = {token("▁a"),   token("<0xE2>"), token("<0x82>"),
+  std::vector<int32_t> script = {token("▁a"),     token("<0xE2>"), token("<0x82>"),
                                  token("<0xAC>"), token("<0xF0>"), token("<0x9F>")};
   ScriptedLane lane(512, script);
   std::vector<int32_t> prompt = encode_prompt(tok, "Once", false);
@@ -268,7 +272,8 @@ struct Reference {
 Reference stories_reference() {
   nlohmann::json j = nlohmann::json::parse(
       test::read_file(test::shared_models() / "reference/stories260K/llamacpp.json"));
-  return {j.at("tokens").get<std::vector<int32_t>>(), j.at("generated").get<std::vector<int32_t>>()};
+  return {j.at("tokens").get<std::vector<int32_t>>(),
+          j.at("generated").get<std::vector<int32_t>>()};
 }
 
 TEST(GenerateStories, GreedyContinuationMatchesLlamaCppOnEveryCpuLane) {
