@@ -55,7 +55,8 @@ BandwidthResult measure_read_bandwidth(unsigned threads, uint64_t bytes, int rep
   // stamps its own start and end: a pass lasts from the first start to the last end, however
   // late the scheduler wakes any one thread (on a loaded machine, the caller's thread too).
   using Clock = std::chrono::steady_clock;
-  std::vector<Clock::time_point> starts(size_t(repetitions) * threads), ends(starts.size());
+  std::vector<Clock::time_point> starts(size_t(repetitions) * threads);  // [repetitions, threads]
+  std::vector<Clock::time_point> ends(starts.size());                    // [repetitions, threads]
   std::barrier sync(static_cast<std::ptrdiff_t>(threads));
   std::atomic<uint64_t> sink{0};  // an atomic add of each sum keeps the reads from being elided
   {
