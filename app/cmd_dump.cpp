@@ -96,6 +96,9 @@ int cmd_dump(const DumpArgs& a) {
   std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, {a.threads});
   // Refuses an existing --out (without --force) before any work; with --force the old dump is
   // replaced only on commit, once the new one is complete.
+  std::error_code ec;
+  if (!a.force && fs::exists(a.out, ec))
+    throw Error("dump: " + a.out + " already exists; pass --force to replace it");
   formats::DumpWriter writer(a.out, {.overwrite = a.force});
 
   engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());

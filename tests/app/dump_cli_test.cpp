@@ -154,7 +154,8 @@ TEST(DumpCli, RefusesAnExistingDirectoryUnlessForcedAndReplacesOnlyWhenComplete)
   ASSERT_EQ(test::run_lockstep(base + "attn_norm@0").code, 0);
   ASSERT_TRUE(fs::exists(out / "layer-0/attn_norm.bin"));
 
-  expect_one_line_error(test::run_lockstep(base + "ffn_out@0"), out.string());
+  expect_one_line_error(test::run_lockstep(base + "ffn_out@0"),
+                        out.string() + " already exists; pass --force");
   EXPECT_TRUE(fs::exists(out / "layer-0/attn_norm.bin"));
   EXPECT_FALSE(fs::exists(out / "layer-0/ffn_out.bin"));
 
