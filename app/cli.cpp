@@ -45,8 +45,9 @@ int run_cli(int argc, char** argv) {
   app.require_subcommand(0, 1);
   app.fallthrough(false);
 
-  std::vector<Command> commands = {add_inspect_command(app), add_tokenize_command(app),
-                                   add_gen_model_command(app)};
+  std::vector<Command> commands = {add_inspect_command(app),   add_tokenize_command(app),
+                                   add_gen_model_command(app), add_run_command(app),
+                                   add_dump_command(app),      add_bench_command(app)};
 
   try {
     app.parse(argc, argv);

@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
 
 namespace lockstep::app {
 
@@ -20,5 +21,11 @@ struct Command {
 Command add_inspect_command(CLI::App& app);
 Command add_tokenize_command(CLI::App& app);
 Command add_gen_model_command(CLI::App& app);
+Command add_run_command(CLI::App& app);
+Command add_dump_command(CLI::App& app);
+Command add_bench_command(CLI::App& app);
+
+// "ref, cpu": the CPU lanes engine/lanes.h knows, for help texts.
+std::string cpu_lane_list();
 
 }  // namespace lockstep::app

@@ -1,0 +1,244 @@
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "app/commands.h"
+#include "engine/family.h"
+#include "engine/lanes.h"
+#include "engine/membw.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
+#include "engine/weights.h"
+#include "formats/error.h"
+
+namespace lockstep::app {
+namespace {
+
+struct BenchArgs {
+  std::string model;
+  std::string lane = "cpu";
+  unsigned threads = 0;
+  int64_t prefill = 128;
+  int64_t decode = 32;
+  int repeat = 3;
+  uint64_t bandwidth_mib = 1024;
+  bool json = false;
+};
+
+struct RunTimes {
+  double prefill_s = 0.0;
+  double decode_s = 0.0;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// One generation's timings: the prompt's forward (last logits only, as generation does), then
+// `decode` one-token forwards each fed the argmax of the previous logits. Only the forwards are
+// timed; picking the argmax is not.
+RunTimes time_run(engine::Lane& lane, std::span<const int32_t> prompt, int64_t decode) {
+  engine::Trace trace;
+  const engine::CapturePlan none = engine::CapturePlan::none();
+  lane.reset();
+  lane.set_last_logits_only(true);
+  RunTimes t;
+  auto t0 = std::chrono::steady_clock::now();
+  engine::Logits logits = lane.forward(prompt, 0, none, trace);
+  t.prefill_s = seconds_since(t0);
+  auto pos = static_cast<uint32_t>(prompt.size());
+  for (int64_t i = 0; i < decode; ++i) {
+    int32_t next = engine::argmax(logits.last());
+    if (next < 0) throw Error("bench: lane " + lane.name() + " produced no finite logit");
+    t0 = std::chrono::steady_clock::now();
+    logits = lane.forward(std::span(&next, 1), pos++, none, trace);
+    t.decode_s += seconds_since(t0);
+  }
+  return t;
+}
+
+// Bytes of weights one decode step must read: every distinct tensor the plan references, each
+// once (a tensor two nodes share, such as a tied lm_head/embedding, counts once), and, for the
+// embedding lookup, one row of token_embd, unless the lm_head already reads all of it (tied
+// embeddings). KV-cache and activation traffic are not included, so this is a lower bound on
+// the bytes a step moves.
+uint64_t weight_bytes_per_token(const engine::Model& model) {
+  std::map<const std::byte*, uint64_t> read;  // tensor data → bytes
+  std::vector<const engine::TensorRef*> embeddings;
+  for (const engine::Node& node : model.plan.nodes) {
+    for (const auto* refs : {&node.weights, &node.biases})
+      for (const engine::WeightRef& ref : *refs) {
+        const engine::TensorRef* t = model.weights.find(ref);
+        if (!t) continue;
+        if (node.op == engine::Op::Embed)
+          embeddings.push_back(t);
+        else
+          read[t->data.data()] = t->data.size();
+      }
+  }
+  uint64_t bytes = 0;
+  for (const auto& [data, size] : read) bytes += size;
+  for (const engine::TensorRef* t : embeddings) {
+    if (read.count(t->data.data())) continue;
+    uint64_t rows = t->dims.size() > 1 ? t->elements() / t->dims[0] : 1;
+    bytes += t->data.size() / rows;
+  }
+  return bytes;
+}
+
+// 0 when the C library does not know.
+uint64_t l3_cache_bytes() {
+  long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return l3 > 0 ? uint64_t(l3) : 0;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Deterministic prompt: BOS (when the vocab has one), then ids spread over the whole vocab by a
+// prime stride, so that embedding rows come from everywhere rather than one cached block.
+std::vector<int32_t> bench_tokens(const engine::Model& model, int64_t n) {
+  int32_t bos = engine::Tokenizer::kNoToken;
+  try {
+    if (model.gguf) bos = engine::Tokenizer::from_gguf(*model.gguf).bos();
+  } catch (const Error&) {
+    // A file without complete tokenizer metadata (a synthetic model) can still be timed; its
+    // prompt just starts without BOS.
+  }
+  std::vector<int32_t> ids;
+  const uint64_t vocab = model.config.vocab;
+  for (int64_t i = 0; i < n; ++i)
+    ids.push_back(i == 0 && bos != engine::Tokenizer::kNoToken
+                      ? bos
+                      : static_cast<int32_t>((uint64_t(i) * 7919u + 13u) % vocab));
+  return ids;
+}
+
+int cmd_bench(const BenchArgs& a) {
+  if (a.prefill < 1) throw Error("bench: --prefill must be at least 1");
+  if (a.decode < 1) throw Error("bench: --decode must be at least 1");
+  if (a.repeat < 1) throw Error("bench: --repeat must be at least 1");
+  if (a.bandwidth_mib < 1) throw Error("bench: --bandwidth-mib must be at least 1");
+  std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, {a.threads});
+  engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());
+  if (model.config.context > 0 && uint64_t(a.prefill + a.decode) > model.config.context)
+    throw Error("bench: --prefill " + std::to_string(a.prefill) + " + --decode " +
+                std::to_string(a.decode) + " exceed the model's context of " +
+                std::to_string(model.config.context) + " tokens");
+
+  const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
+  // The ref lane runs on one thread, so its bandwidth is compared with one thread's.
+  const bool single = lane->name() == "ref";
+  const unsigned threads = single ? 1 : (a.threads ? a.threads : hardware);
+
+  engine::BandwidthResult bw =
+      engine::measure_read_bandwidth(threads, a.bandwidth_mib << 20, /*repetitions=*/5);
+
+  lane->load(model);
+  std::vector<int32_t> prompt = bench_tokens(model, a.prefill);
+  time_run(*lane, prompt, a.decode);  // warm-up: page in weights, start thread teams
+  std::vector<double> prefill_tps, decode_tps;
+  for (int r = 0; r < a.repeat; ++r) {
+    RunTimes t = time_run(*lane, prompt, a.decode);
+    prefill_tps.push_back(t.prefill_s > 0 ? double(a.prefill) / t.prefill_s : 0.0);
+    decode_tps.push_back(t.decode_s > 0 ? double(a.decode) / t.decode_s : 0.0);
+  }
+  const double prefill = median(prefill_tps), decode = median(decode_tps);
+  const uint64_t weight_bytes = weight_bytes_per_token(model);
+  const double effective = double(weight_bytes) * decode;  // bytes/s of weights at decode
+  const double fraction = bw.best > 0 ? effective / bw.best : 0.0;
+
+  if (a.json) {
+    nlohmann::json j = {
+        {"model", a.model},
+        {"lane", lane->name()},
+        {"threads", threads},
+        {"hardware_threads", hardware},
+        {"repeat", a.repeat},
+        {"warmup_runs", 1},
+        {"bandwidth",
+         {{"bytes", bw.bytes},
+          {"threads", bw.threads},
+          {"best_bytes_per_s", bw.best},
+          {"median_bytes_per_s", bw.median},
+          {"runs_bytes_per_s", bw.bytes_per_s}}},
+        {"prefill",
+         {{"tokens", a.prefill}, {"tokens_per_s", prefill}, {"runs_tokens_per_s", prefill_tps}}},
+        {"decode",
+         {{"tokens", a.decode}, {"tokens_per_s", decode}, {"runs_tokens_per_s", decode_tps}}},
+        {"weight_bytes_per_token", weight_bytes},
+        {"l3_cache_bytes", l3_cache_bytes()},
+        {"effective_bytes_per_s", effective},
+        {"bandwidth_fraction", fraction},
+    };
+    std::cout << j.dump(2) << "\n";
+    return kExitOk;
+  }
+
+  const engine::ModelConfig& c = model.config;
+  std::printf("model   %s (%s, %llu layers, hidden %llu, vocab %llu)\n", a.model.c_str(),
+              c.family.c_str(), static_cast<unsigned long long>(c.layers),
+              static_cast<unsigned long long>(c.hidden), static_cast<unsigned long long>(c.vocab));
+  std::printf("lane    %s, %u %s (%u hardware threads)\n", lane->name().c_str(), threads,
+              single ? "thread: the ref lane is single-threaded" : "threads", hardware);
+  std::printf("runs    1 warm-up + %d timed; medians (min..max)\n\n", a.repeat);
+  auto [pmin, pmax] = std::minmax_element(prefill_tps.begin(), prefill_tps.end());
+  auto [dmin, dmax] = std::minmax_element(decode_tps.begin(), decode_tps.end());
+  std::printf("%-26s %10.2f GB/s   best of %zu passes over %llu MiB, %u thread%s\n",
+              "memory read bandwidth", bw.best / 1e9, bw.bytes_per_s.size(),
+              static_cast<unsigned long long>(bw.bytes >> 20), bw.threads,
+              bw.threads == 1 ? "" : "s");
+  std::printf("%-26s %10.1f tok/s  (%.1f..%.1f)\n",
+              ("prefill " + std::to_string(a.prefill) + " tokens").c_str(), prefill, *pmin, *pmax);
+  std::printf("%-26s %10.1f tok/s  (%.1f..%.1f)\n",
+              ("decode " + std::to_string(a.decode) + " tokens").c_str(), decode, *dmin, *dmax);
+  std::printf("%-26s %10.3f MB\n", "weights read per token", double(weight_bytes) / 1e6);
+  std::printf("%-26s %10.2f GB/s   %.1f%% of measured bandwidth\n", "decode weight traffic",
+              effective / 1e9, 100.0 * fraction);
+  if (uint64_t l3 = l3_cache_bytes(); l3 > 0 && weight_bytes <= l3)
+    std::printf(
+        "note: %.1f MB of weights fit in the %.1f MB L3 cache, so decode is not bound by "
+        "memory bandwidth here; the fraction says little\n",
+        double(weight_bytes) / 1e6, double(l3) / 1e6);
+  return kExitOk;
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& app) {
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "bench", "Measure prefill and decode speed of a lane against the machine's memory bandwidth");
+  sub->add_option("model", args->model, "A .gguf file or a HF model folder")->required();
+  sub->add_option("--lane", args->lane, std::string("CPU lane to measure: ") + cpu_lane_list())
+      ->capture_default_str();
+  sub->add_option("--threads", args->threads,
+                  "Threads for the lane and the bandwidth measurement; 0 = one per hardware "
+                  "thread")
+      ->capture_default_str();
+  sub->add_option("--prefill", args->prefill, "Prompt tokens in the timed prefill")
+      ->capture_default_str();
+  sub->add_option("--decode", args->decode, "One-token decode steps timed after the prefill")
+      ->capture_default_str();
+  sub->add_option("--repeat", args->repeat, "Timed runs after one warm-up; medians are reported")
+      ->capture_default_str();
+  sub->add_option("--bandwidth-mib", args->bandwidth_mib,
+                  "Buffer read by the bandwidth measurement, MiB (keep it well above the caches)")
+      ->capture_default_str();
+  sub->add_flag("--json", args->json, "Print the numbers as JSON");
+  return {sub, [args] { return cmd_bench(*args); }};
+}
+
+}  // namespace lockstep::app

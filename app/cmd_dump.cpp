@@ -1,0 +1,184 @@
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "app/commands.h"
+#include "engine/family.h"
+#include "engine/generate.h"
+#include "engine/lanes.h"
+#include "engine/tokenizer.h"
+#include "engine/trace.h"
+#include "engine/weights.h"
+#include "formats/aprt.h"
+#include "formats/dump_dir.h"
+#include "formats/error.h"
+#include "formats/mapped_file.h"
+#include "formats/sha256.h"
+
+namespace lockstep::app {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct DumpArgs {
+  std::string model;
+  std::string prompt;
+  bool chat = false;
+  std::vector<int32_t> tokens;
+  std::string lane = "cpu";
+  std::string stages = "all";
+  unsigned threads = 0;
+  std::string out;
+  bool force = false;
+};
+
+// The manifest's "config": what a reader needs to interpret the cells without the model.
+nlohmann::json config_json(const engine::ModelConfig& c) {
+  nlohmann::json j = {
+      {"format", c.format == engine::FileFormat::Gguf ? "gguf" : "safetensors"},
+      {"family", c.family},
+      {"architecture", c.architecture},
+      {"hidden", c.hidden},
+      {"layers", c.layers},
+      {"heads", c.heads},
+      {"kv_heads", c.kv_heads},
+      {"head_dim", c.head_dim},
+      {"ffn", c.ffn},
+      {"vocab", c.vocab},
+      {"context", c.context},
+      {"norm", engine::norm_kind_name(c.norm)},
+      {"norm_eps", c.norm_eps},
+      {"activation", engine::activation_name(c.activation)},
+      {"qkv_bias", c.qkv_bias},
+      {"attn_output_bias", c.attn_output_bias},
+      {"ffn_bias", c.ffn_bias},
+      {"qk_norm", c.qk_norm},
+      {"tied_embeddings", c.tied_embeddings},
+      {"rope_layout", engine::rope_layout_name(c.rope_layout)},
+      {"rope_base", c.rope_base},
+      {"rope_dims", c.rope_dims},
+      {"rope_freq_factors", c.rope_freq_factors},
+      {"embedding_multiplier", c.embedding_multiplier},
+      {"residual_multiplier", c.residual_multiplier},
+      {"logits_scaling", c.logits_scaling},
+      {"attention_scale", c.attention_scale()},
+  };
+  if (c.rope_scaling) {
+    const engine::RopeScalingConfig& s = *c.rope_scaling;
+    j["rope_scaling"] = {{"type", s.type}, {"factor", s.factor}};
+    if (s.original_context) j["rope_scaling"]["original_context"] = *s.original_context;
+    if (s.low_freq_factor) j["rope_scaling"]["low_freq_factor"] = *s.low_freq_factor;
+    if (s.high_freq_factor) j["rope_scaling"]["high_freq_factor"] = *s.high_freq_factor;
+  }
+  if (c.sliding_window) j["sliding_window"] = *c.sliding_window;
+  if (c.attention_multiplier) j["attention_multiplier"] = *c.attention_multiplier;
+  return j;
+}
+
+std::string human_bytes(uint64_t b) {
+  char buf[64];
+  if (b < (uint64_t{1} << 20))
+    std::snprintf(buf, sizeof buf, "%.1f KiB", double(b) / 1024.0);
+  else
+    std::snprintf(buf, sizeof buf, "%.1f MiB", double(b) / 1048576.0);
+  return buf;
+}
+
+int cmd_dump(const DumpArgs& a) {
+  if (a.prompt.empty() == a.tokens.empty())
+    throw Error("dump: give either --prompt TEXT or --tokens IDS (one of them, not both)");
+  if (a.chat && a.prompt.empty()) throw Error("dump: --chat applies to --prompt only");
+  engine::CapturePlan capture = engine::CapturePlan::parse(a.stages);
+  std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, {a.threads});
+  // Refuses an existing --out (without --force) before any work; with --force the old dump is
+  // replaced only on commit, once the new one is complete.
+  std::error_code ec;
+  if (!a.force && fs::exists(a.out, ec))
+    throw Error("dump: " + a.out + " already exists; pass --force to replace it");
+  formats::DumpWriter writer(a.out, {.overwrite = a.force});
+
+  engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());
+  std::vector<int32_t> tokens = a.tokens;
+  if (!a.prompt.empty()) {
+    if (!model.gguf)
+      throw Error("dump: " + a.model +
+                  " is a safetensors model, whose tokenizer lockstep "
+                  "cannot read; give --tokens instead of --prompt");
+    tokens = engine::encode_prompt(engine::Tokenizer::from_gguf(*model.gguf), a.prompt, a.chat);
+  }
+  for (int32_t id : tokens)
+    if (id < 0 || uint64_t(id) >= model.config.vocab)
+      throw Error("dump: token id " + std::to_string(id) + " is outside the vocab (0.." +
+                  std::to_string(model.config.vocab - 1) + ")");
+  if (model.config.context > 0 && tokens.size() > model.config.context)
+    throw Error("dump: " + std::to_string(tokens.size()) +
+                " tokens exceed the model's context of " + std::to_string(model.config.context));
+
+  lane->load(model);
+  lane->reset();
+  lane->set_last_logits_only(false);
+  engine::Trace trace;
+  trace.lane = lane->name();
+  trace.tokens = tokens;
+  lane->forward(tokens, 0, capture, trace);
+  if (trace.size() == 0)
+    throw Error("dump: --stages " + a.stages + " selects no cell this model has");
+
+  uint64_t bytes = 0;
+  for (const auto& [cell, t] : trace.cells()) {
+    writer.write(engine::stage_name(cell.stage), cell.layer, t.data, t.shape);
+    bytes += formats::kAprtHeaderBytes + 4 * t.data.size();
+  }
+
+  formats::Manifest m;
+  m.tool_name = "lockstep";
+  m.tool_version = LOCKSTEP_VERSION;
+  m.lane = lane->name();
+  m.model_path = fs::absolute(a.model).lexically_normal().string();
+  if (model.gguf) m.model_sha256 = formats::sha256_hex(formats::MappedFile(a.model).bytes());
+  m.family = model.family.name;
+  m.config = config_json(model.config);
+  m.token_ids = tokens;
+  writer.set_manifest(std::move(m));  // files: the shapes given to write()
+  writer.commit();
+
+  std::printf("wrote %zu cells (%s) of %zu tokens from the %s lane to %s\n", trace.size(),
+              human_bytes(bytes).c_str(), tokens.size(), lane->name().c_str(), a.out.c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+Command add_dump_command(CLI::App& app) {
+  auto args = std::make_shared<DumpArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "dump", "Run one forward pass and save every captured stage as an APRT dump directory");
+  sub->add_option("model", args->model, "A .gguf file, or a HF model folder (with --tokens)")
+      ->required();
+  sub->add_option("--prompt,-p", args->prompt,
+                  "Text to run, encoded with the model's tokenizer (BOS as its metadata says)");
+  sub->add_flag("--chat", args->chat, "Wrap --prompt as one ChatML user turn");
+  sub->add_option("--tokens", args->tokens, "Token ids to run instead of a prompt: 1,2,3")
+      ->delimiter(',')
+      ->expected(1, -1);
+  sub->add_option("--lane", args->lane, std::string("CPU lane to run on: ") + cpu_lane_list())
+      ->capture_default_str();
+  sub->add_option("--stages", args->stages,
+                  "Cells to capture: all, or e.g. \"attn_norm,lm_head@0-3;ffn_out@2\" "
+                  "(stages with an optional @layer or @first-last range, groups split by ';')")
+      ->capture_default_str();
+  sub->add_option("--threads", args->threads,
+                  "Threads for the cpu lane; 0 = one per hardware thread")
+      ->capture_default_str();
+  sub->add_option("--out,-o", args->out, "Directory to write (must not exist, unless --force)")
+      ->required();
+  sub->add_flag("--force", args->force,
+                "Replace an existing dump at --out, once the new one is complete");
+  return {sub, [args] { return cmd_dump(*args); }};
+}
+
+}  // namespace lockstep::app

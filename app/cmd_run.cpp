@@ -1,0 +1,146 @@
+#include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "app/commands.h"
+#include "engine/family.h"
+#include "engine/generate.h"
+#include "engine/lanes.h"
+#include "engine/tokenizer.h"
+#include "engine/weights.h"
+#include "formats/error.h"
+
+namespace lockstep::app {
+namespace {
+
+// Ctrl-C stops the generation after the current token, so the summary is still printed.
+std::atomic<bool> interrupted{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
+extern "C" void on_interrupt(int) {
+  interrupted.store(true);
+}
+
+class InterruptGuard {
+ public:
+  InterruptGuard() : previous_(std::signal(SIGINT, on_interrupt)) {}
+  ~InterruptGuard() { std::signal(SIGINT, previous_); }
+  InterruptGuard(const InterruptGuard&) = delete;
+  InterruptGuard& operator=(const InterruptGuard&) = delete;
+
+ private:
+  void (*previous_)(int);
+};
+
+constexpr int kExitInterrupted = 130;  // what shells report for a process ended by SIGINT
+
+struct RunArgs {
+  std::string model;
+  std::string prompt;
+  bool chat = false;
+  std::string lane = "cpu";
+  int64_t max_tokens = 64;
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  unsigned threads = 0;
+};
+
+int cmd_run(const RunArgs& a) {
+  if (a.prompt.empty()) throw Error("run: the prompt is empty (give --prompt TEXT)");
+  if (a.max_tokens < 1)
+    throw Error("run: -n must be at least 1, got " + std::to_string(a.max_tokens));
+  // The lane first: a mistyped name should not cost a model load.
+  std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, {a.threads});
+  engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());
+  if (!model.gguf)
+    throw Error("run: " + a.model +
+                " is a safetensors model; run needs a GGUF file, whose "
+                "metadata holds the tokenizer");
+  engine::Tokenizer tok = engine::Tokenizer::from_gguf(*model.gguf);
+  std::vector<int32_t> prompt = engine::encode_prompt(tok, a.prompt, a.chat);
+
+  engine::GenerateOptions options;
+  options.max_tokens = a.max_tokens;
+  options.sampler = {a.temperature, a.top_k, a.top_p, a.seed};
+  options.context = model.config.context;
+  if (a.chat)
+    options.extra_stop = tok.find_token("<|im_end|>").value_or(engine::Tokenizer::kNoToken);
+
+  lane->load(model);
+  interrupted = false;
+  options.cancel = &interrupted;
+  InterruptGuard guard;
+  bool ends_with_newline = true;  // nothing printed yet
+  engine::GenerateResult r =
+      engine::generate(*lane, tok, prompt, options, [&](int32_t, std::string_view text) {
+        if (!text.empty()) {
+          std::fwrite(text.data(), 1, text.size(), stdout);
+          std::fflush(stdout);
+          ends_with_newline = text.back() == '\n';
+        }
+        return true;
+      });
+  if (!ends_with_newline) std::fputc('\n', stdout);
+  std::fflush(stdout);
+
+  const engine::GenerateStats& s = r.stats;
+  // The ref lane is the single-threaded oracle; --threads only applies to the others.
+  unsigned threads = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
+  std::string where = a.lane == "ref" ? "ref lane, single-threaded"
+                                      : a.lane + " lane, " + std::to_string(threads) +
+                                            (threads == 1 ? " thread" : " threads");
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "prompt %llu tokens, prefill %.1f tok/s; generated %llu tokens, %.1f tok/s%s (%s)",
+                static_cast<unsigned long long>(s.prompt_tokens), s.prefill_tokens_per_second(),
+                static_cast<unsigned long long>(s.generated_tokens), s.decode_tokens_per_second(),
+                r.stop == engine::StopReason::EndOfGeneration ? ", stopped at end of generation"
+                : r.stop == engine::StopReason::Cancelled     ? ", interrupted"
+                                                              : "",
+                where.c_str());
+  std::cerr << line << "\n";
+  return r.stop == engine::StopReason::Cancelled ? kExitInterrupted : kExitOk;
+}
+
+}  // namespace
+
+std::string cpu_lane_list() {
+  std::string s;
+  for (const std::string& n : engine::cpu_lane_names()) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+Command add_run_command(CLI::App& app) {
+  auto args = std::make_shared<RunArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "run", "Generate text from a prompt on one lane, streaming it to stdout; speed on stderr");
+  sub->add_option("model", args->model, "A .gguf model file")->required();
+  sub->add_option("--prompt,-p", args->prompt, "The prompt text")->required();
+  sub->add_flag("--chat", args->chat,
+                "Wrap the prompt as one ChatML user turn and stop at <|im_end|>");
+  sub->add_option("--lane", args->lane, std::string("CPU lane to run on: ") + cpu_lane_list())
+      ->capture_default_str();
+  sub->add_option("-n,--max-tokens", args->max_tokens, "Generate at most this many tokens")
+      ->capture_default_str();
+  sub->add_option("--temperature", args->temperature, "Sampling temperature; 0 = greedy (argmax)")
+      ->capture_default_str();
+  sub->add_option("--top-k", args->top_k, "Sample among the K most likely tokens; 0 = all")
+      ->capture_default_str();
+  sub->add_option("--top-p", args->top_p,
+                  "Sample within the smallest set of tokens whose probability reaches P; 1 = all")
+      ->capture_default_str();
+  sub->add_option("--seed", args->seed, "Random seed for sampling (one seed, one sequence)")
+      ->capture_default_str();
+  sub->add_option("--threads", args->threads,
+                  "Threads for the cpu lane; 0 = one per hardware thread")
+      ->capture_default_str();
+  return {sub, [args] { return cmd_run(*args); }};
+}
+
+}  // namespace lockstep::app
