@@ -107,6 +107,8 @@ inline void act_rows(const MatmulArgs& a, uint64_t t0, const Block* (&x)[NT]) {
 
 // ---- Q4_K: 144-byte blocks: d, dmin (f16), 12 bytes of 6-bit scales and mins, qs[128]; byte l
 // of chunk c holds weight 64c + l (low nibble, sub-block 2c) and 64c + 32 + l (high, 2c + 1).
+// Q5_K: 176 bytes, the same plus qh[32] before qs: bit 2c of qh[l] is the fifth bit of weight
+// 64c + l, bit 2c + 1 that of 64c + 32 + l.
 
 inline void unpack_scale_min_6bit(const std::byte* p, uint8_t* scale, uint8_t* min) {
   uint32_t w[3];
@@ -121,8 +123,10 @@ inline void unpack_scale_min_6bit(const std::byte* p, uint8_t* scale, uint8_t* m
   std::memcpy(min + 4, &hi_m, 4);
 }
 
-template <int NT>
-void q4_k_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* res) {
+template <bool kFive, int NT>
+void q45_k_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* res) {
+  constexpr size_t kBytes = kFive ? 176 : 144;
+  constexpr size_t kQs = kFive ? 48 : 16;
   const ActBlockQ8_256* x[NT];
   act_rows(a, t0, x);
   __m256 acc[NT];
@@ -130,7 +134,7 @@ void q4_k_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* r
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   const uint64_t nb = a.cols / 256;
   for (uint64_t b = 0; b < nb; ++b) {
-    const std::byte* blk = wrow + b * 144;
+    const std::byte* blk = wrow + b * kBytes;
     const float d = load_f16(blk);
     const float dmin = load_f16(blk + 2);
     alignas(16) uint8_t sc[8];
@@ -139,9 +143,21 @@ void q4_k_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* r
     __m256i q[8];
     __m256i scale[8];
     for (int c = 0; c < 4; ++c) {
-      const __m256i raw = loadu256(blk + 16 + 32 * c);
+      const __m256i raw = loadu256(blk + kQs + 32 * c);
       q[2 * c] = _mm256_and_si256(raw, m4);
       q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+    }
+    if constexpr (kFive) {
+      // Bits 2c and 2c + 1 of each qh byte, moved to bit 4. The 16-bit shifts let bits of the
+      // next byte into bits 6-7, which never reach bits 0-1 within the four rounds.
+      const __m256i bit4 = _mm256_set1_epi8(0x10);
+      __m256i qh = loadu256(blk + 16);
+      for (int c = 0; c < 4; ++c) {
+        q[2 * c] = _mm256_or_si256(q[2 * c], _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
+        q[2 * c + 1] =
+            _mm256_or_si256(q[2 * c + 1], _mm256_and_si256(_mm256_slli_epi16(qh, 3), bit4));
+        qh = _mm256_srli_epi16(qh, 2);
+      }
     }
     for (int j = 0; j < 8; ++j) scale[j] = scale_vec(sc[j], sc[j]);
     // [m0, m0, m1, m1, ..., m7, m7] as int16, against the 16 bsums.
@@ -261,6 +277,49 @@ void signed32_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, floa
   for (int t = 0; t < NT; ++t) res[t] = hsum8(acc[t]);
 }
 
+// ---- 32-element blocks with a min (Q4_1, Q5_1): w = d·u + m, u unsigned; the m·Σx part uses the
+// activation block's s = d_x·Σq and is summed apart from the vector lanes.
+
+inline __m256i unsigned_q4_1(const std::byte* blk) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
+  const __m256i both = _mm256_setr_m128i(raw, _mm_srli_epi16(raw, 4));
+  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+inline __m256i unsigned_q5_1(const std::byte* blk) {
+  uint32_t qh;
+  std::memcpy(&qh, blk + 4, sizeof qh);
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 8));
+  const __m256i both = _mm256_setr_m128i(raw, _mm_srli_epi16(raw, 4));
+  const __m256i lo = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+  return _mm256_or_si256(lo, _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+}
+
+template <__m256i (*Load)(const std::byte*), size_t kBytes, int NT>
+void unsigned32_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* res) {
+  const ActBlockQ8_32* x[NT];
+  act_rows(a, t0, x);
+  __m256 acc[NT];
+  float acc_min[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = _mm256_setzero_ps();
+    acc_min[t] = 0.0f;
+  }
+  const uint64_t nb = a.cols / 32;
+  for (uint64_t b = 0; b < nb; ++b) {
+    const std::byte* blk = wrow + b * kBytes;
+    const float d = load_f16(blk);
+    const float m = load_f16(blk + 2);
+    const __m256i u = Load(blk);
+    for (int t = 0; t < NT; ++t) {
+      const ActBlockQ8_32& xb = x[t][b];
+      const __m256 p = _mm256_cvtepi32_ps(dot4(u, loadu256(xb.q)));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), p, acc[t]);
+      acc_min[t] = __builtin_fmaf(m, xb.s, acc_min[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) res[t] = hsum8(acc[t]) + acc_min[t];
+}
+
 // ---- Float weights: W widened to f32, kU running vectors per token, products fused (FMA).
 
 enum class FloatKind { F32, F16, BF16 };
@@ -335,7 +394,10 @@ bool matmul_impl(const MatmulArgs& a) {
     case GgmlType::F16: drive_float<FloatKind::F16>(a); return true;
     case GgmlType::BF16: drive_float<FloatKind::BF16>(a); return true;
     case GgmlType::Q4_K:
-      drive<kQuantTile>(a, q4_k_tile<kQuantTile>, q4_k_tile<1>);
+      drive<kQuantTile>(a, q45_k_tile<false, kQuantTile>, q45_k_tile<false, 1>);
+      return true;
+    case GgmlType::Q5_K:
+      drive<kQuantTile>(a, q45_k_tile<true, kQuantTile>, q45_k_tile<true, 1>);
       return true;
     case GgmlType::Q6_K:
       drive<kQuantTile>(a, q6_k_tile<kQuantTile>, q6_k_tile<1>);
@@ -351,6 +413,14 @@ bool matmul_impl(const MatmulArgs& a) {
     case GgmlType::Q5_0:
       drive<kQuantTile>(a, signed32_tile<signed_q5_0, 22, kQuantTile>,
                         signed32_tile<signed_q5_0, 22, 1>);
+      return true;
+    case GgmlType::Q4_1:
+      drive<kQuantTile>(a, unsigned32_tile<unsigned_q4_1, 20, kQuantTile>,
+                        unsigned32_tile<unsigned_q4_1, 20, 1>);
+      return true;
+    case GgmlType::Q5_1:
+      drive<kQuantTile>(a, unsigned32_tile<unsigned_q5_1, 24, kQuantTile>,
+                        unsigned32_tile<unsigned_q5_1, 24, 1>);
       return true;
     default: return false;
   }
