@@ -226,6 +226,85 @@ void q6_k_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* r
   for (int t = 0; t < NT; ++t) res[t] = hsum8(acc[t]);
 }
 
+// ---- Q2_K and Q3_K: 16 sub-blocks of 16; 2-bit planes qs[64]: weight 128h + 32g + l in byte
+// 32h + l at bits 2g, so vector k = 4h + g spans sub-blocks 2k, 2k + 1 as in Q6_K.
+//   Q2_K  84 bytes: scales[16] (scale low nibble, min high nibble), qs, d, dmin.
+//   Q3_K 110 bytes: hmask[32], qs, 12 bytes of 6-bit signed scales, d. q = u - 4 with
+//         u = q2 | 4·hbit, hbit of weight 128h + 32g + l = bit 4h + g of hmask[l]; the -4 is
+//         taken out through the activation sums like Q6_K's -32.
+
+inline void unpack_scales_q3(const std::byte* p, int16_t* scale) {
+  for (int j = 0; j < 16; ++j) {
+    const uint8_t lo_byte = static_cast<uint8_t>(p[j % 8]);
+    const int low = j < 8 ? lo_byte & 0x0F : lo_byte >> 4;
+    const int high = (static_cast<uint8_t>(p[8 + j % 4]) >> (2 * (j / 4))) & 3;
+    scale[j] = static_cast<int16_t>((low | (high << 4)) - 32);
+  }
+}
+
+template <bool kQ3, int NT>
+void q23_k_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* res) {
+  constexpr size_t kBytes = kQ3 ? 110 : 84;
+  constexpr size_t kQs = kQ3 ? 32 : 16;
+  const ActBlockQ8_256* x[NT];
+  act_rows(a, t0, x);
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  const __m256i m2 = _mm256_set1_epi8(0x03);
+  const uint64_t nb = a.cols / 256;
+  for (uint64_t b = 0; b < nb; ++b) {
+    const std::byte* blk = wrow + b * kBytes;
+    float d, dmin = 0.0f;
+    alignas(32) int16_t sc[16];
+    __m256i second;  // Q2_K: the 16 mins; Q3_K: the 16 scales again (for the offset)
+    if constexpr (kQ3) {
+      d = load_f16(blk + 108);
+      unpack_scales_q3(blk + 96, sc);
+      second = loadu256(sc);
+    } else {
+      d = load_f16(blk + 80);
+      dmin = load_f16(blk + 82);
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sc),
+                         _mm256_cvtepu8_epi16(_mm_and_si128(raw, _mm_set1_epi8(0x0F))));
+      second = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F)));
+    }
+    __m256i q[8];
+    __m256i scale[8];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i qs = loadu256(blk + kQs + 32 * h);
+      for (int g = 0; g < 4; ++g) {
+        q[4 * h + g] = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * g), m2);
+      }
+    }
+    if constexpr (kQ3) {
+      const __m256i hmask = loadu256(blk);
+      const __m256i one = _mm256_set1_epi8(1);
+      for (int k = 0; k < 8; ++k) {
+        const __m256i hbit = _mm256_and_si256(_mm256_srli_epi16(hmask, k), one);
+        q[k] = _mm256_or_si256(q[k], _mm256_slli_epi16(hbit, 2));
+      }
+    }
+    for (int k = 0; k < 8; ++k) scale[k] = scale_vec(sc[2 * k], sc[2 * k + 1]);
+    for (int t = 0; t < NT; ++t) {
+      const ActBlockQ8_256& xb = x[t][b];
+      __m256i isum = scaled_dot4(q[0], loadu256(xb.q), scale[0]);
+      for (int k = 1; k < 8; ++k) {
+        isum = _mm256_add_epi32(isum, scaled_dot4(q[k], loadu256(xb.q + 32 * k), scale[k]));
+      }
+      const __m256i sums = _mm256_madd_epi16(loadu256(xb.bsums), second);
+      if constexpr (kQ3) {
+        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sums, 2));
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(isum), acc[t]);
+      } else {
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(isum), acc[t]);
+        acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb.d), _mm256_cvtepi32_ps(sums), acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) res[t] = hsum8(acc[t]);
+}
+
 // ---- 32-element blocks with signed weights (Q8_0, Q4_0, Q5_0): |w| · sign(x, w), as u8 · s8.
 
 inline __m256i signed_q8_0(const std::byte* blk) {
@@ -398,6 +477,12 @@ bool matmul_impl(const MatmulArgs& a) {
       return true;
     case GgmlType::Q5_K:
       drive<kQuantTile>(a, q45_k_tile<true, kQuantTile>, q45_k_tile<true, 1>);
+      return true;
+    case GgmlType::Q2_K:
+      drive<kQuantTile>(a, q23_k_tile<false, kQuantTile>, q23_k_tile<false, 1>);
+      return true;
+    case GgmlType::Q3_K:
+      drive<kQuantTile>(a, q23_k_tile<true, kQuantTile>, q23_k_tile<true, 1>);
       return true;
     case GgmlType::Q6_K:
       drive<kQuantTile>(a, q6_k_tile<kQuantTile>, q6_k_tile<1>);
