@@ -15,7 +15,7 @@ struct LaneOptions {
   unsigned threads = 0;  // cpu lane: 0 = one per hardware thread
 };
 
-std::vector<std::string> cpu_lane_names();  // {"ref", "cpu"} (cpu once it lands)
+std::vector<std::string> cpu_lane_names();  // {"ref", "cpu"}
 // Throws lockstep::Error listing the known names for any other name.
 std::unique_ptr<Lane> make_cpu_lane(std::string_view name, const LaneOptions& options = {});
 
