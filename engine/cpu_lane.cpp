@@ -7,6 +7,7 @@
 #include <limits>
 #include <map>
 #include <numbers>
+#include <thread>
 
 #include "engine/rope.h"
 #include "formats/error.h"
@@ -92,7 +93,7 @@ struct CpuLane::Impl {
 };
 
 CpuLane::CpuLane(CpuLaneOptions options) : impl_(std::make_unique<Impl>()) {
-  threads_ = options.threads != 0 ? options.threads : static_cast<unsigned>(omp_get_num_procs());
+  threads_ = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   isa_ = options.isa ? *options.isa : cpu::best_isa();
   const auto supported = cpu::supported_isas();
   if (std::find(supported.begin(), supported.end(), isa_) == supported.end())
