@@ -294,20 +294,21 @@ TEST(CpuKernels, PreparedActivationLayouts) {
   cpu::prepare_acts(Isa::Scalar, ActFormat::Q8_32, x.data(), rows, cols, cols, a);
   ASSERT_EQ(a.row_bytes, cols / 32 * 40);
   const std::byte* grown = a.data.data();
+  // Row layout: int8 q[nb·32], f32 d[nb], f32 s[nb].
+  const uint64_t nb = cols / 32;
   for (uint64_t t = 0; t < rows; ++t) {
-    for (uint64_t b = 0; b < cols / 32; ++b) {
-      const std::byte* blk = a.row(t) + b * 40;
+    const auto* q = reinterpret_cast<const int8_t*>(a.row(t));
+    for (uint64_t b = 0; b < nb; ++b) {
       float d, s;
-      std::memcpy(&d, blk, 4);
-      std::memcpy(&s, blk + 4, 4);
-      const auto* q = reinterpret_cast<const int8_t*>(blk + 8);
+      std::memcpy(&d, a.row(t) + nb * 32 + 4 * b, 4);
+      std::memcpy(&s, a.row(t) + nb * 36 + 4 * b, 4);
       float amax = 0.0f;
       int sum = 0;
       for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[t * cols + 32 * b + j]));
       ASSERT_FLOAT_EQ(d, amax / 127.0f);
       for (int j = 0; j < 32; ++j) {
-        ASSERT_LE(std::fabs(x[t * cols + 32 * b + j] - d * q[j]), d * 0.5f * 1.0001f);
-        sum += q[j];
+        ASSERT_LE(std::fabs(x[t * cols + 32 * b + j] - d * q[32 * b + j]), d * 0.5f * 1.0001f);
+        sum += q[32 * b + j];
       }
       ASSERT_FLOAT_EQ(s, d * static_cast<float>(sum));
     }
