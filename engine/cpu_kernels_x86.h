@@ -1,7 +1,8 @@
 // The x86 SIMD kernels, written once and compiled twice: by cpu_kernels_avx2.cpp (AVX2 + FMA +
 // F16C) and by cpu_kernels_avx512.cpp (AVX-512 with VNNI). No include guard on purpose: each of
 // those files includes it exactly once, inside its own anonymous namespace, after defining
-//   LOCKSTEP_X86_VNNI — 1: u8·s8 dot products with vpdpbusd; 0: vpmaddubsw + vpmaddwd
+//   LOCKSTEP_X86_VNNI — 1: u8·s8 dot products with vpdpbusd (and AVX512BW mask moves);
+//                       0: vpmaddubsw + vpmaddwd
 //   VF     — the f32 vector used by the float-weight kernels (8 or 16 lanes)
 //   kFloatTile — tokens per float-weight tile (fits the ISA's register file)
 // Everything here has internal linkage, so the two copies never meet at link time; for the same
@@ -317,11 +318,15 @@ inline __m256i signed_q4_0(const std::byte* blk) {
 }
 // Bit j of a 32-bit mask as byte j: 0xFF or 0.
 inline __m256i bits_to_bytes(uint32_t bits) {
+#if LOCKSTEP_X86_VNNI
+  return _mm256_movm_epi8(static_cast<__mmask32>(bits));  // AVX512BW + VL
+#else
   const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
                                         2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
   const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), shuf);
   const __m256i bit = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
   return _mm256_cmpeq_epi8(_mm256_or_si256(v, bit), _mm256_set1_epi64x(-1));
+#endif
 }
 inline __m256i signed_q5_0(const std::byte* blk) {
   uint32_t qh;
