@@ -18,6 +18,9 @@
 #include <string>
 
 #include "engine/cpu_kernels_internal.h"
+#if defined(LOCKSTEP_HAVE_X86_KERNELS)
+#include <cpuid.h>
+#endif
 #include "formats/error.h"
 #include "formats/ggml_codec.h"
 
@@ -464,8 +467,10 @@ CpuFeatures detect() {
   CpuFeatures f;
 #if defined(LOCKSTEP_HAVE_X86_KERNELS)
   __builtin_cpu_init();
-  f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+  // F16C through cpuid (leaf 1, ecx bit 29): clang's __builtin_cpu_supports has no "f16c".
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+  f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
   f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vnni");
