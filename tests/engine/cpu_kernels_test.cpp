@@ -267,6 +267,33 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, CpuKernelsType, testing::ValuesIn(kTypes),
                            return std::string(formats::ggml_type_name(info.param));
                          });
 
+// Long rows: the kernels walk the tokens in chunks that fit L2 (a few dozen tokens here), and the
+// results must not depend on where a chunk starts.
+TEST(CpuKernels, TokenChunksDoNotChangeResults) {
+  const uint32_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  const uint64_t rows = 3, tokens = 45, cols = 256 * 40;
+  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q5_0,
+                        GgmlType::Q4_K, GgmlType::Q6_K}) {
+    const TestMatrix m = make_matrix(type, rows, cols, rng);
+    const std::vector<float> x = make_acts(tokens, cols, cols, rng);
+    for (Isa isa : cpu::supported_isas()) {
+      const std::vector<float> all = run(isa, m, x, tokens, cols);
+      PreparedActs acts;
+      std::vector<float> y(rows);
+      for (uint64_t t = 0; t < tokens; ++t) {
+        cpu::prepare_acts(isa, cpu::act_format(type), x.data() + t * cols, 1, cols, cols, acts);
+        cpu::matmul(isa, m.view(), acts, 0, rows, y.data(), rows);
+        for (uint64_t r = 0; r < rows; ++r) {
+          ASSERT_TRUE(same_bits(y[r], all[t * rows + r]))
+              << formats::ggml_type_name(type) << " " << cpu::isa_name(isa) << " t " << t;
+        }
+      }
+    }
+  }
+}
+
 // One head's keys inside a wider f32 KV cache row: row_bytes and ldx larger than cols.
 TEST(CpuKernels, F32HonoursRowStrideAndLdx) {
   std::mt19937 rng(fresh_seed());
