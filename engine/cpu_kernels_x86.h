@@ -4,7 +4,7 @@
 //   LOCKSTEP_X86_VNNI — 1: u8·s8 dot products with vpdpbusd (and AVX512BW mask moves);
 //                       0: vpmaddubsw + vpmaddwd
 //   VF     — the f32 vector used by the float-weight kernels (8 or 16 lanes)
-//   kFloatTile — tokens per float-weight tile (fits the ISA's register file)
+//   kFloatTile, kFloatRows — tokens and rows per float-weight tile (fit the register file)
 // Everything here has internal linkage, so the two copies never meet at link time; for the same
 // reason it calls no inline function of a shared header (__builtin_fmaf, not std::fma).
 //
@@ -408,7 +408,7 @@ void unsigned32_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, fl
   for (int t = 0; t < NT; ++t) res[t] = hsum8(acc[t]) + acc_min[t];
 }
 
-// ---- Float weights: W widened to f32, kU running vectors per token, products fused (FMA).
+// ---- Float weights: W widened to f32, products fused (FMA).
 
 enum class FloatKind { F32, F16, BF16 };
 
@@ -435,42 +435,72 @@ inline float load_w1(const std::byte* row, uint64_t i) {
   }
 }
 
-constexpr int kU = 4;
-
-template <FloatKind K, int NT>
-void float_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* res) {
+// MR rows × NT tokens per tile, one running vector per (row, token): each weight vector is loaded
+// once for NT tokens and each activation vector once for MR rows, which keeps long rows from
+// being bound by L2 bandwidth. Every (row, token) pair sees the same sequence of FMAs whatever
+// tile it is computed in (a tile of 1×1 included), so tiling never changes a result.
+template <FloatKind K, int MR, int NT>
+void float_tile(const MatmulArgs& a, uint64_t r, uint64_t t0, float* res) {  // res [MR][NT]
   constexpr uint64_t L = VF::kLanes;
+  const std::byte* w[MR];
+  for (int m = 0; m < MR; ++m) w[m] = a.w + (r + m) * a.w_row_bytes;
   const float* x[NT];
   act_rows(a, t0, x);
-  typename VF::V acc[NT][kU];
-  for (int t = 0; t < NT; ++t) {
-    for (int u = 0; u < kU; ++u) acc[t][u] = VF::zero();
+  typename VF::V acc[MR][NT];
+  for (int m = 0; m < MR; ++m) {
+    for (int t = 0; t < NT; ++t) acc[m][t] = VF::zero();
   }
   uint64_t i = 0;
-  for (; i + kU * L <= a.cols; i += kU * L) {
-    for (int u = 0; u < kU; ++u) {
-      const typename VF::V w = load_w<K>(wrow, i + u * L);
-      for (int t = 0; t < NT; ++t) acc[t][u] = VF::fma(w, VF::load(x[t] + i + u * L), acc[t][u]);
+  for (; i + L <= a.cols; i += L) {
+    typename VF::V xv[NT];
+    for (int t = 0; t < NT; ++t) xv[t] = VF::load(x[t] + i);
+    for (int m = 0; m < MR; ++m) {
+      const typename VF::V wv = load_w<K>(w[m], i);
+      for (int t = 0; t < NT; ++t) acc[m][t] = VF::fma(wv, xv[t], acc[m][t]);
     }
   }
-  for (; i + L <= a.cols; i += L) {
-    const typename VF::V w = load_w<K>(wrow, i);
-    for (int t = 0; t < NT; ++t) acc[t][0] = VF::fma(w, VF::load(x[t] + i), acc[t][0]);
-  }
-  float tail[NT] = {};
+  float tail[MR][NT] = {};
   for (; i < a.cols; ++i) {
-    const float w = load_w1<K>(wrow, i);
-    for (int t = 0; t < NT; ++t) tail[t] = __builtin_fmaf(w, x[t][i], tail[t]);
+    for (int m = 0; m < MR; ++m) {
+      const float wv = load_w1<K>(w[m], i);
+      for (int t = 0; t < NT; ++t) tail[m][t] = __builtin_fmaf(wv, x[t][i], tail[m][t]);
+    }
   }
-  for (int t = 0; t < NT; ++t) {
-    const typename VF::V s = VF::add(VF::add(acc[t][0], acc[t][1]), VF::add(acc[t][2], acc[t][3]));
-    res[t] = VF::hsum(s) + tail[t];
+  for (int m = 0; m < MR; ++m) {
+    for (int t = 0; t < NT; ++t) res[m * NT + t] = VF::hsum(acc[m][t]) + tail[m][t];
+  }
+}
+
+template <FloatKind K, int MR>
+void float_rows(const MatmulArgs& a, uint64_t r, uint64_t c0, uint64_t c1, float* res) {
+  uint64_t t = c0;
+  for (; t + kFloatTile <= c1; t += kFloatTile) {
+    float_tile<K, MR, kFloatTile>(a, r, t, res);
+    for (int m = 0; m < MR; ++m) {
+      for (int i = 0; i < kFloatTile; ++i) a.y[(t + i) * a.ldy + r + m] = res[m * kFloatTile + i];
+    }
+  }
+  for (; t < c1; ++t) {
+    float_tile<K, MR, 1>(a, r, t, res);
+    for (int m = 0; m < MR; ++m) a.y[t * a.ldy + r + m] = res[m];
   }
 }
 
 template <FloatKind K>
 void drive_float(const MatmulArgs& a) {
-  drive<kFloatTile>(a, float_tile<K, kFloatTile>, float_tile<K, 1>);
+  const uint64_t fit = kTokenChunkBytes / (a.x_row_bytes > 0 ? a.x_row_bytes : 1);
+  const uint64_t chunk = fit / kFloatTile * kFloatTile > kFloatTile ? fit / kFloatTile * kFloatTile
+                                                                    : kFloatTile;
+  float res[kFloatRows * kFloatTile];
+  for (uint64_t c0 = 0; c0 < a.tokens; c0 += chunk) {
+    const uint64_t c1 = min_u64(a.tokens, c0 + chunk);
+    uint64_t r = a.r0;
+    // A single token (decode) streams one row at a time: measured faster than interleaving rows.
+    if (c1 - c0 > 1) {
+      for (; r + kFloatRows <= a.r1; r += kFloatRows) float_rows<K, kFloatRows>(a, r, c0, c1, res);
+    }
+    for (; r < a.r1; ++r) float_rows<K, 1>(a, r, c0, c1, res);
+  }
 }
 
 // ---- Entry points.
@@ -522,6 +552,7 @@ bool matmul_impl(const MatmulArgs& a) {
 
 float dot_f32_impl(const float* a, const float* b, uint64_t n) {
   constexpr uint64_t L = VF::kLanes;
+  constexpr int kU = 4;
   typename VF::V acc[kU];
   for (int u = 0; u < kU; ++u) acc[u] = VF::zero();
   uint64_t i = 0;
