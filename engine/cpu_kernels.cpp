@@ -18,6 +18,9 @@
 #include <string>
 
 #include "engine/cpu_kernels_internal.h"
+#if defined(LOCKSTEP_HAVE_X86_KERNELS)
+#include <cpuid.h>
+#endif
 #include "formats/error.h"
 #include "formats/ggml_codec.h"
 
@@ -25,7 +28,6 @@ namespace lockstep::engine::cpu {
 namespace {
 
 using detail::ActBlockQ8_256;
-using detail::ActBlockQ8_32;
 using detail::MatmulArgs;
 using formats::GgmlType;
 
@@ -46,9 +48,10 @@ inline int8_t clamp_q(int32_t q) {
 }
 
 // [cols] f32 -> cols/32 blocks: d = amax/127, q = round(x/d) (llama.cpp's quantize_row_q8_1).
-void quantize_row_q8_32(const float* x, uint64_t cols, ActBlockQ8_32* out) {
-  for (uint64_t b = 0; b < cols / 32; ++b, x += 32) {
-    ActBlockQ8_32& blk = out[b];
+void quantize_row_q8_32(const float* x, uint64_t cols, std::byte* row) {
+  const uint64_t nb = cols / 32;
+  const detail::Q8_32Row out = detail::q8_32_row(row, nb);
+  for (uint64_t b = 0; b < nb; ++b, x += 32) {
     float amax = 0.0f;
     bool finite = true;
     for (int j = 0; j < 32; ++j) {
@@ -58,13 +61,14 @@ void quantize_row_q8_32(const float* x, uint64_t cols, ActBlockQ8_32* out) {
     }
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int8_t* q = out.q + 32 * b;
     int32_t sum = 0;
     for (int j = 0; j < 32; ++j) {
-      blk.q[j] = finite ? clamp_q(nearest_int(x[j] * id)) : int8_t{0};
-      sum += blk.q[j];
+      q[j] = finite ? clamp_q(nearest_int(x[j] * id)) : int8_t{0};
+      sum += q[j];
     }
-    blk.d = finite ? d : std::numeric_limits<float>::quiet_NaN();
-    blk.s = blk.d * static_cast<float>(sum);
+    out.d[b] = finite ? d : std::numeric_limits<float>::quiet_NaN();
+    out.s[b] = out.d[b] * static_cast<float>(sum);
   }
 }
 
@@ -259,20 +263,19 @@ template <int NT>
 void legacy_tile(const void* kind_ptr, const MatmulArgs& a, const std::byte* wrow, uint64_t t0,
                  float* res) {
   const auto& kind = *static_cast<const LegacyKind*>(kind_ptr);
-  const ActBlockQ8_32* x[NT];
-  for (int t = 0; t < NT; ++t) {
-    x[t] = reinterpret_cast<const ActBlockQ8_32*>(a.x + (t0 + t) * a.x_row_bytes);
-  }
+  const uint64_t nb = a.cols / 32;
+  detail::Q8_32Row x[NT];
+  for (int t = 0; t < NT; ++t) x[t] = detail::q8_32_row(a.x + (t0 + t) * a.x_row_bytes, nb);
   float acc[NT] = {};
   LegacyBlock blk;
-  for (uint64_t b = 0; b < a.cols / 32; ++b) {
+  for (uint64_t b = 0; b < nb; ++b) {
     kind.unpack(wrow + b * kind.bytes, blk);
     for (int t = 0; t < NT; ++t) {
-      const ActBlockQ8_32& xb = x[t][b];
+      const int8_t* xq = x[t].q + 32 * b;
       int32_t isum = 0;
-      for (int j = 0; j < 32; ++j) isum += int32_t{blk.q[j]} * xb.q[j];
-      const float dot = (blk.d * xb.d) * static_cast<float>(isum);
-      acc[t] += kind.has_min ? dot + blk.m * xb.s : dot;
+      for (int j = 0; j < 32; ++j) isum += int32_t{blk.q[j]} * xq[j];
+      const float dot = (blk.d * x[t].d[b]) * static_cast<float>(isum);
+      acc[t] += kind.has_min ? dot + blk.m * x[t].s[b] : dot;
     }
   }
   for (int t = 0; t < NT; ++t) res[t] = acc[t];
@@ -464,8 +467,10 @@ CpuFeatures detect() {
   CpuFeatures f;
 #if defined(LOCKSTEP_HAVE_X86_KERNELS)
   __builtin_cpu_init();
-  f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+  // F16C through cpuid (leaf 1, ecx bit 29): clang's __builtin_cpu_supports has no "f16c".
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+  f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
   f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vnni");
@@ -510,7 +515,7 @@ uint64_t format_block(ActFormat format) {
 size_t format_row_bytes(ActFormat format, uint64_t cols) {
   switch (format) {
     case ActFormat::F32: return cols * sizeof(float);
-    case ActFormat::Q8_32: return cols / 32 * sizeof(ActBlockQ8_32);
+    case ActFormat::Q8_32: return cols / 32 * detail::kQ8_32BlockBytes;
     case ActFormat::Q8_256: return cols / 256 * sizeof(ActBlockQ8_256);
   }
   return 0;
@@ -587,7 +592,7 @@ void prepare_acts(Isa isa, ActFormat format, const float* x, uint64_t rows, uint
     switch (format) {
       case ActFormat::F32: std::memcpy(dst, src, out.row_bytes); break;
       case ActFormat::Q8_32:
-        quantize_row_q8_32(src, cols, reinterpret_cast<ActBlockQ8_32*>(dst));
+        quantize_row_q8_32(src, cols, dst);
         break;
       case ActFormat::Q8_256:
         quantize_row_q8_256(src, cols, reinterpret_cast<ActBlockQ8_256*>(dst));

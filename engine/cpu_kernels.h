@@ -67,7 +67,9 @@ struct WeightMatrix {
 };
 
 // y[t·ldy + r] = Σ_i W[r, i] · x[t, i] for every token t < x.rows and row r in [r0, r1).
-// x must have been prepared in act_format(w.type) with x.cols == w.cols.
+// x must have been prepared in act_format(w.type) with x.cols == w.cols; ldy >= r1 when
+// x.rows > 1. Only those outputs are written, so threads may share y with disjoint ranges.
+// Throws lockstep::Error for a mismatch, or for an ISA this CPU cannot run.
 void matmul(Isa isa, const WeightMatrix& w, const PreparedActs& x, uint64_t r0, uint64_t r1,
             float* y, uint64_t ldy);
 

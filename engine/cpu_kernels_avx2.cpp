@@ -14,8 +14,9 @@ namespace {
 
 #define LOCKSTEP_X86_VNNI 0
 
-// 4 accumulators × 2 tokens + 4 weight vectors fit the 16 ymm registers.
-constexpr int kFloatTile = 2;
+// 2 rows × 4 tokens of running sums, 4 activation vectors and a weight vector: 13 of 16 ymm.
+constexpr int kFloatTile = 4;
+constexpr int kFloatRows = 2;
 
 struct VF {
   using V = __m256;

@@ -21,8 +21,9 @@ namespace {
 
 #define LOCKSTEP_X86_VNNI 1
 
-// 4 accumulators × 4 tokens + 4 weight vectors fit the 32 zmm registers.
+// 4 rows × 4 tokens of running sums, 4 activation vectors and a weight vector: 21 of 32 zmm.
 constexpr int kFloatTile = 4;
+constexpr int kFloatRows = 4;
 
 struct VF {
   using V = __m512;

@@ -14,14 +14,22 @@
 
 namespace lockstep::engine::cpu::detail {
 
-// Q8_32: activations for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; one block per 32 values.
-// x ≈ d·q with d = amax/127; s = d·Σq serves the weight types with a min.
-struct ActBlockQ8_32 {
-  float d;
-  float s;
-  int8_t q[32];
+// Q8_32: activations for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; one block per 32 values, x ≈ d·q with
+// d = amax/127, and s = d·Σq for the weight types with a min. A row of nb = cols/32 blocks
+// holds three arrays, so that SIMD code loads the scales of 8 blocks at once:
+//   int8 q[nb·32] @0, f32 d[nb] @nb·32, f32 s[nb] @nb·36   (nb·40 bytes)
+constexpr size_t kQ8_32BlockBytes = 40;
+struct Q8_32Row {
+  int8_t* q;
+  float* d;
+  float* s;
 };
-static_assert(sizeof(ActBlockQ8_32) == 40);
+// Internal linkage on purpose (see above).
+static inline Q8_32Row q8_32_row(const std::byte* row, uint64_t nb) {
+  std::byte* p = const_cast<std::byte*>(row);
+  return {reinterpret_cast<int8_t*>(p), reinterpret_cast<float*>(p + nb * 32),
+          reinterpret_cast<float*>(p + nb * 36)};
+}
 
 // Q8_256: activations for the K-quants; one block per 256 values (llama.cpp's Q8_K).
 // x ≈ d·q; bsums[j] = Σ q[16j .. 16j+15] for the mins and offsets.

@@ -1,9 +1,10 @@
 // The x86 SIMD kernels, written once and compiled twice: by cpu_kernels_avx2.cpp (AVX2 + FMA +
 // F16C) and by cpu_kernels_avx512.cpp (AVX-512 with VNNI). No include guard on purpose: each of
 // those files includes it exactly once, inside its own anonymous namespace, after defining
-//   LOCKSTEP_X86_VNNI — 1: u8·s8 dot products with vpdpbusd; 0: vpmaddubsw + vpmaddwd
+//   LOCKSTEP_X86_VNNI — 1: u8·s8 dot products with vpdpbusd (and AVX512BW mask moves);
+//                       0: vpmaddubsw + vpmaddwd
 //   VF     — the f32 vector used by the float-weight kernels (8 or 16 lanes)
-//   kFloatTile — tokens per float-weight tile (fits the ISA's register file)
+//   kFloatTile, kFloatRows — tokens and rows per float-weight tile (fit the register file)
 // Everything here has internal linkage, so the two copies never meet at link time; for the same
 // reason it calls no inline function of a shared header (__builtin_fmaf, not std::fma).
 //
@@ -317,11 +318,15 @@ inline __m256i signed_q4_0(const std::byte* blk) {
 }
 // Bit j of a 32-bit mask as byte j: 0xFF or 0.
 inline __m256i bits_to_bytes(uint32_t bits) {
+#if LOCKSTEP_X86_VNNI
+  return _mm256_movm_epi8(static_cast<__mmask32>(bits));  // AVX512BW + VL
+#else
   const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
                                         2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
   const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), shuf);
   const __m256i bit = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
   return _mm256_cmpeq_epi8(_mm256_or_si256(v, bit), _mm256_set1_epi64x(-1));
+#endif
 }
 inline __m256i signed_q5_0(const std::byte* blk) {
   uint32_t qh;
@@ -334,23 +339,27 @@ inline __m256i signed_q5_0(const std::byte* blk) {
   return _mm256_sub_epi8(lo, minus);
 }
 
+// Per block and token: one integer dot, one conversion, one FMA; the weight scale is broadcast
+// once per block and multiplied by the token's scale broadcast from memory. (Reducing 8 blocks'
+// dots to one vector first to share the conversion and FMA measured slower: the horizontal
+// adds cost more than they save.)
 template <__m256i (*Load)(const std::byte*), size_t kBytes, int NT>
 void signed32_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* res) {
-  const ActBlockQ8_32* x[NT];
-  act_rows(a, t0, x);
+  const uint64_t nb = a.cols / 32;
+  Q8_32Row x[NT];
+  for (int t = 0; t < NT; ++t) x[t] = q8_32_row(a.x + (t0 + t) * a.x_row_bytes, nb);
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-  const uint64_t nb = a.cols / 32;
   for (uint64_t b = 0; b < nb; ++b) {
     const std::byte* blk = wrow + b * kBytes;
-    const float d = load_f16(blk);
+    const __m256 d = _mm256_set1_ps(load_f16(blk));
     const __m256i w = Load(blk);
     const __m256i aw = _mm256_sign_epi8(w, w);
     for (int t = 0; t < NT; ++t) {
-      const ActBlockQ8_32& xb = x[t][b];
-      const __m256i sx = _mm256_sign_epi8(loadu256(xb.q), w);
+      const __m256i sx = _mm256_sign_epi8(loadu256(x[t].q + 32 * b), w);
       const __m256 p = _mm256_cvtepi32_ps(dot4(aw, sx));
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), p, acc[t]);
+      const __m256 dd = _mm256_mul_ps(d, _mm256_broadcast_ss(x[t].d + b));
+      acc[t] = _mm256_fmadd_ps(dd, p, acc[t]);
     }
   }
   for (int t = 0; t < NT; ++t) res[t] = hsum8(acc[t]);
@@ -375,31 +384,31 @@ inline __m256i unsigned_q5_1(const std::byte* blk) {
 
 template <__m256i (*Load)(const std::byte*), size_t kBytes, int NT>
 void unsigned32_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* res) {
-  const ActBlockQ8_32* x[NT];
-  act_rows(a, t0, x);
+  const uint64_t nb = a.cols / 32;
+  Q8_32Row x[NT];
+  for (int t = 0; t < NT; ++t) x[t] = q8_32_row(a.x + (t0 + t) * a.x_row_bytes, nb);
   __m256 acc[NT];
   float acc_min[NT];
   for (int t = 0; t < NT; ++t) {
     acc[t] = _mm256_setzero_ps();
     acc_min[t] = 0.0f;
   }
-  const uint64_t nb = a.cols / 32;
   for (uint64_t b = 0; b < nb; ++b) {
     const std::byte* blk = wrow + b * kBytes;
-    const float d = load_f16(blk);
+    const __m256 d = _mm256_set1_ps(load_f16(blk));
     const float m = load_f16(blk + 2);
     const __m256i u = Load(blk);
     for (int t = 0; t < NT; ++t) {
-      const ActBlockQ8_32& xb = x[t][b];
-      const __m256 p = _mm256_cvtepi32_ps(dot4(u, loadu256(xb.q)));
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), p, acc[t]);
-      acc_min[t] = __builtin_fmaf(m, xb.s, acc_min[t]);
+      const __m256 p = _mm256_cvtepi32_ps(dot4(u, loadu256(x[t].q + 32 * b)));
+      const __m256 dd = _mm256_mul_ps(d, _mm256_broadcast_ss(x[t].d + b));
+      acc[t] = _mm256_fmadd_ps(dd, p, acc[t]);
+      acc_min[t] = __builtin_fmaf(m, x[t].s[b], acc_min[t]);
     }
   }
   for (int t = 0; t < NT; ++t) res[t] = hsum8(acc[t]) + acc_min[t];
 }
 
-// ---- Float weights: W widened to f32, kU running vectors per token, products fused (FMA).
+// ---- Float weights: W widened to f32, products fused (FMA).
 
 enum class FloatKind { F32, F16, BF16 };
 
@@ -426,42 +435,72 @@ inline float load_w1(const std::byte* row, uint64_t i) {
   }
 }
 
-constexpr int kU = 4;
-
-template <FloatKind K, int NT>
-void float_tile(const MatmulArgs& a, const std::byte* wrow, uint64_t t0, float* res) {
+// MR rows × NT tokens per tile, one running vector per (row, token): each weight vector is loaded
+// once for NT tokens and each activation vector once for MR rows, which keeps long rows from
+// being bound by L2 bandwidth. Every (row, token) pair sees the same sequence of FMAs whatever
+// tile it is computed in (a tile of 1×1 included), so tiling never changes a result.
+template <FloatKind K, int MR, int NT>
+void float_tile(const MatmulArgs& a, uint64_t r, uint64_t t0, float* res) {  // res [MR][NT]
   constexpr uint64_t L = VF::kLanes;
+  const std::byte* w[MR];
+  for (int m = 0; m < MR; ++m) w[m] = a.w + (r + m) * a.w_row_bytes;
   const float* x[NT];
   act_rows(a, t0, x);
-  typename VF::V acc[NT][kU];
-  for (int t = 0; t < NT; ++t) {
-    for (int u = 0; u < kU; ++u) acc[t][u] = VF::zero();
+  typename VF::V acc[MR][NT];
+  for (int m = 0; m < MR; ++m) {
+    for (int t = 0; t < NT; ++t) acc[m][t] = VF::zero();
   }
   uint64_t i = 0;
-  for (; i + kU * L <= a.cols; i += kU * L) {
-    for (int u = 0; u < kU; ++u) {
-      const typename VF::V w = load_w<K>(wrow, i + u * L);
-      for (int t = 0; t < NT; ++t) acc[t][u] = VF::fma(w, VF::load(x[t] + i + u * L), acc[t][u]);
+  for (; i + L <= a.cols; i += L) {
+    typename VF::V xv[NT];
+    for (int t = 0; t < NT; ++t) xv[t] = VF::load(x[t] + i);
+    for (int m = 0; m < MR; ++m) {
+      const typename VF::V wv = load_w<K>(w[m], i);
+      for (int t = 0; t < NT; ++t) acc[m][t] = VF::fma(wv, xv[t], acc[m][t]);
     }
   }
-  for (; i + L <= a.cols; i += L) {
-    const typename VF::V w = load_w<K>(wrow, i);
-    for (int t = 0; t < NT; ++t) acc[t][0] = VF::fma(w, VF::load(x[t] + i), acc[t][0]);
-  }
-  float tail[NT] = {};
+  float tail[MR][NT] = {};
   for (; i < a.cols; ++i) {
-    const float w = load_w1<K>(wrow, i);
-    for (int t = 0; t < NT; ++t) tail[t] = __builtin_fmaf(w, x[t][i], tail[t]);
+    for (int m = 0; m < MR; ++m) {
+      const float wv = load_w1<K>(w[m], i);
+      for (int t = 0; t < NT; ++t) tail[m][t] = __builtin_fmaf(wv, x[t][i], tail[m][t]);
+    }
   }
-  for (int t = 0; t < NT; ++t) {
-    const typename VF::V s = VF::add(VF::add(acc[t][0], acc[t][1]), VF::add(acc[t][2], acc[t][3]));
-    res[t] = VF::hsum(s) + tail[t];
+  for (int m = 0; m < MR; ++m) {
+    for (int t = 0; t < NT; ++t) res[m * NT + t] = VF::hsum(acc[m][t]) + tail[m][t];
+  }
+}
+
+template <FloatKind K, int MR>
+void float_rows(const MatmulArgs& a, uint64_t r, uint64_t c0, uint64_t c1, float* res) {
+  uint64_t t = c0;
+  for (; t + kFloatTile <= c1; t += kFloatTile) {
+    float_tile<K, MR, kFloatTile>(a, r, t, res);
+    for (int m = 0; m < MR; ++m) {
+      for (int i = 0; i < kFloatTile; ++i) a.y[(t + i) * a.ldy + r + m] = res[m * kFloatTile + i];
+    }
+  }
+  for (; t < c1; ++t) {
+    float_tile<K, MR, 1>(a, r, t, res);
+    for (int m = 0; m < MR; ++m) a.y[t * a.ldy + r + m] = res[m];
   }
 }
 
 template <FloatKind K>
 void drive_float(const MatmulArgs& a) {
-  drive<kFloatTile>(a, float_tile<K, kFloatTile>, float_tile<K, 1>);
+  const uint64_t fit = kTokenChunkBytes / (a.x_row_bytes > 0 ? a.x_row_bytes : 1);
+  const uint64_t chunk = fit / kFloatTile * kFloatTile > kFloatTile ? fit / kFloatTile * kFloatTile
+                                                                    : kFloatTile;
+  float res[kFloatRows * kFloatTile];
+  for (uint64_t c0 = 0; c0 < a.tokens; c0 += chunk) {
+    const uint64_t c1 = min_u64(a.tokens, c0 + chunk);
+    uint64_t r = a.r0;
+    // A single token (decode) streams one row at a time: measured faster than interleaving rows.
+    if (c1 - c0 > 1) {
+      for (; r + kFloatRows <= a.r1; r += kFloatRows) float_rows<K, kFloatRows>(a, r, c0, c1, res);
+    }
+    for (; r < a.r1; ++r) float_rows<K, 1>(a, r, c0, c1, res);
+  }
 }
 
 // ---- Entry points.
@@ -513,6 +552,7 @@ bool matmul_impl(const MatmulArgs& a) {
 
 float dot_f32_impl(const float* a, const float* b, uint64_t n) {
   constexpr uint64_t L = VF::kLanes;
+  constexpr int kU = 4;
   typename VF::V acc[kU];
   for (int u = 0; u < kU; ++u) acc[u] = VF::zero();
   uint64_t i = 0;

@@ -267,6 +267,33 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, CpuKernelsType, testing::ValuesIn(kTypes),
                            return std::string(formats::ggml_type_name(info.param));
                          });
 
+// Long rows: the kernels walk the tokens in chunks that fit L2 (a few dozen tokens here), and the
+// results must not depend on where a chunk starts.
+TEST(CpuKernels, TokenChunksDoNotChangeResults) {
+  const uint32_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  const uint64_t rows = 3, tokens = 45, cols = 256 * 40;
+  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q5_0,
+                        GgmlType::Q4_K, GgmlType::Q6_K}) {
+    const TestMatrix m = make_matrix(type, rows, cols, rng);
+    const std::vector<float> x = make_acts(tokens, cols, cols, rng);
+    for (Isa isa : cpu::supported_isas()) {
+      const std::vector<float> all = run(isa, m, x, tokens, cols);
+      PreparedActs acts;
+      std::vector<float> y(rows);
+      for (uint64_t t = 0; t < tokens; ++t) {
+        cpu::prepare_acts(isa, cpu::act_format(type), x.data() + t * cols, 1, cols, cols, acts);
+        cpu::matmul(isa, m.view(), acts, 0, rows, y.data(), rows);
+        for (uint64_t r = 0; r < rows; ++r) {
+          ASSERT_TRUE(same_bits(y[r], all[t * rows + r]))
+              << formats::ggml_type_name(type) << " " << cpu::isa_name(isa) << " t " << t;
+        }
+      }
+    }
+  }
+}
+
 // One head's keys inside a wider f32 KV cache row: row_bytes and ldx larger than cols.
 TEST(CpuKernels, F32HonoursRowStrideAndLdx) {
   std::mt19937 rng(fresh_seed());
@@ -294,20 +321,21 @@ TEST(CpuKernels, PreparedActivationLayouts) {
   cpu::prepare_acts(Isa::Scalar, ActFormat::Q8_32, x.data(), rows, cols, cols, a);
   ASSERT_EQ(a.row_bytes, cols / 32 * 40);
   const std::byte* grown = a.data.data();
+  // Row layout: int8 q[nb·32], f32 d[nb], f32 s[nb].
+  const uint64_t nb = cols / 32;
   for (uint64_t t = 0; t < rows; ++t) {
-    for (uint64_t b = 0; b < cols / 32; ++b) {
-      const std::byte* blk = a.row(t) + b * 40;
+    const auto* q = reinterpret_cast<const int8_t*>(a.row(t));
+    for (uint64_t b = 0; b < nb; ++b) {
       float d, s;
-      std::memcpy(&d, blk, 4);
-      std::memcpy(&s, blk + 4, 4);
-      const auto* q = reinterpret_cast<const int8_t*>(blk + 8);
+      std::memcpy(&d, a.row(t) + nb * 32 + 4 * b, 4);
+      std::memcpy(&s, a.row(t) + nb * 36 + 4 * b, 4);
       float amax = 0.0f;
       int sum = 0;
       for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[t * cols + 32 * b + j]));
       ASSERT_FLOAT_EQ(d, amax / 127.0f);
       for (int j = 0; j < 32; ++j) {
-        ASSERT_LE(std::fabs(x[t * cols + 32 * b + j] - d * q[j]), d * 0.5f * 1.0001f);
-        sum += q[j];
+        ASSERT_LE(std::fabs(x[t * cols + 32 * b + j] - d * q[32 * b + j]), d * 0.5f * 1.0001f);
+        sum += q[32 * b + j];
       }
       ASSERT_FLOAT_EQ(s, d * static_cast<float>(sum));
     }
