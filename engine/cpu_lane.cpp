@@ -303,8 +303,9 @@ void Runner::matmul(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) 
   float* out = y.data() + from * width;
   const int64_t count = static_cast<int64_t>(chunks.size());
   // Dynamic: chunks differ in cost (Q6_K V beside Q4_K Q and K); results do not depend on
-  // which thread computes a chunk.
-#pragma omp parallel for schedule(dynamic) num_threads(threads_) if (threads_ > 1 && count > 1)
+  // which thread computes a chunk. A small product (a tiny model's) costs less than waking the
+  // team.
+#pragma omp parallel for schedule(dynamic) num_threads(threads_) if (count > 1 && parallel(rows * width * in_w / 8))
   for (int64_t i = 0; i < count; ++i) {
     const Chunk& ch = chunks[static_cast<size_t>(i)];
     cpu::matmul(isa_, *ch.w, *ch.x, ch.r0, ch.r1, out + ch.col, width);
