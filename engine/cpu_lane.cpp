@@ -20,10 +20,7 @@ using Buf = std::vector<float>;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 [[noreturn]] void fail(const Node& node, const std::string& what) {
-  std::string where =
-      "cpu lane, node " + std::to_string(node.index) + " (" + std::string(op_name(node.op));
-  if (node.stage) where += " " + cell_name({*node.stage, node.layer});
-  throw Error(where + "): " + what);
+  fail_node("cpu", node, what);
 }
 
 std::string weight_name(const WeightRef& ref) {
@@ -581,8 +578,7 @@ Logits CpuLane::forward(std::span<const int32_t> tokens, uint32_t pos, const Cap
       }
       if (!done[node.index] && wants(node)) {
         Tensor t;
-        t.shape = node.width_times_ctx ? std::vector<uint64_t>{c.heads, n, ctx}
-                                       : std::vector<uint64_t>{n, node.width};
+        t.shape = output_shape(c, node, n, ctx);
         t.data = y;
         trace.put({*node.stage, node.layer}, std::move(t));
       }
@@ -609,41 +605,18 @@ Tensor CpuLane::replay(const Node& node, std::span<const Tensor> inputs) {
   const Model& m = model();
   const ModelConfig& c = m.config;
   Impl& s = *impl_;
-  const size_t expected_inputs = node.op == Op::Embed ? 1 : node.inputs.size();
-  if (inputs.size() != expected_inputs)
-    fail(node, "expected " + std::to_string(expected_inputs) + " inputs, found " +
-                   std::to_string(inputs.size()));
-  if (inputs[0].shape.empty()) fail(node, "input 0 has no shape");
-  // Tokens: dim 0 of a [tokens, width] input, dim 1 of [heads, tokens, ctx].
-  const bool probs_in = node.op == Op::Softmax || node.op == Op::AttnWeightedSum;
-  if (probs_in && inputs[0].shape.size() != 3) fail(node, "input 0 must be [heads, tokens, ctx]");
-  const uint64_t n = probs_in ? inputs[0].shape[1] : inputs[0].shape[0];
+  ReplayInputs checked = check_replay_inputs("cpu", m, node, inputs);
+  const uint64_t n = checked.tokens;
   Runner runner(m, s, threads_, isa_);
-
-  std::vector<int32_t> ids;
   std::vector<const Buf*> in;
-  for (const Tensor& t : inputs) in.push_back(&t.data);
-  if (node.op == Op::Embed) {
-    for (float v : inputs[0].data) ids.push_back(static_cast<int32_t>(v));
-    if (ids.size() != n) fail(node, "token ids must be a [tokens] tensor");
-    in.clear();
-  } else {
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const bool ctx_shaped = probs_in && i == 0;
-      const uint64_t expect =
-          ctx_shaped ? c.heads * n * n : n * m.plan.nodes.at(node.inputs.at(i)).width;
-      if (inputs[i].data.size() != expect || inputs[i].elements() != expect)
-        fail(node, "input " + std::to_string(i) + " holds " +
-                       std::to_string(inputs[i].data.size()) + " values, expected " +
-                       std::to_string(expect) + " for " + std::to_string(n) + " tokens");
-    }
-  }
+  if (node.op != Op::Embed)
+    for (const Tensor& t : inputs) in.push_back(&t.data);
   // Attention over exactly the given tokens: keys from input 1 (post-RoPE K), values from the
   // V slice of input 1 (the fused QKV).
   Buf v_ctx;  // [tokens, kv_dim]
   Impl::NodeArgs a;
   a.in = in;
-  a.ids = ids;
+  a.ids = checked.ids;
   a.n = n;
   a.pos = 0;
   a.ctx = n;
@@ -661,8 +634,7 @@ Tensor CpuLane::replay(const Node& node, std::span<const Tensor> inputs) {
   Tensor t;
   runner.run(node, a, t.data);
   for (auto& p : s.prepared) p.input = SIZE_MAX;
-  t.shape = node.width_times_ctx ? std::vector<uint64_t>{c.heads, n, n}
-                                 : std::vector<uint64_t>{n, node.width};
+  t.shape = output_shape(c, node, n, n);
   return t;
 }
 

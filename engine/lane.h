@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/plan.h"
@@ -52,5 +53,21 @@ class Lane {
  private:
   bool last_logits_only_ = false;
 };
+
+// For lane implementations: a lockstep::Error naming the lane, the node and its cell.
+[[noreturn]] void fail_node(std::string_view lane, const Node& node, const std::string& what);
+
+// replay()'s inputs checked against the plan: the count, and each one's size for the token
+// count (dim 0 of [tokens, width], dim 1 of [heads, tokens, ctx]); Embed's token ids.
+struct ReplayInputs {
+  uint64_t tokens = 0;
+  std::vector<int32_t> ids;  // Embed only
+};
+ReplayInputs check_replay_inputs(std::string_view lane, const Model& model, const Node& node,
+                                 std::span<const Tensor> inputs);
+
+// The shape a capture of `node` has: [tokens, width], or [heads, tokens, ctx].
+std::vector<uint64_t> output_shape(const ModelConfig& config, const Node& node, uint64_t tokens,
+                                   uint64_t ctx);
 
 }  // namespace lockstep::engine

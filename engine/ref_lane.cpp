@@ -17,10 +17,7 @@ using Vec = std::vector<double>;
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 [[noreturn]] void fail(const Node& node, const std::string& what) {
-  std::string where =
-      "ref lane, node " + std::to_string(node.index) + " (" + std::string(op_name(node.op));
-  if (node.stage) where += " " + cell_name({*node.stage, node.layer});
-  throw Error(where + "): " + what);
+  fail_node("ref", node, what);
 }
 
 // out[t, o] = Σ_i x[t, i] · W[o, i] for one matrix stored [out, in] (ggml dims [in, out]),
@@ -357,8 +354,7 @@ Logits RefLane::forward(std::span<const int32_t> tokens, uint32_t pos, const Cap
 
     if (node.stage && capture.wants(*node.stage, node.layer)) {
       Tensor t;
-      t.shape = node.width_times_ctx ? std::vector<uint64_t>{c.heads, n, ctx}
-                                     : std::vector<uint64_t>{n, node.width};
+      t.shape = output_shape(c, node, n, ctx);
       t.data.assign(out[node.index].begin(), out[node.index].end());
       trace.put({*node.stage, node.layer}, std::move(t));
     }
@@ -381,32 +377,12 @@ Logits RefLane::forward(std::span<const int32_t> tokens, uint32_t pos, const Cap
 Tensor RefLane::replay(const Node& node, std::span<const Tensor> inputs) {
   const Model& m = model();
   const ModelConfig& c = m.config;
-  const size_t expected_inputs = node.op == Op::Embed ? 1 : node.inputs.size();
-  if (inputs.size() != expected_inputs)
-    fail(node, "expected " + std::to_string(expected_inputs) + " inputs, found " +
-                   std::to_string(inputs.size()));
-  if (inputs[0].shape.empty()) fail(node, "input 0 has no shape");
-  // Tokens: dim 0 of a [tokens, width] input, dim 1 of [heads, tokens, ctx].
-  const bool probs_in = node.op == Op::Softmax || node.op == Op::AttnWeightedSum;
-  if (probs_in && inputs[0].shape.size() != 3) fail(node, "input 0 must be [heads, tokens, ctx]");
-  const uint64_t n = probs_in ? inputs[0].shape[1] : inputs[0].shape[0];
-
-  std::vector<int32_t> ids;
+  ReplayInputs checked = check_replay_inputs("ref", m, node, inputs);
+  const uint64_t n = checked.tokens;
+  std::vector<int32_t>& ids = checked.ids;
   std::vector<Vec> held;
-  if (node.op == Op::Embed) {
-    for (float v : inputs[0].data) ids.push_back(static_cast<int32_t>(v));
-    if (ids.size() != n) fail(node, "token ids must be a [tokens] tensor");
-  } else {
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const bool ctx_shaped = probs_in && i == 0;
-      uint64_t expect = ctx_shaped ? c.heads * n * n : n * input_width(node, i);
-      if (inputs[i].data.size() != expect || inputs[i].elements() != expect)
-        fail(node, "input " + std::to_string(i) + " holds " +
-                       std::to_string(inputs[i].data.size()) + " values, expected " +
-                       std::to_string(expect) + " for " + std::to_string(n) + " tokens");
-      held.emplace_back(inputs[i].data.begin(), inputs[i].data.end());
-    }
-  }
+  if (node.op != Op::Embed)
+    for (const Tensor& t : inputs) held.emplace_back(t.data.begin(), t.data.end());
   std::vector<const Vec*> in;
   for (const Vec& h : held) in.push_back(&h);
 
@@ -426,8 +402,7 @@ Tensor RefLane::replay(const Node& node, std::span<const Tensor> inputs) {
   }
   Vec y = run_node(node, in, ids, n, 0, k_ctx, v_ctx);
   Tensor t;
-  t.shape = node.width_times_ctx ? std::vector<uint64_t>{c.heads, n, n}
-                                 : std::vector<uint64_t>{n, node.width};
+  t.shape = output_shape(c, node, n, n);
   t.data.assign(y.begin(), y.end());
   return t;
 }

@@ -13,14 +13,7 @@
 namespace lockstep {
 namespace {
 
-// test::shell_quote's `"'" + s + "'"` trips GCC 12's -Wrestrict false positive (GCC bug
-// 105329) wherever it is inlined; appending builds the same string without it.
-std::string quote(const std::filesystem::path& p) {
-  std::string s = "'";
-  s += p.string();
-  s += "'";
-  return s;
-}
+using test::shell_quote;
 
 namespace fs = std::filesystem;
 
@@ -31,7 +24,7 @@ fs::path gen_model(const fs::path& dir, const std::string& name, const std::stri
   test::CliResult r = test::run_lockstep(
       "gen-model --family llama --hidden 256 --layers 2 --heads 4 --kv-heads 2 --ffn 256 "
       "--vocab 300 --context 64 --type Q4_K_M --quiet " +
-      extra + " --out " + quote(out));
+      extra + " --out " + shell_quote(out));
   EXPECT_EQ(r.code, 0) << r.err;
   return out;
 }
@@ -58,7 +51,7 @@ TEST(BenchCli, JsonHasPositiveConsistentNumbersOnEveryCpuLane) {
     for (const std::string& lane : engine::cpu_lane_names()) {
       SCOPED_TRACE(lane + (tied ? " tied" : ""));
       test::CliResult r = test::run_lockstep(
-          "bench " + quote(model) + " --lane " + lane +
+          "bench " + shell_quote(model) + " --lane " + lane +
           " --threads 2 --prefill 8 --decode 4 --repeat 3 --bandwidth-mib 16 --json");
       ASSERT_EQ(r.code, 0) << r.err;
       nlohmann::json j = nlohmann::json::parse(r.out);
@@ -90,7 +83,7 @@ TEST(BenchCli, JsonHasPositiveConsistentNumbersOnEveryCpuLane) {
 TEST(BenchCli, TextIsATable) {
   test::ScratchDir scratch("bench-cli-text");
   fs::path model = gen_model(scratch.path, "m.gguf", "");
-  test::CliResult r = test::run_lockstep("bench " + quote(model) +
+  test::CliResult r = test::run_lockstep("bench " + shell_quote(model) +
                                          " --lane ref --prefill 4 --decode 2 --repeat 1 "
                                          "--bandwidth-mib 8");
   ASSERT_EQ(r.code, 0) << r.err;
@@ -107,7 +100,7 @@ TEST(BenchCli, BadRequestsAreOneLineErrors) {
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
     EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
   };
-  std::string m = quote(model);
+  std::string m = shell_quote(model);
   expect_error(test::run_lockstep("bench " + m + " --lane ref --prefill 0"), "--prefill");
   expect_error(test::run_lockstep("bench " + m + " --lane ref --decode 0"), "--decode");
   expect_error(test::run_lockstep("bench " + m + " --lane ref --repeat 0"), "--repeat");

@@ -31,8 +31,13 @@ inline CliResult run_lockstep(const std::string& args) {
   return r;
 }
 
+// (Built by appending: `"'" + s + "'"` trips GCC 12's -Wrestrict false positive, bug 105329,
+// wherever it is inlined.)
 inline std::string shell_quote(const std::filesystem::path& p) {
-  return "'" + p.string() + "'";
+  std::string s = "'";
+  s += p.string();
+  s += "'";
+  return s;
 }
 
 }  // namespace lockstep::test

@@ -18,14 +18,7 @@
 namespace lockstep {
 namespace {
 
-// test::shell_quote's `"'" + s + "'"` trips GCC 12's -Wrestrict false positive (GCC bug
-// 105329) wherever it is inlined; appending builds the same string without it.
-std::string quote(const std::filesystem::path& p) {
-  std::string s = "'";
-  s += p.string();
-  s += "'";
-  return s;
-}
+using test::shell_quote;
 
 namespace fs = std::filesystem;
 
@@ -33,7 +26,7 @@ fs::path stories_path() {
   return test::shared_models() / "stories260K.gguf";
 }
 std::string stories() {
-  return quote(stories_path());
+  return shell_quote(stories_path());
 }
 
 const engine::Model& stories_model() {
@@ -68,7 +61,7 @@ TEST(DumpCli, WritesEveryCellOfThePlanWithShapesAndTheLanesValues) {
     fs::path out = scratch.path / "dump";
     test::CliResult r =
         test::run_lockstep("dump " + stories() + " --lane " + lane_name +
-                           " --threads 1 --prompt 'Once upon a time' --out " + quote(out));
+                           " --threads 1 --prompt 'Once upon a time' --out " + shell_quote(out));
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_NE(r.out.find(" cells ("), std::string::npos) << r.out;
     EXPECT_NE(r.out.find(out.string()), std::string::npos) << r.out;
@@ -115,7 +108,7 @@ TEST(DumpCli, WritesEveryCellOfThePlanWithShapesAndTheLanesValues) {
     EXPECT_EQ(scan.cells.size(), plan_cells);
     EXPECT_GT(plan_cells, 5u * 16);
 
-    test::CliResult inspect = test::run_lockstep("inspect --json " + quote(out));
+    test::CliResult inspect = test::run_lockstep("inspect --json " + shell_quote(out));
     ASSERT_EQ(inspect.code, 0) << inspect.err;
     nlohmann::json report = nlohmann::json::parse(inspect.out);
     EXPECT_EQ(report.at("kind"), "dump");
@@ -131,7 +124,7 @@ TEST(DumpCli, StagesAndTokensSelectCells) {
   test::CliResult r = test::run_lockstep("dump " + stories() +
                                          " --lane ref --tokens 1,403,407 --stages "
                                          "'attn_scores@1;lm_head' --out " +
-                                         quote(out));
+                                         shell_quote(out));
   ASSERT_EQ(r.code, 0) << r.err;
   formats::DumpScan scan = formats::scan_dump_dir(out, strict_scan());
   EXPECT_TRUE(scan.issues.empty());
@@ -150,7 +143,7 @@ TEST(DumpCli, RefusesAnExistingDirectoryUnlessForcedAndReplacesOnlyWhenComplete)
   test::ScratchDir scratch("dump-cli-force");
   fs::path out = scratch.path / "d";
   std::string base =
-      "dump " + stories() + " --lane ref --tokens 1,403 --out " + quote(out) + " --stages ";
+      "dump " + stories() + " --lane ref --tokens 1,403 --out " + shell_quote(out) + " --stages ";
   ASSERT_EQ(test::run_lockstep(base + "attn_norm@0").code, 0);
   ASSERT_TRUE(fs::exists(out / "layer-0/attn_norm.bin"));
 
@@ -161,7 +154,7 @@ TEST(DumpCli, RefusesAnExistingDirectoryUnlessForcedAndReplacesOnlyWhenComplete)
 
   // A --force run that fails (a token outside the vocab) leaves the old dump alone.
   test::CliResult bad = test::run_lockstep(
-      "dump " + stories() + " --lane ref --tokens 1,9999 --force --out " + quote(out));
+      "dump " + stories() + " --lane ref --tokens 1,9999 --force --out " + shell_quote(out));
   expect_one_line_error(bad, "9999");
   EXPECT_TRUE(fs::exists(out / "layer-0/attn_norm.bin"));
 
@@ -178,7 +171,7 @@ TEST(DumpCli, RefusesAnExistingDirectoryUnlessForcedAndReplacesOnlyWhenComplete)
   fs::create_directories(other);
   test::write_file(other / "notes.txt", "keep me");
   expect_one_line_error(test::run_lockstep("dump " + stories() +
-                                           " --lane ref --tokens 1 --force --out " + quote(other)),
+                                           " --lane ref --tokens 1 --force --out " + shell_quote(other)),
                         "notes");
   EXPECT_EQ(test::read_file(other / "notes.txt"), "keep me");
   for (const auto& e : fs::directory_iterator(scratch.path))
@@ -189,7 +182,7 @@ TEST(DumpCli, RefusesAnExistingDirectoryUnlessForcedAndReplacesOnlyWhenComplete)
 TEST(DumpCli, BadRequestsAreOneLineErrors) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   test::ScratchDir scratch("dump-cli-errors");
-  std::string out = " --out " + quote(scratch.path / "d");
+  std::string out = " --out " + shell_quote(scratch.path / "d");
   expect_one_line_error(
       test::run_lockstep("dump " + stories() + " --lane ref --prompt hi --tokens 1" + out),
       "--tokens");

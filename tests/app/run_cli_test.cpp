@@ -11,17 +11,10 @@
 namespace lockstep {
 namespace {
 
-// test::shell_quote's `"'" + s + "'"` trips GCC 12's -Wrestrict false positive (GCC bug
-// 105329) wherever it is inlined; appending builds the same string without it.
-std::string quote(const std::filesystem::path& p) {
-  std::string s = "'";
-  s += p.string();
-  s += "'";
-  return s;
-}
+using test::shell_quote;
 
 std::string stories() {
-  return quote(test::shared_models() / "stories260K.gguf");
+  return shell_quote(test::shared_models() / "stories260K.gguf");
 }
 
 void expect_one_line_error(const test::CliResult& r, const std::string& needle) {
