@@ -1,7 +1,5 @@
 #include "engine/cpu_lane.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>

@@ -23,22 +23,7 @@ bool bit_identical(std::span<const float> a, std::span<const float> b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-TEST(CpuLaneStories, GreedyContinuationMatchesLlamaCpp) {
-  LOCKSTEP_REQUIRE_SHARED_MODELS();
-  const Model& model = shared_model("stories260K.gguf");
-  Reference ref = reference("stories260K");
-  Tokenizer tok = Tokenizer::from_gguf(*model.gguf);
-  std::vector<int32_t> prompt = tok.encode("Once upon a time", true);
-  ASSERT_EQ(prompt, ref.tokens);
-  CpuLane lane;
-  lane.load(model);
-  std::vector<int32_t> generated = greedy(lane, prompt, ref.generated.size());
-  EXPECT_EQ(generated, ref.generated);
-  std::string text = tok.decode(generated);
-  std::string expected =
-      test::read_file(test::shared_models() / "reference/stories260K/greedy.txt");
-  EXPECT_EQ(text.substr(0, text.find('\n') + 1), expected);
-}
+// The greedy continuation of stories260K on every CPU lane: tests/engine/generate_test.cpp.
 
 // ref and cpu on F32 weights: every captured cell of a prompt's forward within 1e-5 relative
 // RMS (the bound; f32 accumulation against float64 measures ~1e-7..1e-6).
