@@ -1,0 +1,132 @@
+// RoPE and attention over a KV cache, each stage materialised (scores, probabilities, weighted
+// sum) so that any of them can be captured. GQA: query head h reads KV head h / ratio.
+// Correct first: one thread per output element (see issue 5 for the fused, fast path).
+
+#include <cmath>
+
+#include "cuda/cuda_check.h"
+#include "cuda/kernels.cuh"
+#include "cuda/reduce.cuh"
+
+namespace lockstep::cuda::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned blocks_for(uint64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+// Angles in double, as the oracle does: positions of thousands times small frequencies lose
+// digits in f32.
+__global__ void rope_kernel(const float* x, uint64_t x_stride, uint64_t offset, float* y,
+                            uint64_t tokens, uint64_t width, uint64_t head_dim, uint64_t rope_dims,
+                            bool neox, const double* inv_freq, uint64_t pos) {
+  const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (i >= tokens * width) return;
+  const uint64_t t = i / width, j = i % width;
+  const float* src = x + t * x_stride + offset;  // [width] of token t
+  const uint64_t h = j / head_dim, d = j % head_dim, half = rope_dims / 2;
+  if (d >= rope_dims) {
+    y[i] = src[j];
+    return;
+  }
+  uint64_t pair, a, b;
+  if (neox) {
+    pair = d < half ? d : d - half;
+    a = pair;
+    b = pair + half;
+  } else {
+    pair = d / 2;
+    a = 2 * pair;
+    b = 2 * pair + 1;
+  }
+  const double theta = static_cast<double>(pos + t) * inv_freq[pair];
+  double sn, cs;
+  sincos(theta, &sn, &cs);
+  const double x0 = src[h * head_dim + a], x1 = src[h * head_dim + b];
+  y[i] = static_cast<float>(d == a ? x0 * cs - x1 * sn : x0 * sn + x1 * cs);
+}
+
+__global__ void scores_kernel(const float* q, const float* k, uint64_t k_stride, AttnShape s,
+                              float scale, float* y) {
+  const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (i >= s.heads * s.tokens * s.ctx) return;
+  const uint64_t j = i % s.ctx, t = (i / s.ctx) % s.tokens, h = i / (s.ctx * s.tokens);
+  const uint64_t qpos = s.pos + t;
+  if (j > qpos || (s.window != 0 && qpos - j >= s.window)) {
+    y[i] = -INFINITY;
+    return;
+  }
+  const uint64_t kh = h / (s.heads / s.kv_heads);
+  const float* qv = q + t * s.heads * s.head_dim + h * s.head_dim;  // [head_dim]
+  const float* kv = k + j * k_stride + kh * s.head_dim;             // [head_dim]
+  float dot = 0.0f;
+  for (uint64_t d = 0; d < s.head_dim; ++d) dot = fmaf(qv[d], kv[d], dot);
+  y[i] = scale * dot;
+}
+
+__global__ void softmax_kernel(const float* x, float* y, uint64_t width) {
+  __shared__ float scratch[reduce::kMaxWarps];
+  const float* xr = x + blockIdx.x * width;  // [width]
+  float* yr = y + blockIdx.x * width;        // [width]
+  float mx = -INFINITY;
+  for (uint64_t j = threadIdx.x; j < width; j += blockDim.x) mx = fmaxf(mx, xr[j]);
+  mx = reduce::block_all(mx, reduce::Max{}, -INFINITY, scratch);
+  float sum = 0.0f;
+  for (uint64_t j = threadIdx.x; j < width; j += blockDim.x) {
+    const float e = xr[j] == -INFINITY ? 0.0f : expf(xr[j] - mx);
+    yr[j] = e;
+    sum += e;
+  }
+  sum = reduce::block_all(sum, reduce::Sum{}, 0.0f, scratch);
+  const float inv = 1.0f / sum;
+  for (uint64_t j = threadIdx.x; j < width; j += blockDim.x) yr[j] = yr[j] * inv;
+}
+
+__global__ void weighted_sum_kernel(const float* p, const float* v, uint64_t v_stride, AttnShape s,
+                                    float* y) {
+  const uint64_t q_dim = s.heads * s.head_dim;
+  const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (i >= s.tokens * q_dim) return;
+  const uint64_t t = i / q_dim, h = (i % q_dim) / s.head_dim, d = i % s.head_dim;
+  const uint64_t kh = h / (s.heads / s.kv_heads);
+  const float* pr = p + (h * s.tokens + t) * s.ctx;  // [ctx]
+  const float* vc = v + kh * s.head_dim + d;         // column d of KV head kh, rows of v_stride
+  float acc = 0.0f;
+  for (uint64_t j = 0; j < s.ctx; ++j) acc = fmaf(pr[j], vc[j * v_stride], acc);
+  y[i] = acc;
+}
+
+}  // namespace
+
+void rope(const float* x, uint64_t x_stride, uint64_t offset, float* y, uint64_t tokens,
+          uint64_t width, uint64_t head_dim, uint64_t rope_dims, bool neox, const double* inv_freq,
+          uint64_t pos, cudaStream_t stream) {
+  if (tokens * width == 0) return;
+  rope_kernel<<<blocks_for(tokens * width), kThreads, 0, stream>>>(
+      x, x_stride, offset, y, tokens, width, head_dim, rope_dims, neox, inv_freq, pos);
+  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+}
+
+void attn_scores(const float* q, const float* k, uint64_t k_stride, const AttnShape& s,
+                 float scale, float* y, cudaStream_t stream) {
+  const uint64_t n = s.heads * s.tokens * s.ctx;
+  if (n == 0) return;
+  scores_kernel<<<blocks_for(n), kThreads, 0, stream>>>(q, k, k_stride, s, scale, y);
+  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+}
+
+void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream) {
+  if (rows == 0) return;
+  softmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, y, width);
+  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+}
+
+void attn_weighted_sum(const float* p, const float* v, uint64_t v_stride, const AttnShape& s,
+                       float* y, cudaStream_t stream) {
+  const uint64_t n = s.tokens * s.heads * s.head_dim;
+  if (n == 0) return;
+  weighted_sum_kernel<<<blocks_for(n), kThreads, 0, stream>>>(p, v, v_stride, s, y);
+  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace lockstep::cuda::kernels

@@ -1,0 +1,82 @@
+#pragma once
+// The lane's kernels, one launcher per op; each file k_<family>.cu defines its launchers.
+// Buffers are device pointers, activations f32 and row-major ([tokens, width] unless noted);
+// every launcher enqueues on `stream` and checks the launch (LOCKSTEP_CUDA_CHECK). Internal to
+// cuda/: the public headers (cuda_lane.h, ops.h) hold no CUDA types.
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "formats/ggml_type.h"
+
+namespace lockstep::cuda::kernels {
+
+// Whether the matmul, embedding and dequantize kernels handle weights stored as `type`.
+bool has_weight_kernels(formats::GgmlType type);
+// Bytes of one row of `cols` elements stored as `type` (cols a whole number of blocks).
+uint64_t row_bytes(formats::GgmlType type, uint64_t cols);
+
+// k_dequant.cu
+// y[r, i] = element i of row r of w ([rows, cols] in `type`), bit for bit ggml's to_float.
+void dequantize(formats::GgmlType type, const void* w, uint64_t rows, uint64_t cols, float* y,
+                cudaStream_t stream);
+// y[t, i] = scale · w[ids[t], i]  (y: [tokens, cols]); ids already checked against rows.
+void embed(formats::GgmlType type, const void* w, uint64_t cols, const int32_t* ids,
+           uint64_t tokens, float scale, float* y, cudaStream_t stream);
+
+// k_matmul.cu
+// y[t, col0 + r] = Σ_i x[t, i] · w[r, i] for r < rows (x: [tokens, cols], y rows of y_stride).
+// One warp per weight row, chunks of 32 elements per lane, f32 accumulation; each output's
+// summation order is fixed, so it does not depend on the token count (prefill = decode).
+void matmul(formats::GgmlType type, const void* w, uint64_t rows, uint64_t cols, const float* x,
+            uint64_t tokens, float* y, uint64_t y_stride, uint64_t col0, cudaStream_t stream);
+
+// k_norm.cu
+// RMSNorm of `rows` segments of `width` values each, in place or not: segment s is group
+// g = s / per_group, member m = s % per_group at x + g·group_stride + offset + m·width (the
+// same place in y). Plain rows: per_group 1, group_stride width, offset 0.
+void rms_norm(const float* x, float* y, const float* w, uint64_t rows, uint64_t width,
+              uint64_t per_group, uint64_t group_stride, uint64_t offset, float eps,
+              cudaStream_t stream);
+// (x − mean) / sqrt(var + eps) · w + b over rows of `width`.
+void layer_norm(const float* x, float* y, const float* w, const float* b, uint64_t rows,
+                uint64_t width, float eps, cudaStream_t stream);
+
+// k_attention.cu
+// y[t, j] for j < width: the head-structured slice x[t, offset .. offset + width) of rows of
+// x_stride, each head of head_dim rotated on its first rope_dims dimensions at position
+// pos + t; inv_freq: [rope_dims / 2] radians per position (double). NeoX pairs (i, i + rot/2),
+// normal pairs (2i, 2i + 1).
+void rope(const float* x, uint64_t x_stride, uint64_t offset, float* y, uint64_t tokens,
+          uint64_t width, uint64_t head_dim, uint64_t rope_dims, bool neox, const double* inv_freq,
+          uint64_t pos, cudaStream_t stream);
+struct AttnShape {
+  uint64_t heads = 0, kv_heads = 0, head_dim = 0;
+  uint64_t tokens = 0;  // queries, at positions pos..pos+tokens-1
+  uint64_t ctx = 0;     // keys 0..ctx-1
+  uint64_t pos = 0;
+  uint64_t window = 0;  // sliding window; 0: none
+};
+// y[h, t, j] = scale · q[t, h]·k[j, h / ratio] ([heads, tokens, ctx]); -inf where j is in the
+// future of pos + t or outside the window. q: [tokens, heads·head_dim]; k rows of k_stride.
+void attn_scores(const float* q, const float* k, uint64_t k_stride, const AttnShape& s,
+                 float scale, float* y, cudaStream_t stream);
+// Row-wise softmax over rows of `width`; -inf gives exactly 0.
+void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream);
+// y[t, h·head_dim + d] = Σ_j p[h, t, j] · v[j, (h / ratio)·head_dim + d]; v rows of v_stride.
+void attn_weighted_sum(const float* p, const float* v, uint64_t v_stride, const AttnShape& s,
+                       float* y, cudaStream_t stream);
+
+// k_elementwise.cu
+// y[t, col0 + i] = (y[t, col0 + i] + b[i]) · scale for i < seg (b may be null).
+void bias_scale(float* y, uint64_t tokens, uint64_t width, uint64_t col0, uint64_t seg,
+                const float* b, float scale, cudaStream_t stream);
+void add_scaled(const float* a, const float* b, float scale, float* y, uint64_t n,
+                cudaStream_t stream);  // a + scale · b
+void silu(const float* x, float* y, uint64_t n, cudaStream_t stream);
+void gelu(const float* x, float* y, uint64_t n, cudaStream_t stream);  // tanh approximation
+void mul(const float* a, const float* b, float* y, uint64_t n, cudaStream_t stream);
+
+}  // namespace lockstep::cuda::kernels

@@ -1,0 +1,360 @@
+// The cuda lane against the float64 oracle (ref): every captured cell of the shared models,
+// greedy generation, capture and decode invariance, replay of every node, and every op of
+// synthetic models of each family on random inputs with poisoned outputs.
+
+#include "cuda/cuda_lane.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "engine/ref_lane.h"
+#include "engine/synthetic_model.h"
+#include "tests/cuda/cuda_test_util.h"
+#include "tests/engine/lane_test_util.h"
+#include "tests/engine/tiny_model.h"
+
+namespace lockstep::cuda {
+namespace {
+
+using namespace engine;
+using namespace engine::test_lanes;
+
+bool bit_identical(std::span<const float> a, std::span<const float> b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+std::string model_file(const std::string& name) {
+  return name == "stories260K" ? "stories260K.gguf" : "quant-ref/" + name + ".gguf";
+}
+
+// Every cell of a full-capture prefill within `bound` relative RMS of the oracle's; returns the
+// oracle's trace.
+Trace expect_cells_close(Lane& lane, RefLane& oracle, std::span<const int32_t> tokens,
+                         double bound, const std::string& label) {
+  Trace expected, got;
+  prefill(oracle, tokens, CapturePlan::all(), expected);
+  prefill(lane, tokens, CapturePlan::all(), got);
+  EXPECT_EQ(got.size(), expected.size());
+  double worst = 0.0;
+  std::string worst_cell;
+  for (const auto& [cell, t] : expected.cells()) {
+    const Tensor* g = got.find(cell);
+    EXPECT_NE(g, nullptr) << cell_name(cell);
+    if (!g) continue;
+    EXPECT_EQ(g->shape, t.shape) << cell_name(cell);
+    const double e = relative_rms(g->data, t.data);
+    EXPECT_LE(e, bound) << label << " " << cell_name(cell);
+    if (!(e <= worst)) worst = e, worst_cell = cell_name(cell);
+  }
+  std::printf("[cuda vs ref] %-18s %3zu cells, worst relative RMS %.2e at %s\n", label.c_str(),
+              expected.size(), worst, worst_cell.c_str());
+  return expected;
+}
+
+// Replays every node on the oracle's captures (unstaged nodes' inputs replayed by the oracle)
+// and checks each output against the oracle's capture.
+void expect_replay_close(Lane& lane, RefLane& oracle, const Model& model,
+                         std::span<const int32_t> tokens, const Trace& expected, double bound) {
+  std::map<size_t, Tensor> unstaged;
+  double worst = 0.0;
+  for (const Node& node : model.plan.nodes) {
+    std::vector<Tensor> inputs;
+    if (node.op == Op::Embed) {
+      Tensor ids;
+      ids.shape = {tokens.size()};
+      ids.data.assign(tokens.begin(), tokens.end());
+      inputs.push_back(ids);
+    }
+    for (size_t in : node.inputs) {
+      const Node& src = model.plan.nodes[in];
+      const Tensor* t = src.stage ? expected.find({*src.stage, src.layer}) : &unstaged.at(in);
+      ASSERT_NE(t, nullptr) << "no capture of node " << in;
+      inputs.push_back(*t);
+    }
+    Tensor got = lane.replay(node, inputs);
+    Tensor want = node.stage ? *expected.find({*node.stage, node.layer}) : oracle.replay(node, inputs);
+    ASSERT_EQ(got.shape, want.shape) << node.index;
+    const double e = relative_rms(got.data, want.data);
+    EXPECT_LE(e, bound) << "node " << node.index << " " << op_name(node.op);
+    worst = std::max(worst, e);
+    if (!node.stage) unstaged[node.index] = std::move(want);
+  }
+  std::printf("[cuda replay vs ref] %zu nodes, worst relative RMS %.2e\n", model.plan.nodes.size(),
+              worst);
+}
+
+// F32 weights: f32 accumulation against float64, within 1e-5 at every cell. The lane decodes
+// quantized weights exactly (no activation rounding), so quantized files stay as close; the
+// bound there is looser only because their random weights amplify f32 rounding more.
+TEST(CudaLaneVsRef, EveryStageOfTheSharedModelsMatchesTheOracle) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  CudaLane lane;
+  for (const char* name :
+       {"stories260K", "ref-llama-f32", "ref-qwen2-f32", "ref-llama-F16", "ref-llama-BF16",
+        "ref-llama-Q8_0", "ref-llama-Q6_K", "ref-llama-Q5_K_M", "ref-llama-Q5_K_S",
+        "ref-llama-Q5_1", "ref-llama-Q5_0", "ref-llama-Q4_K_M", "ref-llama-Q4_K_S",
+        "ref-llama-Q4_1", "ref-llama-Q4_0", "ref-llama-Q3_K_S", "ref-llama-Q2_K",
+        "ref-qwen2-Q8_0", "ref-qwen2-Q6_K", "ref-qwen2-Q4_K_M"}) {
+    SCOPED_TRACE(name);
+    const std::string file = model_file(name);
+    const Model& model = shared_model(file);
+    Reference ref = reference(name);
+    RefLane oracle;
+    oracle.load(model);
+    lane.load(model);
+    const bool f32 = std::string(name) == "stories260K" || std::string(name).ends_with("f32");
+    Trace expected = expect_cells_close(lane, oracle, ref.tokens, f32 ? 1e-5 : 1e-4, name);
+    expect_replay_close(lane, oracle, model, ref.tokens, expected, f32 ? 1e-5 : 1e-4);
+  }
+}
+
+TEST(CudaLaneVsRef, GreedyContinuationOfStoriesEqualsTheOracles) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  const Model& model = shared_model("stories260K.gguf");
+  Reference ref = reference("stories260K");
+  RefLane oracle;
+  CudaLane lane;
+  oracle.load(model);
+  lane.load(model);
+  const size_t count = ref.generated.size();
+  std::vector<int32_t> ours = greedy(lane, ref.tokens, count);
+  EXPECT_EQ(ours, greedy(oracle, ref.tokens, count));
+  EXPECT_EQ(ours, ref.generated);  // llama.cpp's
+}
+
+// Capture only copies; a prefill equals the same tokens decoded one at a time (each output's
+// summation order does not depend on the token count); replay on the lane's own captures
+// reproduces them; last-logits-only is the last row.
+TEST(CudaLaneCapture, CaptureDecodeAndReplayAreBitIdentical) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  for (const char* name : {"stories260K", "ref-qwen2-Q4_K_M", "ref-llama-Q6_K"}) {
+    SCOPED_TRACE(name);
+    const std::string file = model_file(name);
+    const Model& model = shared_model(file);
+    Reference ref = reference(name);
+    CudaLane lane;
+    lane.load(model);
+    Trace none, all;
+    Logits plain = prefill(lane, ref.tokens, CapturePlan::none(), none);
+    Logits captured = prefill(lane, ref.tokens, CapturePlan::all(), all);
+    EXPECT_EQ(none.size(), 0u);
+    EXPECT_TRUE(bit_identical(plain.values, captured.values));
+    Trace some;
+    Logits partial = prefill(lane, ref.tokens, CapturePlan::parse("attn_softmax,ffn_out@1;lm_head"), some);
+    EXPECT_TRUE(bit_identical(plain.values, partial.values));
+
+    // Prefill the first half, then decode the rest token by token.
+    const size_t half = ref.tokens.size() / 2;
+    Trace t;
+    lane.reset();
+    Logits first = lane.forward(std::span(ref.tokens).first(half), 0, CapturePlan::none(), t);
+    EXPECT_TRUE(bit_identical(first.values, std::span(plain.values).first(half * plain.vocab)));
+    for (size_t i = half; i < ref.tokens.size(); ++i) {
+      Logits step = lane.forward(std::span(ref.tokens).subspan(i, 1), static_cast<uint32_t>(i),
+                                 CapturePlan::none(), t);
+      ASSERT_EQ(step.tokens, 1u);
+      EXPECT_TRUE(bit_identical(step.values, plain.row(i))) << "position " << i;
+    }
+    // Back to an earlier position: the cache is cut there.
+    Logits again = lane.forward(std::span(ref.tokens).subspan(half), static_cast<uint32_t>(half),
+                                CapturePlan::none(), t);
+    EXPECT_TRUE(bit_identical(again.values, std::span(plain.values).subspan(half * plain.vocab)));
+
+    lane.set_last_logits_only(true);
+    Logits last = prefill(lane, ref.tokens, CapturePlan::none(), t);
+    lane.set_last_logits_only(false);
+    EXPECT_EQ(last.tokens, 1u);
+    EXPECT_TRUE(bit_identical(last.values, plain.last()));
+
+    replay_all(lane, model, ref.tokens, all);
+  }
+}
+
+// Odd shapes, op by op, as the cpu lane's test: every node of a one-layer synthetic model
+// replayed by cuda (outputs poisoned with NaN first) and ref on the same random inputs, then a
+// whole forward. GQA ratios 1, 4 and 7, head dims 64 and 128, NeoX and normal RoPE, biases,
+// Q/K norm, LayerNorm + GELU, Granite's multipliers, and quantized weights.
+struct ShapeCase {
+  std::string name;
+  std::string family;
+  uint64_t hidden, heads, kv_heads, ffn;
+  QuantMix mix;
+  uint64_t tokens;
+};
+
+void PrintTo(const ShapeCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+class CudaLaneOps : public ::testing::TestWithParam<ShapeCase> {};
+
+TEST_P(CudaLaneOps, EveryNodeMatchesTheFloat64ReferenceOnRandomInputs) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  const ShapeCase& c = GetParam();
+  test::ScratchDir dir("cuda_ops_" + c.name);
+  SyntheticModelOptions o;
+  o.family = c.family;
+  o.hidden = c.hidden;
+  o.heads = c.heads;
+  o.kv_heads = c.kv_heads;
+  o.ffn = c.ffn;
+  o.layers = 1;
+  o.vocab = 300;
+  o.mix = c.mix;
+  o.seed = 7;
+  o.out = dir.path / "m.gguf";
+  write_synthetic_model(o, registry());
+  Model model = open_model(o.out, registry());
+  RefLane oracle;
+  CudaLane lane(CudaLaneOptions{.device = 0, .poison_outputs = true});
+  oracle.load(model);
+  lane.load(model);
+
+  const uint64_t n = c.tokens, heads = model.config.heads;
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::set<Op> seen;
+  double worst = 0.0;
+  for (const Node& node : model.plan.nodes) {
+    std::vector<Tensor> inputs;
+    if (node.op == Op::Embed) {
+      Tensor ids{{n}, {}};
+      for (uint64_t t = 0; t < n; ++t) ids.data.push_back(static_cast<float>(rng() % o.vocab));
+      inputs.push_back(ids);
+    }
+    for (size_t i = 0; i < node.inputs.size(); ++i) {
+      const Node& src = model.plan.nodes[node.inputs[i]];
+      Tensor t;
+      if (src.width_times_ctx) {
+        t.shape = {heads, n, n};  // scores, or causal probabilities for the weighted sum
+        t.data.resize(heads * n * n);
+        for (uint64_t r = 0; r < heads * n; ++r) {
+          const uint64_t q = r % n;
+          double sum = 0.0;
+          for (uint64_t j = 0; j < n; ++j) {
+            float v = j > q ? -INFINITY : normal(rng);
+            if (node.op == Op::AttnWeightedSum) v = j > q ? 0.0f : std::exp(v);
+            t.data[r * n + j] = v;
+            if (j <= q) sum += v;
+          }
+          if (node.op == Op::AttnWeightedSum)
+            for (uint64_t j = 0; j <= q; ++j) t.data[r * n + j] /= static_cast<float>(sum);
+        }
+      } else {
+        t.shape = {n, src.width};
+        for (uint64_t k = 0; k < n * src.width; ++k) t.data.push_back(normal(rng));
+      }
+      inputs.push_back(std::move(t));
+    }
+    Tensor want = oracle.replay(node, inputs);
+    Tensor got = lane.replay(node, inputs);
+    ASSERT_EQ(got.shape, want.shape) << node.index;
+    const double e = relative_rms(got.data, want.data);  // NaN (an unwritten element) fails
+    EXPECT_LE(e, 1e-5) << "node " << node.index << " " << op_name(node.op);
+    worst = std::max(worst, e);
+    seen.insert(node.op);
+  }
+  for (Op op : {Op::Embed, Op::MatMul, Op::Rope, Op::AttnScores, Op::Softmax, Op::AttnWeightedSum,
+                Op::Add, c.family == "starcoder2" ? Op::LayerNorm : Op::RmsNorm})
+    EXPECT_TRUE(seen.count(op)) << op_name(op);
+  std::printf("[cuda vs ref, one node] %-18s worst relative RMS %.2e\n", c.name.c_str(), worst);
+
+  std::vector<int32_t> tokens;
+  for (uint64_t t = 0; t < n; ++t) tokens.push_back(static_cast<int32_t>(rng() % o.vocab));
+  expect_cells_close(lane, oracle, tokens, 1e-5, c.name);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaLaneOps,
+    ::testing::Values(ShapeCase{"gqa1_hd64", "llama", 448, 7, 7, 1216, QuantMix::F32, 13},
+                      ShapeCase{"gqa4_hd128", "qwen2", 512, 4, 1, 1376, QuantMix::F32, 11},
+                      ShapeCase{"gqa7_hd64", "qwen2", 896, 14, 2, 1248, QuantMix::F32, 9},
+                      ShapeCase{"gqa7_hd128_q4km", "qwen2", 1792, 14, 2, 2304, QuantMix::Q4_K_M, 7},
+                      ShapeCase{"gqa4_hd64_q8_0", "llama", 512, 8, 2, 1376, QuantMix::Q8_0, 5},
+                      ShapeCase{"gqa1_hd128_q5_1", "llama", 640, 5, 5, 992, QuantMix::Q5_1, 6},
+                      ShapeCase{"gqa2_hd64_f16", "qwen3", 384, 6, 3, 800, QuantMix::F16, 7},
+                      ShapeCase{"granite_bf16", "granite", 512, 8, 2, 1024, QuantMix::BF16, 6},
+                      ShapeCase{"starcoder2_q6k", "starcoder2", 768, 6, 2, 1536, QuantMix::Q6_K, 5}),
+    [](const ::testing::TestParamInfo<ShapeCase>& info) { return info.param.name; });
+
+// The families' tiny models (scaled RoPE with rope_freqs, StarCoder2 with a sliding window of 3):
+// cuda runs what ref runs, decode included, and its replay reproduces its captures.
+TEST(CudaLaneTiny, EveryFamilyAgreesWithRef) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  std::vector<std::pair<std::string, test::TinySpec>> specs;
+  specs.emplace_back("llama", test::TinySpec{});
+  test::TinySpec rf;
+  rf.rope_freqs = true;
+  specs.emplace_back("llama_rope_freqs", rf);
+  test::TinySpec sc = test::TinySpec::starcoder2();
+  sc.tied = true;
+  sc.extra_kv = {{"starcoder2.attention.sliding_window", formats::GgufValue::u32(3)}};
+  specs.emplace_back("starcoder2", sc);
+  test::TinySpec q3;
+  q3.arch = "qwen3";
+  q3.qk_norm = true;
+  specs.emplace_back("qwen3", q3);
+  for (auto& [name, spec] : specs) {
+    SCOPED_TRACE(name);
+    test::ScratchDir dir("cuda_tiny_" + name);
+    Model model = open_model(test::write_tiny_gguf(dir.path / "m.gguf", spec), registry());
+    RefLane oracle;
+    CudaLane lane(CudaLaneOptions{.device = 0, .poison_outputs = true});
+    oracle.load(model);
+    lane.load(model);
+    std::vector<int32_t> tokens{1, 5, 7, 3, 39, 0};
+    expect_cells_close(lane, oracle, tokens, 1e-5, name);
+    Trace got;
+    Logits logits = prefill(lane, tokens, CapturePlan::all(), got);
+    EXPECT_TRUE(std::all_of(logits.values.begin(), logits.values.end(),
+                            [](float v) { return std::isfinite(v); }));
+    replay_all(lane, model, tokens, got);
+    // Decode past the sliding window matches the oracle's decode.
+    Trace t;
+    oracle.forward(std::span(tokens).first(2), 0, CapturePlan::none(), t);
+    lane.forward(std::span(tokens).first(2), 0, CapturePlan::none(), t);
+    for (size_t i = 2; i < tokens.size(); ++i) {
+      Logits a = oracle.forward(std::span(tokens).subspan(i, 1), static_cast<uint32_t>(i),
+                                CapturePlan::none(), t);
+      Logits b = lane.forward(std::span(tokens).subspan(i, 1), static_cast<uint32_t>(i),
+                              CapturePlan::none(), t);
+      EXPECT_LE(relative_rms(b.values, a.values), 1e-5) << "position " << i;
+    }
+  }
+}
+
+TEST(CudaLaneErrors, BadCallsFailTheLaneNotTheProcess) {
+  // A device that does not exist: a lockstep::Error, with or without a GPU.
+  Error no_device = test::expect_error([] { CudaLane lane(CudaLaneOptions{.device = 999}); });
+  EXPECT_NE(std::string(no_device.what()).find("no CUDA device"), std::string::npos);
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  CudaLane lane;
+  Trace trace;
+  int32_t tok = 1;
+  EXPECT_NE(std::string(test::expect_error([&] {
+                          lane.forward({&tok, 1}, 0, CapturePlan::none(), trace);
+                        }).what())
+                .find("no model"),
+            std::string::npos);
+  test::ScratchDir dir("cuda_errors");
+  Model model = open_model(test::write_tiny_gguf(dir.path / "m.gguf", {}), registry());
+  lane.load(model);
+  test::expect_error([&] { lane.forward({}, 0, CapturePlan::none(), trace); });
+  test::expect_error([&] { lane.forward({&tok, 1}, 3, CapturePlan::none(), trace); });
+  int32_t out_of_vocab = 40;
+  Error e = test::expect_error([&] { lane.forward({&out_of_vocab, 1}, 0, CapturePlan::none(), trace); });
+  EXPECT_NE(std::string(e.what()).find("outside the vocabulary"), std::string::npos) << e.what();
+  // The lane still works after each failure.
+  Logits ok = lane.forward({&tok, 1}, 0, CapturePlan::none(), trace);
+  EXPECT_EQ(ok.tokens, 1u);
+}
+
+}  // namespace
+}  // namespace lockstep::cuda
