@@ -545,5 +545,30 @@ TEST(FaultOverflow, SoftmaxWithoutMaxOverflowsOnLargeScores) {
   EXPECT_GT(non_finite(faulted.replay(*softmax, in)), 0);
 }
 
+// On a trained model the overflow is real: stories260K's scores reach ~15.6 in layer 2 (and
+// stay under 11.09, fp16's exp limit, in layers 0 and 1), so softmax_no_max turns layer 2's
+// probabilities to NaN while the clean lane's stay finite.
+TEST(FaultOverflow, SoftmaxWithoutMaxOverflowsOnStories260K) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  const Model& model = shared_model("stories260K.gguf");
+  const std::vector<int32_t> tokens{1, 403, 407, 261, 378};  // BOS "Once upon a time"
+  CpuLane clean(CpuLaneOptions{.threads = 1});
+  CpuLane faulted(CpuLaneOptions{.threads = 1, .isa = std::nullopt,
+                                 .fault = FaultSpec::parse("softmax_no_max")});
+  clean.load(model);
+  faulted.load(model);
+  Trace a, b;
+  prefill(clean, tokens, CapturePlan::all(), a);
+  prefill(faulted, tokens, CapturePlan::all(), b);
+  auto non_finite = [](const Trace& t, uint32_t layer) {
+    const Tensor* x = t.find({Stage::AttnSoftmax, layer});
+    return std::count_if(x->data.begin(), x->data.end(), [](float v) { return !std::isfinite(v); });
+  };
+  for (uint32_t L = 0; L < model.config.layers; ++L) EXPECT_EQ(non_finite(a, L), 0) << L;
+  EXPECT_EQ(non_finite(b, 0), 0);
+  EXPECT_EQ(non_finite(b, 1), 0);
+  EXPECT_GT(non_finite(b, 2), 0);
+}
+
 }  // namespace
 }  // namespace lockstep::engine
