@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "app/commands.h"
-#include "engine/faults.h"
 #include "engine/family.h"
+#include "engine/faults.h"
 #include "engine/generate.h"
 #include "engine/lanes.h"
 #include "engine/tokenizer.h"

@@ -115,8 +115,7 @@ struct CpuLane::Impl {
   }
 };
 
-CpuLane::CpuLane(CpuLaneOptions options)
-    : fault_(options.fault), impl_(std::make_unique<Impl>()) {
+CpuLane::CpuLane(CpuLaneOptions options) : fault_(options.fault), impl_(std::make_unique<Impl>()) {
   threads_ = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   isa_ = options.isa ? *options.isa : cpu::best_isa();
   const auto supported = cpu::supported_isas();
@@ -286,8 +285,8 @@ class Runner {
     };
     if (lag) {
       for (uint64_t j = 0; j < ctx; ++j)
-        row[j] = visible(j) ? scale * cpu::dot_f32(isa_, q, k + lagged_slot(j) * kv_dim, hd)
-                            : kNegInf;
+        row[j] =
+            visible(j) ? scale * cpu::dot_f32(isa_, q, k + lagged_slot(j) * kv_dim, hd) : kNegInf;
       return;
     }
     for (uint64_t j = 0; j < ctx; ++j)
@@ -337,8 +336,8 @@ class Runner {
   // partial_write: only the first part of each [width] row of `node`'s output is written.
   void finish(const Node& node, Buf& y) const {
     if (!faulty(node, FaultKind::PartialWrite) || node.width == 0) return;
-    const uint64_t keep = static_cast<uint64_t>(static_cast<double>(node.width) *
-                                                kPartialWriteFraction);
+    const uint64_t keep =
+        static_cast<uint64_t>(static_cast<double>(node.width) * kPartialWriteFraction);
     for (uint64_t r = 0; r < y.size() / node.width; ++r)
       std::fill(y.begin() + static_cast<ptrdiff_t>(r * node.width + keep),
                 y.begin() + static_cast<ptrdiff_t>((r + 1) * node.width), 0.0f);
@@ -485,7 +484,7 @@ void Runner::run(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) {
         double var = 0.0;
         for (uint64_t i = 0; i < width; ++i) var += (xr[i] - mean) * (xr[i] - mean);
         const float inv =
-          static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(width) + eps(node)));
+            static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(width) + eps(node)));
         const float mf = static_cast<float>(mean);
         for (uint64_t i = 0; i < width; ++i) y[t * width + i] = (xr[i] - mf) * inv * w[i] + b[i];
       }
@@ -687,8 +686,8 @@ Logits CpuLane::forward(std::span<const int32_t> tokens, uint32_t pos, const Cap
         if (!wants(node) && !wants(probs)) {
           Buf& att = out[sum.index];
           att = s.acquire(0);
-          runner.fused_attention(node, probs, sum, *a.in[0], n, pos, ctx, lc.k.data(),
-                                 lc.v.data(), att);
+          runner.fused_attention(node, probs, sum, *a.in[0], n, pos, ctx, lc.k.data(), lc.v.data(),
+                                 att);
           done[node.index] = done[probs.index] = done[sum.index] = true;
           if (wants(sum))
             trace.put({*sum.stage, sum.layer}, Tensor{{n, sum.width}, att});

@@ -1,7 +1,7 @@
 #include "engine/faults.h"
 
-#include <array>
 #include <algorithm>
+#include <array>
 #include <charconv>
 
 #include "formats/error.h"
@@ -22,10 +22,11 @@ constexpr std::array<Stage, 1> kSiluStages{Stage::FfnSilu};
 constexpr std::array<Stage, 1> kScoreStages{Stage::AttnScores};
 // Every stage whose rows are per token ([tokens, width]).
 constexpr std::array<Stage, 18> kRowStages{
-    Stage::Embedding, Stage::AttnNorm, Stage::QkvMatmul, Stage::QkvBias,   Stage::QPostRope,
-    Stage::KPostRope, Stage::Attention, Stage::AttnOut,  Stage::PostAttnResidual,
-    Stage::FfnNorm,   Stage::FfnGate,  Stage::FfnUp,     Stage::FfnSilu,   Stage::FfnSwigl,
-    Stage::FfnOut,    Stage::PostFfnResidual, Stage::FinalNorm, Stage::LmHead};
+    Stage::Embedding,        Stage::AttnNorm,  Stage::QkvMatmul, Stage::QkvBias,
+    Stage::QPostRope,        Stage::KPostRope, Stage::Attention, Stage::AttnOut,
+    Stage::PostAttnResidual, Stage::FfnNorm,   Stage::FfnGate,   Stage::FfnUp,
+    Stage::FfnSilu,          Stage::FfnSwigl,  Stage::FfnOut,    Stage::PostFfnResidual,
+    Stage::FinalNorm,        Stage::LmHead};
 
 constexpr std::array<FaultInfo, 10> kFaults{{
     {FaultKind::GemvTransposed, "gemv_transposed",
@@ -73,8 +74,8 @@ constexpr std::array<FaultInfo, 10> kFaults{{
      "and the result in fp16, as a half-precision attention kernel does. A score above ~11.09 "
      "overflows fp16 (exp(11.09) > 65504) and the row turns to NaN or zeros: the Qwen2 KQ "
      "overflow class. On a model whose scores stay small nothing overflows; there the cell is "
-     "marked only by the fp16 rounding (~3e-4 relative), so the overflow diagnosis needs a "
-     "prompt with large scores.",
+     "marked only by the fp16 rounding (~3e-4 relative) and the overflow shows only where "
+     "scores are large (stories260K's layer 2 reaches 15.6 and turns to NaN).",
      kCpuOnly, kSoftmaxStages, Stage::AttnSoftmax, BugClass::Overflow, false},
     {FaultKind::SiluAsGelu, "silu_as_gelu",
      "The gated MLP's activation is GELU (tanh approximation) instead of SiLU: a GELU family's "
@@ -109,16 +110,25 @@ std::string fault_name_list() {
 
 bool op_fits(FaultKind kind, Op op) {
   switch (kind) {
-    case FaultKind::GemvTransposed: return op == Op::MatMul;
+    case FaultKind::GemvTransposed:
+      return op == Op::MatMul;
     case FaultKind::GqaHeadMap:
-    case FaultKind::KvCacheOffByOne: return op == Op::AttnScores || op == Op::AttnWeightedSum;
-    case FaultKind::RopeNeoxSwap: return op == Op::Rope;
-    case FaultKind::DropQkvBias: return op == Op::AddBias;
-    case FaultKind::RmsEpsWrong: return op == Op::RmsNorm || op == Op::LayerNorm;
-    case FaultKind::SoftmaxNoMax: return op == Op::Softmax;
-    case FaultKind::SiluAsGelu: return op == Op::Silu;
-    case FaultKind::AttnScaleMissing: return op == Op::AttnScores;
-    case FaultKind::PartialWrite: return true;
+    case FaultKind::KvCacheOffByOne:
+      return op == Op::AttnScores || op == Op::AttnWeightedSum;
+    case FaultKind::RopeNeoxSwap:
+      return op == Op::Rope;
+    case FaultKind::DropQkvBias:
+      return op == Op::AddBias;
+    case FaultKind::RmsEpsWrong:
+      return op == Op::RmsNorm || op == Op::LayerNorm;
+    case FaultKind::SoftmaxNoMax:
+      return op == Op::Softmax;
+    case FaultKind::SiluAsGelu:
+      return op == Op::Silu;
+    case FaultKind::AttnScaleMissing:
+      return op == Op::AttnScores;
+    case FaultKind::PartialWrite:
+      return true;
   }
   return false;
 }
@@ -132,10 +142,13 @@ std::string_view bug_class_name(BugClass c) {
 }
 
 std::string_view bug_class_label(BugClass c) {
-  constexpr std::array<std::string_view, 7> labels{
-      "transposed/mis-strided layout", "missing/extra scale", "bias missing/doubled",
-      "RoPE/position/KV cache",        "head mapping",        "overflow",
-      "partial write"};
+  constexpr std::array<std::string_view, 7> labels{"transposed/mis-strided layout",
+                                                   "missing/extra scale",
+                                                   "bias missing/doubled",
+                                                   "RoPE/position/KV cache",
+                                                   "head mapping",
+                                                   "overflow",
+                                                   "partial write"};
   return labels[static_cast<size_t>(c)];
 }
 
@@ -222,17 +235,16 @@ std::vector<bool> resolve_fault(const FaultSpec& spec, const Plan& plan, const M
     if (node.stage != spec.stage) continue;
     if (spec.layer && node.layer != spec.layer) continue;
     if (!op_fits(spec.kind, node.op))
-      throw Error(where + "the model computes " + std::string(stage_name(spec.stage)) +
-                  " with " + std::string(op_name(node.op)) + ", which " +
-                  std::string(info.name) + " does not apply to");
+      throw Error(where + "the model computes " + std::string(stage_name(spec.stage)) + " with " +
+                  std::string(op_name(node.op)) + ", which " + std::string(info.name) +
+                  " does not apply to");
     hit[node.index] = any = true;
   }
   if (!any)
     throw Error(where + "the model (" + c.family + ") has no " +
                 std::string(stage_name(spec.stage)) + " cell");
   const bool at_scores = spec.stage == Stage::AttnScores || spec.stage == Stage::Attention;
-  if (spec.kind == FaultKind::GqaHeadMap && at_scores &&
-      (c.kv_heads <= 1 || c.kv_heads >= c.heads))
+  if (spec.kind == FaultKind::GqaHeadMap && at_scores && (c.kv_heads <= 1 || c.kv_heads >= c.heads))
     throw Error(where + "the model has " + std::to_string(c.heads) + " query heads and " +
                 std::to_string(c.kv_heads) +
                 " KV heads; without grouping both head mappings are the same");
@@ -248,9 +260,10 @@ std::string fault_list_text() {
   std::string s;
   for (const FaultInfo& f : kFaults) {
     const FaultSpec d = FaultSpec::defaults(f.kind);
-    s += std::string(f.name) + "  (default " + d.str() + (stage_info(d.stage).per_layer ? " in every layer" : "") +
-         "; stages: " + join(f.stages) + "; diagnosis: " + std::string(bug_class_label(f.diagnosis)) +
-         ")\n  " + std::string(f.description) + "\n";
+    s += std::string(f.name) + "  (default " + d.str() +
+         (stage_info(d.stage).per_layer ? " in every layer" : "") + "; stages: " + join(f.stages) +
+         "; diagnosis: " + std::string(bug_class_label(f.diagnosis)) + ")\n  " +
+         std::string(f.description) + "\n";
   }
   return s;
 }

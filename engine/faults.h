@@ -30,7 +30,7 @@ enum class BugClass : uint8_t {
   Overflow,      // NaN/Inf: softmax without max subtraction, fp16 accumulation
   PartialWrite,  // zeros past some index
 };
-std::string_view bug_class_name(BugClass c);  // "layout", "scale", ... (stable, for reports)
+std::string_view bug_class_name(BugClass c);   // "layout", "scale", ... (stable, for reports)
 std::string_view bug_class_label(BugClass c);  // "transposed/mis-strided layout", ...
 
 enum class FaultKind : uint8_t {
@@ -49,7 +49,7 @@ enum class FaultKind : uint8_t {
 struct FaultInfo {
   FaultKind kind;
   std::string_view name;
-  std::string_view description;  // what it does and which real bug it mimics
+  std::string_view description;             // what it does and which real bug it mimics
   std::span<const std::string_view> lanes;  // lanes that can carry it
   std::span<const Stage> stages;            // stages it can be planted at
   Stage default_stage;                      // planted in every layer when no target is given

@@ -205,8 +205,8 @@ TEST(DumpCli, FaultChangesTheTargetCellAndNothingBeforeIt) {
   const fs::path clean = scratch.path / "clean", faulted = scratch.path / "faulted";
   const std::string base = "dump " + stories() + " --lane cpu --threads 1 --tokens 1,403,407,261";
   ASSERT_EQ(test::run_lockstep(base + " --out " + shell_quote(clean)).code, 0);
-  test::CliResult r = test::run_lockstep(base + " --fault rms_eps_wrong@ffn_norm,2 --out " +
-                                         shell_quote(faulted));
+  test::CliResult r =
+      test::run_lockstep(base + " --fault rms_eps_wrong@ffn_norm,2 --out " + shell_quote(faulted));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("from the cpu lane with fault rms_eps_wrong@ffn_norm,2 to "),
             std::string::npos)

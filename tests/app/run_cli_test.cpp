@@ -105,9 +105,9 @@ TEST(RunCli, FaultChangesTheCpuLanesOutput) {
   expect_one_line_error(
       test::run_lockstep("run " + stories() + " --lane cpu --fault drop_qkv_bias --prompt hi"),
       "has no qkv_bias cell");
-  expect_one_line_error(
-      test::run_lockstep("run " + stories() + " --lane cpu --fault silu_as_gelu@lm_head --prompt hi"),
-      "it can be planted at ffn_silu");
+  expect_one_line_error(test::run_lockstep("run " + stories() +
+                                           " --lane cpu --fault silu_as_gelu@lm_head --prompt hi"),
+                        "it can be planted at ffn_silu");
 
   test::CliResult list = test::run_lockstep("run --list-faults");
   ASSERT_EQ(list.code, 0) << list.err;

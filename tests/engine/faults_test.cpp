@@ -183,8 +183,8 @@ void expect_symptom(BugClass bug, const Tensor& a, const Tensor& b, const ModelC
         std::vector<float> ha, hb;
         for (uint64_t t = 0; t < tokens; ++t)
           for (uint64_t i = 0; i < (per_head ? width : c.head_dim); ++i) {
-            const uint64_t at = per_head ? (h * tokens + t) * width + i
-                                         : t * width + h * c.head_dim + i;
+            const uint64_t at =
+                per_head ? (h * tokens + t) * width + i : t * width + h * c.head_dim + i;
             ha.push_back(a.data[at]);
             hb.push_back(b.data[at]);
           }
@@ -266,10 +266,12 @@ TEST(FaultSpecParse, NamesStagesAndLayers) {
   EXPECT_EQ(c.stage, Stage::FfnOut);
   EXPECT_EQ(c.layer, std::nullopt);
   EXPECT_EQ(c.first_cell(), (Cell{Stage::FfnOut, 0u}));  // every layer: the first is layer 0
-  EXPECT_EQ(FaultSpec::parse("silu_as_gelu"), (FaultSpec{FaultKind::SiluAsGelu, Stage::FfnSilu, {}}));
+  EXPECT_EQ(FaultSpec::parse("silu_as_gelu"),
+            (FaultSpec{FaultKind::SiluAsGelu, Stage::FfnSilu, {}}));
   for (const FaultInfo& f : fault_registry())
     for (Stage s : f.stages) {
-      FaultSpec spec{f.kind, s, stage_info(s).per_layer ? std::optional<uint32_t>(1) : std::nullopt};
+      FaultSpec spec{f.kind, s,
+                     stage_info(s).per_layer ? std::optional<uint32_t>(1) : std::nullopt};
       EXPECT_EQ(FaultSpec::parse(spec.str()), spec) << spec.str();
     }
 }
@@ -290,9 +292,9 @@ TEST(FaultSpecParse, BadSpecsNameTheProblemAndTheChoices) {
   EXPECT_NE(bogus.find("unknown stage \"bogus\""), std::string::npos) << bogus;
   EXPECT_NE(bogus.find("attn_scores, attention"), std::string::npos) << bogus;
   EXPECT_NE(message("gemv_transposed@lm_head,1").find("whole-model stage"), std::string::npos);
-  for (const char* bad : {"rms_eps_wrong@attn_norm,x", "rms_eps_wrong@attn_norm,",
-                          "rms_eps_wrong@attn_norm,-1", "rms_eps_wrong@attn_norm,1,2",
-                          "rms_eps_wrong@attn_norm,99999999999"})
+  for (const char* bad :
+       {"rms_eps_wrong@attn_norm,x", "rms_eps_wrong@attn_norm,", "rms_eps_wrong@attn_norm,-1",
+        "rms_eps_wrong@attn_norm,1,2", "rms_eps_wrong@attn_norm,99999999999"})
     EXPECT_NE(message(bad).find("is not a layer number"), std::string::npos) << bad;
   EXPECT_NE(message("rms_eps_wrong@").find("unknown stage \"\""), std::string::npos);
 }
@@ -300,7 +302,8 @@ TEST(FaultSpecParse, BadSpecsNameTheProblemAndTheChoices) {
 TEST(FaultResolve, RefusesFaultsThatCannotShowOnTheModel) {
   const Model& llama = synthetic("llama");
   auto load_error = [](const Model& m, std::string_view spec) {
-    CpuLane lane(CpuLaneOptions{.threads = 1, .isa = std::nullopt, .fault = FaultSpec::parse(spec)});
+    CpuLane lane(
+        CpuLaneOptions{.threads = 1, .isa = std::nullopt, .fault = FaultSpec::parse(spec)});
     return std::string(test::expect_error([&] { lane.load(m); }).what());
   };
   EXPECT_NE(load_error(llama, "drop_qkv_bias").find("has no qkv_bias cell"), std::string::npos);
@@ -312,10 +315,10 @@ TEST(FaultResolve, RefusesFaultsThatCannotShowOnTheModel) {
   EXPECT_NE(load_error(starcoder2, "silu_as_gelu").find("with gelu"), std::string::npos);
 
   // The plan nodes a spec corrupts: one cell, or the stage in every layer.
-  std::vector<bool> one = resolve_fault(FaultSpec::parse("rms_eps_wrong@ffn_norm,1"), llama.plan,
-                                        llama.config);
-  std::vector<bool> every = resolve_fault(FaultSpec::parse("rms_eps_wrong@ffn_norm"), llama.plan,
-                                          llama.config);
+  std::vector<bool> one =
+      resolve_fault(FaultSpec::parse("rms_eps_wrong@ffn_norm,1"), llama.plan, llama.config);
+  std::vector<bool> every =
+      resolve_fault(FaultSpec::parse("rms_eps_wrong@ffn_norm"), llama.plan, llama.config);
   EXPECT_EQ(std::count(one.begin(), one.end(), true), 1);
   EXPECT_TRUE(one[llama.plan.find(Stage::FfnNorm, 1u)->index]);
   EXPECT_EQ(std::count(every.begin(), every.end(), true), 2);
@@ -343,13 +346,26 @@ std::vector<FaultCase> fault_cases() {
   // Llama (normal RoPE, no biases), Qwen2 (NeoX RoPE, QKV bias) and StarCoder2 (LayerNorm,
   // a non-gated GELU MLP, biases everywhere).
   for (const std::string family : {"llama", "qwen2", "starcoder2"})
-    for (const std::string spec :
-         {"gemv_transposed", "gemv_transposed@qkv_matmul,1", "gemv_transposed@ffn_up",
-          "gqa_head_map", "gqa_head_map@attention", "rope_neox_swap", "rope_neox_swap@k_post_rope",
-          "drop_qkv_bias", "rms_eps_wrong", "rms_eps_wrong@ffn_norm,1", "rms_eps_wrong@final_norm",
-          "kv_cache_off_by_one", "kv_cache_off_by_one@attention,1", "softmax_no_max",
-          "silu_as_gelu", "attn_scale_missing", "partial_write", "partial_write@attention",
-          "partial_write@ffn_swigl,1", "partial_write@lm_head"}) {
+    for (const std::string spec : {"gemv_transposed",
+                                   "gemv_transposed@qkv_matmul,1",
+                                   "gemv_transposed@ffn_up",
+                                   "gqa_head_map",
+                                   "gqa_head_map@attention",
+                                   "rope_neox_swap",
+                                   "rope_neox_swap@k_post_rope",
+                                   "drop_qkv_bias",
+                                   "rms_eps_wrong",
+                                   "rms_eps_wrong@ffn_norm,1",
+                                   "rms_eps_wrong@final_norm",
+                                   "kv_cache_off_by_one",
+                                   "kv_cache_off_by_one@attention,1",
+                                   "softmax_no_max",
+                                   "silu_as_gelu",
+                                   "attn_scale_missing",
+                                   "partial_write",
+                                   "partial_write@attention",
+                                   "partial_write@ffn_swigl,1",
+                                   "partial_write@lm_head"}) {
       const bool gated = family != "starcoder2";
       if (spec == "drop_qkv_bias" && family == "llama") continue;
       if (!gated && (spec == "silu_as_gelu" || spec == "partial_write@ffn_swigl,1")) continue;
@@ -388,8 +404,8 @@ TEST_P(FaultFound, FirstDivergenceIsTheTargetAndReplaySaysIntroducedHere) {
   const double local = local_error(faulted, model, *node, kPrompt, expected, expected);
   EXPECT_GT(local, kDiverged) << "replay of " << cell_name(target) << " shows no local error";
   std::printf("[fault] %-34s %-6s first divergence %-20s %.2e, replayed there %.2e\n",
-              c.spec.c_str(), c.family.c_str(), describe(d).substr(0, describe(d).find(' ')).c_str(),
-              d.error, local);
+              c.spec.c_str(), c.family.c_str(),
+              describe(d).substr(0, describe(d).find(' ')).c_str(), d.error, local);
   if (before) {
     EXPECT_LE(local_error(faulted, model, *before, kPrompt, expected, expected), kClean)
         << cell_name({*before->stage, before->layer});
@@ -468,8 +484,9 @@ TEST(FaultFoundQuantized, AgainstTheCleanLaneTheFirstDifferenceIsTheTarget) {
       EXPECT_GT(d.error, kDiverged) << describe(d);
       const Node* node = model.plan.find(d.cell->stage, d.cell->layer);
       EXPECT_GT(local_error(faulted, model, *node, kPrompt, expected, expected), kDiverged);
-      EXPECT_EQ(local_error(faulted, model, *node_before(model, *node), kPrompt, expected, expected),
-                0.0);
+      EXPECT_EQ(
+          local_error(faulted, model, *node_before(model, *node), kPrompt, expected, expected),
+          0.0);
     }
   }
 }
@@ -509,8 +526,8 @@ TEST(FaultFreeLanes, NoDivergenceAcrossSeedsAndQuantMixes) {
         Divergence d = first_divergence(a, b, kQuantized);
         EXPECT_FALSE(d.cell.has_value()) << describe(d);
         std::printf("[clean cpu vs ref] %-6s %-7s seed %llu: worst cell %.2e\n", family,
-                    std::string(quant_mix_name(mix)).c_str(),
-                    static_cast<unsigned long long>(seed), worst);
+                    std::string(quant_mix_name(mix)).c_str(), static_cast<unsigned long long>(seed),
+                    worst);
       }
     }
   }
@@ -536,8 +553,8 @@ TEST(FaultOverflow, SoftmaxWithoutMaxOverflowsOnLargeScores) {
     return std::count_if(t.data.begin(), t.data.end(), [](float v) { return !std::isfinite(v); });
   };
   CpuLane clean(CpuLaneOptions{.threads = 1});
-  CpuLane faulted(CpuLaneOptions{.threads = 1, .isa = std::nullopt,
-                                 .fault = FaultSpec::parse("softmax_no_max")});
+  CpuLane faulted(CpuLaneOptions{
+      .threads = 1, .isa = std::nullopt, .fault = FaultSpec::parse("softmax_no_max")});
   clean.load(model);
   faulted.load(model);
   std::vector<Tensor> in{scores};
@@ -553,8 +570,8 @@ TEST(FaultOverflow, SoftmaxWithoutMaxOverflowsOnStories260K) {
   const Model& model = shared_model("stories260K.gguf");
   const std::vector<int32_t> tokens{1, 403, 407, 261, 378};  // BOS "Once upon a time"
   CpuLane clean(CpuLaneOptions{.threads = 1});
-  CpuLane faulted(CpuLaneOptions{.threads = 1, .isa = std::nullopt,
-                                 .fault = FaultSpec::parse("softmax_no_max")});
+  CpuLane faulted(CpuLaneOptions{
+      .threads = 1, .isa = std::nullopt, .fault = FaultSpec::parse("softmax_no_max")});
   clean.load(model);
   faulted.load(model);
   Trace a, b;
