@@ -8,6 +8,7 @@
 
 #include "app/commands.h"
 #include "engine/family.h"
+#include "engine/faults.h"
 #include "engine/generate.h"
 #include "engine/lanes.h"
 #include "engine/tokenizer.h"
@@ -34,6 +35,7 @@ struct DumpArgs {
   unsigned threads = 0;
   std::string out;
   bool force = false;
+  std::string fault;
 };
 
 // The manifest's "config": what a reader needs to interpret the cells without the model.
@@ -93,7 +95,9 @@ int cmd_dump(const DumpArgs& a) {
     throw Error("dump: give either --prompt TEXT or --tokens IDS (one of them, not both)");
   if (a.chat && a.prompt.empty()) throw Error("dump: --chat applies to --prompt only");
   engine::CapturePlan capture = engine::CapturePlan::parse(a.stages);
-  std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, {a.threads});
+  engine::LaneOptions lane_options{.threads = a.threads, .fault = std::nullopt};
+  if (!a.fault.empty()) lane_options.fault = engine::FaultSpec::parse(a.fault);
+  std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, lane_options);
   // Refuses an existing --out (without --force) before any work; with --force the old dump is
   // replaced only on commit, once the new one is complete.
   std::error_code ec;
@@ -146,12 +150,19 @@ int cmd_dump(const DumpArgs& a) {
   writer.set_manifest(std::move(m));  // files: the shapes given to write()
   writer.commit();
 
-  std::printf("wrote %zu cells (%s) of %zu tokens from the %s lane to %s\n", trace.size(),
-              human_bytes(bytes).c_str(), tokens.size(), lane->name().c_str(), a.out.c_str());
+  const std::string fault =
+      lane_options.fault ? " with fault " + lane_options.fault->str() : std::string();
+  std::printf("wrote %zu cells (%s) of %zu tokens from the %s lane%s to %s\n", trace.size(),
+              human_bytes(bytes).c_str(), tokens.size(), lane->name().c_str(), fault.c_str(),
+              a.out.c_str());
   return kExitOk;
 }
 
 }  // namespace
+
+// --fault and --list-faults, shared with `run` (cmd_run.cpp). It belongs in commands.h, which
+// this change does not touch.
+void add_fault_options(CLI::App& sub, std::string& fault);
 
 Command add_dump_command(CLI::App& app) {
   auto args = std::make_shared<DumpArgs>();
@@ -178,6 +189,7 @@ Command add_dump_command(CLI::App& app) {
       ->required();
   sub->add_flag("--force", args->force,
                 "Replace an existing dump at --out, once the new one is complete");
+  add_fault_options(*sub, args->fault);
   return {sub, [args] { return cmd_dump(*args); }};
 }
 

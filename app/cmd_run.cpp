@@ -9,6 +9,7 @@
 
 #include "app/commands.h"
 #include "engine/family.h"
+#include "engine/faults.h"
 #include "engine/generate.h"
 #include "engine/lanes.h"
 #include "engine/tokenizer.h"
@@ -49,6 +50,7 @@ struct RunArgs {
   float top_p = 1.0f;
   uint64_t seed = 0;
   unsigned threads = 0;
+  std::string fault;
 };
 
 int cmd_run(const RunArgs& a) {
@@ -56,7 +58,9 @@ int cmd_run(const RunArgs& a) {
   if (a.max_tokens < 1)
     throw Error("run: -n must be at least 1, got " + std::to_string(a.max_tokens));
   // The lane first: a mistyped name should not cost a model load.
-  std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, {a.threads});
+  engine::LaneOptions lane_options{.threads = a.threads, .fault = std::nullopt};
+  if (!a.fault.empty()) lane_options.fault = engine::FaultSpec::parse(a.fault);
+  std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, lane_options);
   engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());
   if (!model.gguf)
     throw Error("run: " + a.model +
@@ -95,6 +99,7 @@ int cmd_run(const RunArgs& a) {
   std::string where = a.lane == "ref" ? "ref lane, single-threaded"
                                       : a.lane + " lane, " + std::to_string(threads) +
                                             (threads == 1 ? " thread" : " threads");
+  if (lane_options.fault) where += ", fault " + lane_options.fault->str();
   char line[256];
   std::snprintf(line, sizeof line,
                 "prompt %llu tokens, prefill %.1f tok/s; generated %llu tokens, %.1f tok/s%s (%s)",
@@ -114,6 +119,20 @@ std::string cpu_lane_list() {
   std::string s;
   for (const std::string& n : engine::cpu_lane_names()) s += (s.empty() ? "" : ", ") + n;
   return s;
+}
+
+// --fault and --list-faults (run and dump).
+void add_fault_options(CLI::App& sub, std::string& fault) {
+  sub.add_option("--fault", fault,
+                 "Plant a bug in the cpu lane: NAME[@stage[,layer]], e.g. gemv_transposed@lm_head "
+                 "or rms_eps_wrong@attn_norm,3 (no layer: every layer); see --list-faults");
+  sub.add_flag_callback(
+      "--list-faults",
+      [] {
+        std::cout << engine::fault_list_text();
+        throw CLI::Success();
+      },
+      "List the faults --fault can plant, with what each does, and exit");
 }
 
 Command add_run_command(CLI::App& app) {
@@ -140,6 +159,7 @@ Command add_run_command(CLI::App& app) {
   sub->add_option("--threads", args->threads,
                   "Threads for the cpu lane; 0 = one per hardware thread")
       ->capture_default_str();
+  add_fault_options(*sub, args->fault);
   return {sub, [args] { return cmd_run(*args); }};
 }
 

@@ -34,6 +34,23 @@ void rms_norm_row(const float* x, float* y, uint64_t width, const float* w, doub
   for (uint64_t i = 0; i < width; ++i) y[i] = x[i] * inv * w[i];
 }
 
+void gelu(const float* x, float* y, size_t count) {  // tanh approximation
+  const float k = static_cast<float>(std::sqrt(2.0 / std::numbers::pi));
+  for (size_t i = 0; i < count; ++i) {
+    const float v = x[i];
+    y[i] = 0.5f * v * (1.0f + std::tanh(k * (v + 0.044715f * v * v * v)));
+  }
+}
+
+float round_fp16(float v) {
+  return formats::fp16_to_f32(formats::f32_to_fp16(v));
+}
+
+// The context slot a fault reads for key/value j: kv_cache_off_by_one lags by one.
+constexpr uint64_t lagged_slot(uint64_t j) {
+  return j == 0 ? 0 : j - 1;
+}
+
 }  // namespace
 
 // Everything the lane keeps between calls: weights as the kernels see them, small tensors
@@ -62,6 +79,17 @@ struct CpuLane::Impl {
   std::vector<size_t> last_use;                            // per node: its last reader
   std::vector<LayerCache> cache;                           // [layers]
 
+  // The planted fault, resolved at load: its kind and, per node, whether it is corrupted.
+  std::optional<FaultKind> fault;
+  std::vector<bool> faulted;  // [nodes]; empty without a fault
+  // gemv_transposed: per weight tensor of a faulted matmul, an f32 copy laid out so that the
+  // ordinary kernel computes the wrong-stride read.
+  struct Miswired {
+    Buf values;  // [rows, cols]  values[o·cols + i] = W_flat[i·rows + o]
+    cpu::WeightMatrix w;
+  };
+  std::map<const std::byte*, Miswired> miswired;
+
   // Activations prepared for the matrices of the node that last read them.
   struct Prepared {
     size_t input = SIZE_MAX;  // node whose output they hold
@@ -87,7 +115,7 @@ struct CpuLane::Impl {
   }
 };
 
-CpuLane::CpuLane(CpuLaneOptions options) : impl_(std::make_unique<Impl>()) {
+CpuLane::CpuLane(CpuLaneOptions options) : fault_(options.fault), impl_(std::make_unique<Impl>()) {
   threads_ = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   isa_ = options.isa ? *options.isa : cpu::best_isa();
   const auto supported = cpu::supported_isas();
@@ -147,6 +175,36 @@ void CpuLane::load(const Model& m) {
     }
   }
   s.inv_freq = rope_inv_freq(m.config, m.weights);
+  s.fault.reset();
+  s.faulted.clear();
+  s.miswired.clear();
+  if (fault_) {
+    s.faulted = resolve_fault(*fault_, m.plan, m.config);
+    s.fault = fault_->kind;
+    if (fault_->kind == FaultKind::GemvTransposed) {
+      for (const Node& node : m.plan.nodes) {
+        if (!s.faulted[node.index]) continue;
+        for (const WeightRef& ref : node.weights) {
+          const TensorRef* t = m.weights.find(ref);
+          const std::byte* key = t->data.data();
+          if (s.miswired.contains(key)) continue;
+          const uint64_t cols = t->dims[0], rows = t->dims[1];  // stored [rows, cols]
+          Buf flat(t->elements());
+          formats::dequantize(t->type, t->data, flat);
+          Impl::Miswired mw;
+          mw.values.resize(rows * cols);
+          for (uint64_t o = 0; o < rows; ++o)
+            for (uint64_t i = 0; i < cols; ++i) mw.values[o * cols + i] = flat[i * rows + o];
+          Impl::Miswired& e = s.miswired.emplace(key, std::move(mw)).first->second;
+          e.w.type = formats::GgmlType::F32;
+          e.w.data = reinterpret_cast<const std::byte*>(e.values.data());
+          e.w.rows = rows;
+          e.w.cols = cols;
+          e.w.row_bytes = cols * sizeof(float);
+        }
+      }
+    }
+  }
   s.last_use.assign(m.plan.nodes.size(), 0);
   for (const Node& node : m.plan.nodes)
     for (size_t in : node.inputs) s.last_use[in] = std::max(s.last_use[in], node.index);
@@ -167,8 +225,18 @@ class Runner {
   Runner(const Model& m, CpuLane::Impl& s, unsigned threads, cpu::Isa isa)
       : m_(m), c_(m.config), s_(s), threads_(static_cast<int>(threads)), isa_(isa) {}
 
+  // Whether `kind` is planted at `node`: one test per node or row, never per element.
+  bool faulty(const Node& node, FaultKind kind) const {
+    return s_.fault == kind && s_.faulted[node.index];
+  }
+
   const cpu::WeightMatrix& matrix(const Node& node, const WeightRef& ref) const {
     const TensorRef* t = m_.weights.find(ref);
+    if (node.op == Op::MatMul && faulty(node, FaultKind::GemvTransposed)) {
+      auto it = t ? s_.miswired.find(t->data.data()) : s_.miswired.end();
+      if (it == s_.miswired.end()) fail(node, "weight " + weight_name(ref) + " is not loaded");
+      return it->second.w;
+    }
     auto it = t ? s_.matrices.find(t->data.data()) : s_.matrices.end();
     if (it == s_.matrices.end()) fail(node, "weight " + weight_name(ref) + " is not loaded");
     return it->second;
@@ -202,15 +270,30 @@ class Runner {
   // node-by-node path and the fused path call, so the two agree bit for bit.
   void score_row(const Node& node, const float* q, uint64_t h, uint64_t qpos, uint64_t ctx,
                  const float* k_ctx, float* row) const {
-    const uint64_t hd = c_.head_dim, kv_dim = c_.kv_dim(), kh = h / c_.gqa_ratio();
-    const float scale = static_cast<float>(node.scale);
-    for (uint64_t j = 0; j < ctx; ++j) {
-      const bool visible =
-          j <= qpos && !(c_.sliding_window && qpos - j >= *c_.sliding_window);
-      row[j] = visible ? scale * cpu::dot_f32(isa_, q, k_ctx + j * kv_dim + kh * hd, hd) : kNegInf;
+    const uint64_t hd = c_.head_dim, kv_dim = c_.kv_dim();
+    uint64_t kh = h / c_.gqa_ratio();
+    float scale = static_cast<float>(node.scale);
+    bool lag = false;
+    if (s_.fault && s_.faulted[node.index]) {
+      if (*s_.fault == FaultKind::GqaHeadMap) kh = h % c_.kv_heads;
+      if (*s_.fault == FaultKind::AttnScaleMissing) scale = 1.0f;
+      lag = *s_.fault == FaultKind::KvCacheOffByOne;
     }
+    const float* k = k_ctx + kh * hd;  // [ctx, kv_dim] from this head's offset
+    const auto visible = [&](uint64_t j) {
+      return j <= qpos && !(c_.sliding_window && qpos - j >= *c_.sliding_window);
+    };
+    if (lag) {
+      for (uint64_t j = 0; j < ctx; ++j)
+        row[j] =
+            visible(j) ? scale * cpu::dot_f32(isa_, q, k + lagged_slot(j) * kv_dim, hd) : kNegInf;
+      return;
+    }
+    for (uint64_t j = 0; j < ctx; ++j)
+      row[j] = visible(j) ? scale * cpu::dot_f32(isa_, q, k + j * kv_dim, hd) : kNegInf;
   }
-  static void softmax_row(float* row, uint64_t ctx) {
+  void softmax_row(const Node& node, float* row, uint64_t ctx) const {
+    if (faulty(node, FaultKind::SoftmaxNoMax)) return softmax_row_fp16_no_max(row, ctx);
     float mx = kNegInf;
     for (uint64_t j = 0; j < ctx; ++j) mx = std::max(mx, row[j]);
     double sum = 0.0;
@@ -221,18 +304,50 @@ class Runner {
     const float inv = static_cast<float>(1.0 / sum);
     for (uint64_t j = 0; j < ctx; ++j) row[j] *= inv;
   }
-  void weighted_sum_row(const float* p, uint64_t h, uint64_t ctx, const float* v_ctx,
-                        float* out) const {
-    const uint64_t hd = c_.head_dim, kv_dim = c_.kv_dim(), kh = h / c_.gqa_ratio();
+  // softmax_no_max: exp(s) without the row max; each term, the running sum and the result in
+  // fp16 (overflowing to Inf past 65504, so the row becomes NaN or zeros).
+  static void softmax_row_fp16_no_max(float* row, uint64_t ctx) {
+    float sum = 0.0f;
+    for (uint64_t j = 0; j < ctx; ++j) {
+      row[j] = row[j] == kNegInf ? 0.0f : round_fp16(std::exp(row[j]));
+      sum = round_fp16(sum + row[j]);
+    }
+    for (uint64_t j = 0; j < ctx; ++j) row[j] = round_fp16(row[j] / sum);
+  }
+  void weighted_sum_row(const Node& node, const float* p, uint64_t h, uint64_t ctx,
+                        const float* v_ctx, float* out) const {
+    const uint64_t hd = c_.head_dim, kv_dim = c_.kv_dim();
+    uint64_t kh = h / c_.gqa_ratio();
+    bool lag = false;
+    if (s_.fault && s_.faulted[node.index]) {
+      if (*s_.fault == FaultKind::GqaHeadMap) kh = h % c_.kv_heads;
+      lag = *s_.fault == FaultKind::KvCacheOffByOne;
+    }
+    const float* v = v_ctx + kh * hd;  // [ctx, kv_dim] from this head's offset
     std::fill(out, out + hd, 0.0f);
+    if (lag) {
+      for (uint64_t j = 0; j < ctx; ++j)
+        if (p[j] != 0.0f) cpu::axpy_f32(isa_, p[j], v + lagged_slot(j) * kv_dim, out, hd);
+      return;
+    }
     for (uint64_t j = 0; j < ctx; ++j)
-      if (p[j] != 0.0f) cpu::axpy_f32(isa_, p[j], v_ctx + j * kv_dim + kh * hd, out, hd);
+      if (p[j] != 0.0f) cpu::axpy_f32(isa_, p[j], v + j * kv_dim, out, hd);
+  }
+  // partial_write: only the first part of each [width] row of `node`'s output is written.
+  void finish(const Node& node, Buf& y) const {
+    if (!faulty(node, FaultKind::PartialWrite) || node.width == 0) return;
+    const uint64_t keep =
+        static_cast<uint64_t>(static_cast<double>(node.width) * kPartialWriteFraction);
+    for (uint64_t r = 0; r < y.size() / node.width; ++r)
+      std::fill(y.begin() + static_cast<ptrdiff_t>(r * node.width + keep),
+                y.begin() + static_cast<ptrdiff_t>((r + 1) * node.width), 0.0f);
   }
 
   // Scores, softmax and weighted sum in one pass per query row, with no [heads, tokens, ctx]
   // tensor: used when neither attn_scores nor attn_softmax of the layer is captured.
-  void fused_attention(const Node& scores_node, const Buf& q, uint64_t n, uint32_t pos,
-                       uint64_t ctx, const float* k_ctx, const float* v_ctx, Buf& y) {
+  void fused_attention(const Node& scores_node, const Node& probs_node, const Node& sum_node,
+                       const Buf& q, uint64_t n, uint32_t pos, uint64_t ctx, const float* k_ctx,
+                       const float* v_ctx, Buf& y) {
     const uint64_t hd = c_.head_dim, q_dim = c_.q_dim(), heads = c_.heads;
     y.assign(n * q_dim, 0.0f);  // [tokens, q_dim]
 #pragma omp parallel num_threads(threads_)
@@ -242,15 +357,19 @@ class Runner {
       for (uint64_t r = 0; r < heads * n; ++r) {
         const uint64_t h = r / n, t = r % n;
         score_row(scores_node, &q[t * q_dim + h * hd], h, pos + t, ctx, k_ctx, row.data());
-        softmax_row(row.data(), ctx);
-        weighted_sum_row(row.data(), h, ctx, v_ctx, &y[t * q_dim + h * hd]);
+        softmax_row(probs_node, row.data(), ctx);
+        weighted_sum_row(sum_node, row.data(), h, ctx, v_ctx, &y[t * q_dim + h * hd]);
       }
     }
+    finish(sum_node, y);
   }
 
  private:
   void matmul(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y);
   bool parallel(uint64_t work) const { return threads_ > 1 && work >= 32768; }
+  double eps(const Node& node) const {
+    return faulty(node, FaultKind::RmsEpsWrong) ? kWrongNormEps : c_.norm_eps;
+  }
 
   const Model& m_;
   const ModelConfig& c_;
@@ -349,7 +468,7 @@ void Runner::run(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) {
       const Buf& x = *a.in[0];                       // [tokens, hidden]
       y.resize(n * width);
       for (uint64_t t = 0; t < n; ++t)
-        rms_norm_row(&x[t * width], &y[t * width], width, w.data(), c_.norm_eps);
+        rms_norm_row(&x[t * width], &y[t * width], width, w.data(), eps(node));
       break;
     }
     case Op::LayerNorm: {
@@ -364,8 +483,8 @@ void Runner::run(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) {
         mean /= static_cast<double>(width);
         double var = 0.0;
         for (uint64_t i = 0; i < width; ++i) var += (xr[i] - mean) * (xr[i] - mean);
-        const float inv = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(width) +
-                                                             c_.norm_eps));
+        const float inv =
+            static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(width) + eps(node)));
         const float mf = static_cast<float>(mean);
         for (uint64_t i = 0; i < width; ++i) y[t * width + i] = (xr[i] - mf) * inv * w[i] + b[i];
       }
@@ -383,8 +502,12 @@ void Runner::run(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) {
       if (bias.size() != width) fail(node, "biases give width " + std::to_string(bias.size()));
       const Buf& x = *a.in[0];  // [tokens, width]
       y.resize(n * width);
-      for (uint64_t t = 0; t < n; ++t)
-        for (uint64_t i = 0; i < width; ++i) y[t * width + i] = x[t * width + i] + bias[i];
+      if (faulty(node, FaultKind::DropQkvBias)) {
+        std::copy(x.begin(), x.begin() + static_cast<ptrdiff_t>(n * width), y.begin());
+      } else {
+        for (uint64_t t = 0; t < n; ++t)
+          for (uint64_t i = 0; i < width; ++i) y[t * width + i] = x[t * width + i] + bias[i];
+      }
       if (node.scale != 1.0)
         for (float& v : y) v *= static_cast<float>(node.scale);
       break;
@@ -408,7 +531,8 @@ void Runner::run(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) {
       const uint64_t in_w = input_width(node, 0);
       const uint64_t offset = node.part == QkvPart::Q ? 0 : q_dim;  // into [Q | K | V]
       const uint64_t half = c_.rope_dims / 2;
-      const bool normal = c_.rope_layout == RopeLayout::Normal;
+      const bool normal =
+          (c_.rope_layout == RopeLayout::Normal) != faulty(node, FaultKind::RopeNeoxSwap);
       if (cos_.size() != n * half) rope_table(a.pos, n);
       y.resize(n * width);  // [tokens, heads · head_dim] of the part
       for (uint64_t t = 0; t < n; ++t) {
@@ -445,7 +569,7 @@ void Runner::run(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) {
       y = *a.in[0];  // [heads, tokens, ctx]
       const uint64_t rows = c_.heads * n, ctx = y.size() / rows;
 #pragma omp parallel for schedule(static) num_threads(threads_) if (parallel(rows * ctx))
-      for (uint64_t r = 0; r < rows; ++r) softmax_row(&y[r * ctx], ctx);
+      for (uint64_t r = 0; r < rows; ++r) softmax_row(node, &y[r * ctx], ctx);
       break;
     }
     case Op::AttnWeightedSum: {
@@ -458,7 +582,7 @@ void Runner::run(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) {
 #pragma omp parallel for schedule(static) num_threads(threads_) if (parallel(heads * n * ctx * hd))
       for (uint64_t r = 0; r < heads * n; ++r) {
         const uint64_t h = r / n, t = r % n;
-        weighted_sum_row(&p[r * ctx], h, ctx, a.v_ctx, &y[t * width + h * hd]);
+        weighted_sum_row(node, &p[r * ctx], h, ctx, a.v_ctx, &y[t * width + h * hd]);
       }
       break;
     }
@@ -477,17 +601,17 @@ void Runner::run(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) {
     case Op::Silu: {
       const Buf& x = *a.in[0];  // [tokens, ffn]
       y.resize(x.size());
-      for (size_t i = 0; i < y.size(); ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
+      if (faulty(node, FaultKind::SiluAsGelu)) {
+        gelu(x.data(), y.data(), y.size());
+      } else {
+        for (size_t i = 0; i < y.size(); ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
+      }
       break;
     }
     case Op::Gelu: {
       const Buf& x = *a.in[0];  // [tokens, ffn]
       y.resize(x.size());
-      const float k = static_cast<float>(std::sqrt(2.0 / std::numbers::pi));
-      for (size_t i = 0; i < y.size(); ++i) {
-        const float v = x[i];
-        y[i] = 0.5f * v * (1.0f + std::tanh(k * (v + 0.044715f * v * v * v)));
-      }
+      gelu(x.data(), y.data(), y.size());
       break;
     }
     case Op::Mul: {
@@ -498,6 +622,7 @@ void Runner::run(const Node& node, const CpuLane::Impl::NodeArgs& a, Buf& y) {
       break;
     }
   }
+  finish(node, y);
 }
 
 }  // namespace
@@ -561,7 +686,8 @@ Logits CpuLane::forward(std::span<const int32_t> tokens, uint32_t pos, const Cap
         if (!wants(node) && !wants(probs)) {
           Buf& att = out[sum.index];
           att = s.acquire(0);
-          runner.fused_attention(node, *a.in[0], n, pos, ctx, lc.k.data(), lc.v.data(), att);
+          runner.fused_attention(node, probs, sum, *a.in[0], n, pos, ctx, lc.k.data(), lc.v.data(),
+                                 att);
           done[node.index] = done[probs.index] = done[sum.index] = true;
           if (wants(sum))
             trace.put({*sum.stage, sum.layer}, Tensor{{n, sum.width}, att});

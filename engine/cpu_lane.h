@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "engine/cpu_kernels.h"
+#include "engine/faults.h"
 #include "engine/lane.h"
 
 namespace lockstep::engine {
@@ -26,6 +27,9 @@ struct CpuLaneOptions {
   unsigned threads = 0;  // 0: one per hardware thread
   // Kernel ISA; unset: cpu::best_isa() at load.
   std::optional<cpu::Isa> isa;
+  // A planted bug (engine/faults.h), applied at the nodes it targets and nowhere else, in
+  // forward() (fused attention included) and replay(). Checked against the model at load().
+  std::optional<FaultSpec> fault;
 };
 
 class CpuLane final : public Lane {
@@ -35,7 +39,8 @@ class CpuLane final : public Lane {
 
   std::string name() const override { return "cpu"; }
   // Checks every weight the plan references has a kernel and the shape the plan expects, and
-  // precomputes RoPE tables. Throws lockstep::Error naming the weight otherwise.
+  // precomputes RoPE tables. Throws lockstep::Error naming the weight otherwise, or when the
+  // fault cannot be planted in this model (see resolve_fault).
   void load(const Model& model) override;
   void reset() override;
   // `pos` may be below the cached length (the cache is cut back first); above it is an error.
@@ -46,6 +51,7 @@ class CpuLane final : public Lane {
   uint32_t cached_tokens() const { return cached_; }
   unsigned threads() const { return threads_; }
   cpu::Isa isa() const { return isa_; }
+  const std::optional<FaultSpec>& fault() const { return fault_; }
 
   struct Impl;  // the lane's state, defined in cpu_lane.cpp
 
@@ -54,6 +60,7 @@ class CpuLane final : public Lane {
 
   unsigned threads_ = 1;
   cpu::Isa isa_ = cpu::Isa::Scalar;
+  std::optional<FaultSpec> fault_;
   const Model* model_ = nullptr;
   uint32_t cached_ = 0;
   std::unique_ptr<Impl> impl_;

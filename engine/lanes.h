@@ -3,20 +3,25 @@
 // cuda/ and are added by the app, which links both.)
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "engine/faults.h"
 #include "engine/lane.h"
 
 namespace lockstep::engine {
 
 struct LaneOptions {
   unsigned threads = 0;  // cpu lane: 0 = one per hardware thread
+  // A planted bug (engine/faults.h); only lanes the fault lists can carry one (today: cpu).
+  std::optional<FaultSpec> fault;
 };
 
 std::vector<std::string> cpu_lane_names();  // {"ref", "cpu"}
-// Throws lockstep::Error listing the known names for any other name.
+// Throws lockstep::Error listing the known names for any other name, and for a fault on a lane
+// that cannot carry it (ref, the oracle, never does).
 std::unique_ptr<Lane> make_cpu_lane(std::string_view name, const LaneOptions& options = {});
 
 }  // namespace lockstep::engine

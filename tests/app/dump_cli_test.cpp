@@ -197,5 +197,47 @@ TEST(DumpCli, BadRequestsAreOneLineErrors) {
   EXPECT_FALSE(fs::exists(scratch.path / "d"));
 }
 
+// A dump with --fault differs from a clean one first at the targeted cell: every earlier cell is
+// the same, bit for bit.
+TEST(DumpCli, FaultChangesTheTargetCellAndNothingBeforeIt) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  test::ScratchDir scratch("dump-cli-fault");
+  const fs::path clean = scratch.path / "clean", faulted = scratch.path / "faulted";
+  const std::string base = "dump " + stories() + " --lane cpu --threads 1 --tokens 1,403,407,261";
+  ASSERT_EQ(test::run_lockstep(base + " --out " + shell_quote(clean)).code, 0);
+  test::CliResult r =
+      test::run_lockstep(base + " --fault rms_eps_wrong@ffn_norm,2 --out " + shell_quote(faulted));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("from the cpu lane with fault rms_eps_wrong@ffn_norm,2 to "),
+            std::string::npos)
+      << r.out;
+
+  const engine::Model& model = stories_model();
+  const formats::DumpScan clean_scan = formats::scan_dump_dir(clean, strict_scan());
+  const formats::DumpScan faulted_scan = formats::scan_dump_dir(faulted, strict_scan());
+  bool reached = false;
+  for (const engine::Node& node : model.plan.nodes) {
+    if (!node.stage) continue;
+    const std::string name(engine::stage_name(*node.stage));
+    SCOPED_TRACE(name + "@" + (node.layer ? std::to_string(*node.layer) : "-"));
+    const formats::DumpCell* a = clean_scan.find(name, node.layer);
+    const formats::DumpCell* b = faulted_scan.find(name, node.layer);
+    ASSERT_TRUE(a && b);
+    const bool same = formats::read_aprt(a->path).values == formats::read_aprt(b->path).values;
+    if (node.stage == engine::Stage::FfnNorm && node.layer == 2u) {
+      EXPECT_FALSE(same) << "the target cell is unchanged";
+      reached = true;
+      break;
+    }
+    EXPECT_TRUE(same) << "a cell before the target differs";
+  }
+  EXPECT_TRUE(reached);
+  expect_one_line_error(test::run_lockstep("dump " + stories() +
+                                           " --lane ref --tokens 1 --fault partial_write --out " +
+                                           shell_quote(scratch.path / "ref")),
+                        "oracle");
+  EXPECT_FALSE(fs::exists(scratch.path / "ref"));
+}
+
 }  // namespace
 }  // namespace lockstep

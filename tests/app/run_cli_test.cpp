@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "engine/faults.h"
 #include "engine/lanes.h"
 #include "tests/app/cli_run.h"
 #include "tests/test_util.h"
@@ -73,6 +74,45 @@ TEST(RunCli, ErrorsAreOneLineWithExitCode2) {
   expect_one_line_error(test::run_lockstep("run " + stories() + " --lane ref --chat --prompt hi"),
                         "<|im_start|>");
   expect_one_line_error(test::run_lockstep("run " + stories() + " --lane ref"), "--prompt");
+}
+
+// --fault plants a bug in the cpu lane: the greedy text changes and the summary names the fault;
+// the oracle refuses one; --list-faults lists them without a model.
+TEST(RunCli, FaultChangesTheCpuLanesOutput) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  std::string expected =
+      test::read_file(test::shared_models() / "reference/stories260K/greedy.txt");
+  test::CliResult r = test::run_lockstep("run " + stories() +
+                                         " --lane cpu --threads 1 -n 64 --prompt 'Once upon a time'"
+                                         " --fault gemv_transposed@lm_head");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.substr(0, r.out.find('\n') + 1), expected);
+  EXPECT_NE(r.err.find("(cpu lane, 1 thread, fault gemv_transposed@lm_head)"), std::string::npos)
+      << r.err;
+  test::CliResult eps = test::run_lockstep("run " + stories() +
+                                           " --lane cpu --threads 1 -n 64 --prompt 'Once upon a "
+                                           "time' --fault rms_eps_wrong");
+  ASSERT_EQ(eps.code, 0) << eps.err;
+  EXPECT_NE(eps.out.substr(0, eps.out.find('\n') + 1), expected);
+  EXPECT_NE(eps.err.find("fault rms_eps_wrong@attn_norm)"), std::string::npos) << eps.err;
+
+  expect_one_line_error(
+      test::run_lockstep("run " + stories() + " --lane ref --fault gemv_transposed --prompt hi"),
+      "oracle");
+  expect_one_line_error(
+      test::run_lockstep("run " + stories() + " --lane cpu --fault nope --prompt hi"),
+      "unknown fault \"nope\"; faults: gemv_transposed, ");
+  expect_one_line_error(
+      test::run_lockstep("run " + stories() + " --lane cpu --fault drop_qkv_bias --prompt hi"),
+      "has no qkv_bias cell");
+  expect_one_line_error(test::run_lockstep("run " + stories() +
+                                           " --lane cpu --fault silu_as_gelu@lm_head --prompt hi"),
+                        "it can be planted at ffn_silu");
+
+  test::CliResult list = test::run_lockstep("run --list-faults");
+  ASSERT_EQ(list.code, 0) << list.err;
+  for (const std::string& name : engine::fault_names())
+    EXPECT_NE(list.out.find(name + "  (default "), std::string::npos) << name;
 }
 
 }  // namespace
