@@ -51,6 +51,9 @@ struct CudaLane::Impl {
     uint64_t capacity = 0;
   };
   std::vector<LayerCache> cache;  // [layers]
+  // Capture targets, one per captured cell of a forward, kept across forwards (page-locking is
+  // slow); a slot is reused only after the stream has been synchronized.
+  std::vector<PinnedBuffer> staging;
 
   ~Impl() {
     if (stream) {
@@ -340,6 +343,8 @@ engine::Logits CudaLane::forward(std::span<const int32_t> tokens, uint32_t pos,
   check_ids(m, tokens);
   Impl& im = *impl_;
   LOCKSTEP_CUDA_CHECK(cudaSetDevice(im.device));
+  // Idle unless an earlier forward failed midway; its copies may still target the staging.
+  LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
   cached_ = pos;
   trace.lane = name();
   trace.pos = pos;
@@ -354,6 +359,11 @@ engine::Logits CudaLane::forward(std::span<const int32_t> tokens, uint32_t pos,
   ids_buf = im.alloc(n);
   LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(ids_buf, tokens.data(), n * sizeof(int32_t),
                                       cudaMemcpyHostToDevice, im.stream));
+  struct Captured {
+    const Node* node;
+    uint64_t elems;
+  };
+  std::vector<Captured> captured;  // in staging order
   for (const Node& node : m.plan.nodes) {
     std::vector<float*> in;
     for (size_t i : node.inputs) in.push_back(act.out[i]);
@@ -378,14 +388,14 @@ engine::Logits CudaLane::forward(std::span<const int32_t> tokens, uint32_t pos,
                 kv_dim, y);
 
     if (node.stage && capture.wants(*node.stage, node.layer)) {
-      // Synchronous for now: the stream waits for each captured copy.
-      engine::Tensor t;
-      t.shape = engine::output_shape(c, node, n, ctx);
-      t.data.resize(elems);
-      LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(t.data.data(), y, elems * sizeof(float),
+      // Queued behind the node's kernels; the stream does not wait for the host. The node's
+      // buffer is freed in stream order, after the copy.
+      if (captured.size() == im.staging.size()) im.staging.emplace_back();
+      PinnedBuffer& slot = im.staging[captured.size()];
+      slot.reserve(elems * sizeof(float));
+      LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(slot.as<float>(), y, elems * sizeof(float),
                                           cudaMemcpyDeviceToHost, im.stream));
-      LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
-      trace.put({*node.stage, node.layer}, std::move(t));
+      captured.push_back({&node, elems});
     }
     for (size_t i : node.inputs)
       if (im.last_use[i] == node.index) im.release(act.out[i]);
@@ -403,6 +413,14 @@ engine::Logits CudaLane::forward(std::span<const int32_t> tokens, uint32_t pos,
                                       logits.values.size() * sizeof(float), cudaMemcpyDeviceToHost,
                                       im.stream));
   LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  for (size_t i = 0; i < captured.size(); ++i) {
+    const Node& node = *captured[i].node;
+    engine::Tensor t;
+    t.shape = engine::output_shape(c, node, n, ctx);
+    const float* src = im.staging[i].as<const float>();
+    t.data.assign(src, src + captured[i].elems);
+    trace.put({*node.stage, node.layer}, std::move(t));
+  }
   cached_ = static_cast<uint32_t>(ctx);
   return logits;
 }

@@ -11,8 +11,9 @@
 // failure (a kernel fault, out of memory, no device) throws lockstep::Error naming the call,
 // and the process keeps running. No CUDA types in this header.
 //
-// This step: captures are synchronous device-to-host copies (the stream waits for each);
-// the kernels are correct-first (see cuda/k_*.cu), not yet fast.
+// Captures are asynchronous copies into page-locked host buffers, queued behind each captured
+// node (the stream never waits for the host); the host waits once, at the end of the forward,
+// and then fills the trace. The kernels are correct-first (see cuda/k_*.cu), not yet fast.
 
 #include <cstdint>
 #include <memory>
