@@ -160,10 +160,6 @@ int cmd_dump(const DumpArgs& a) {
 
 }  // namespace
 
-// --fault and --list-faults, shared with `run` (cmd_run.cpp). It belongs in commands.h, which
-// this change does not touch.
-void add_fault_options(CLI::App& sub, std::string& fault);
-
 Command add_dump_command(CLI::App& app) {
   auto args = std::make_shared<DumpArgs>();
   CLI::App* sub = app.add_subcommand(

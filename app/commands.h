@@ -28,4 +28,8 @@ Command add_bench_command(CLI::App& app);
 // "ref, cpu": the CPU lanes engine/lanes.h knows, for help texts.
 std::string cpu_lane_list();
 
+// --fault NAME[@stage[,layer]] and --list-faults on a lane-running command (defined in
+// cmd_run.cpp).
+void add_fault_options(CLI::App& sub, std::string& fault);
+
 }  // namespace lockstep::app
