@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/cpu_lane.h"
+#include "engine/faults.h"
 #include "engine/ref_lane.h"
 #include "tests/engine/lane_test_util.h"
 
@@ -184,6 +185,40 @@ TEST(Bisect, ReplayTellsIntroducedFromInherited) {
     ReplayVerdict v = replay_cell(f.ref, f.cpu, f.model, f.a, d, 10 * d.floor + 1e-6);
     EXPECT_FALSE(v.introduced) << cell_name(d.cell) << " local " << v.local;
   }
+}
+
+// Planted bugs in the cpu lane, bisected against the oracle on stories260K (llama, F32): the
+// first divergence is the fault's cell, and replay says the bug was introduced there.
+TEST(Bisect, EveryApplicableFaultIsFoundWhereItWasPlanted) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  Fixture f;
+  size_t bisected = 0;
+  for (const std::string& name : fault_names()) {
+    FaultSpec spec = FaultSpec::parse(name);
+    if (spec.kind == FaultKind::DropQkvBias) continue;  // llama has no QKV bias
+    if (spec.kind == FaultKind::KvCacheOffByOne) continue;  // shows at positions > 0 only:
+    // its prefill first cell is still attn_scores@0, checked below with the rest.
+    SCOPED_TRACE(name);
+    CpuLane lane(CpuLaneOptions{.threads = 1, .fault = spec});
+    lane.load(f.model);
+    Trace b;
+    prefill(lane, f.tokens, CapturePlan::all(), b);
+    DivergenceScan scan = scan_divergence(f.a, b, f.floor, {});
+    ASSERT_TRUE(scan.first);
+    // Planted in every layer, a fault shows first where it crosses the threshold: at its own
+    // first cell, except softmax_no_max, whose fp16 rounding (3e-4) stays under 1e-3 until
+    // layer 2's scores overflow to NaN.
+    const Cell first = scan.cells[*scan.first].cell;
+    EXPECT_EQ(first.stage, spec.first_cell().stage);
+    EXPECT_EQ(first.layer, spec.kind == FaultKind::SoftmaxNoMax ? std::optional<uint32_t>(2u)
+                                                                : spec.first_cell().layer);
+    Localization loc = localize(f.ref, lane, f.model, f.a, scan, {});
+    ASSERT_FALSE(loc.replays.empty());
+    EXPECT_TRUE(loc.replays[0].introduced) << "local " << loc.replays[0].local;
+    EXPECT_EQ(loc.introduced_at, first);
+    ++bisected;
+  }
+  EXPECT_GE(bisected, 7u);
 }
 
 TEST(Bisect, ReplayNeedsAFullTraceFromPositionZero) {
