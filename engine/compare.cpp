@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <exception>
 #include <iterator>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <numeric>
 #include <thread>
 
-#include "engine/metrics.h"
 #include "formats/error.h"
 
 namespace lockstep::engine {
@@ -17,8 +19,8 @@ namespace {
 using json = nlohmann::json;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-// Elements handled per inner block: the vectorised sums, then the histogram loop, over data
-// still in L1.
+constexpr float kInfF = std::numeric_limits<float>::infinity();
+// Elements per inner block: the vectorised sums, then the histogram loop, over data still in L1.
 constexpr uint64_t kBlock = 512;
 
 bool is_per_head_rows(Stage s) {
@@ -33,7 +35,7 @@ struct Layout {
   enum class Kind { Rows, Attention, Flat } kind = Kind::Flat;
   uint64_t tokens = 0, width = 0;  // Rows: [tokens, width]; Attention: [heads, tokens, ctx]
   uint64_t heads = 0, head_dim = 0, ctx = 0;
-  uint64_t segment_len = 0, segments = 0;
+  uint64_t segment_len = 1, segments = 0;
 
   uint64_t segment_token(uint64_t s) const {
     if (kind == Kind::Attention) return s % tokens;
@@ -90,6 +92,8 @@ Layout make_layout(Stage stage, const std::vector<uint64_t>& shape, uint64_t n,
   return l;
 }
 
+// ---- per-chunk accumulation --------------------------------------------------------------
+
 // Sums over one segment's part in a chunk.
 struct SegmentPartial {
   uint64_t segment = 0;
@@ -110,31 +114,60 @@ struct ChunkAcc {
   double max_abs_diff = -1;
   uint64_t max_index = 0;
   SideAcc a, b;
-  std::vector<uint64_t> hist_a, hist_b, diff_neg, diff_pos;
-  uint64_t diff_zero = 0;
+  // A chunk holds < 2^32 elements, so its counts fit 32 bits.
+  std::vector<uint32_t> hist_a, hist_b;
+  std::vector<uint32_t> diff;  // [negative decades, high to low | zero | positive, low to high]
   std::vector<SegmentPartial> segments;
 };
 
-// What every chunk needs to know, fixed before the main pass.
-struct Binning {
-  double lo = 0, scale = 0;  // value bin = (x − lo) · scale, clamped to [0, bins − 1]
-  int bins = 1;
+// Diff decades by the biased exponent e of |d| as a float: every |d| in that octave is in
+// bucket decade_lo[e], or decade_lo[e] + 1 from threshold[e] (the float nearest the one power
+// of ten inside the octave, if any) on. Buckets are decade − min_decade, clamped. Built once per
+// comparison.
+struct DecadeTable {
   int min_decade = 0, max_decade = 0;
-  std::vector<double> pow10;  // 10^k for k in [min_decade, max_decade + 1]
+  int32_t decade_lo[256] = {};
+  float threshold[256] = {};
 
-  int value_bin(double x) const {
-    double f = (x - lo) * scale;
-    int i = f < static_cast<double>(bins) ? static_cast<int>(f) : bins - 1;
-    return i < 0 ? 0 : i;
+  DecadeTable(int min_d, int max_d) : min_decade(min_d), max_decade(max_d) {
+    for (int e = 0; e < 256; ++e) {
+      threshold[e] = kInfF;
+      // e = 0: zero (its own bucket) or subnormal, below any decade the options allow to matter;
+      // e = 255: an overflowed difference (finite sides 3e38 apart), above any.
+      if (e == 0 || e == 255) {
+        decade_lo[e] = e == 0 ? 0 : max_d - min_d;
+        continue;
+      }
+      const double lo_v = std::ldexp(1.0, e - 127), hi_v = std::ldexp(1.0, e - 126);
+      int k = static_cast<int>(std::floor((e - 127) * 0.30102999566398120));
+      while (std::pow(10.0, k + 1) <= lo_v) ++k;
+      while (std::pow(10.0, k) > lo_v) --k;
+      decade_lo[e] = std::clamp(k, min_d, max_d) - min_d;
+      const double next = std::pow(10.0, k + 1);
+      if (next < hi_v && k + 1 <= max_d && k + 1 > min_d) threshold[e] = static_cast<float>(next);
+    }
   }
-  // Bucket of |d| > 0: its decade floor(log10 |d|), clamped to [min_decade, max_decade],
-  // minus min_decade. The binary exponent gives the decade to within one; a table settles it.
-  int decade_bucket(double ad) const {
-    const int e2 = static_cast<int>((std::bit_cast<uint64_t>(ad) >> 52) & 0x7ff) - 1023;
-    int k = (e2 * 78913) >> 18;  // floor(e2 · log10 2), exact for |e2| < 1650
-    k = std::clamp(k, min_decade - 1, max_decade);
-    if (ad >= pow10[k + 1 - min_decade]) ++k;
-    return std::clamp(k, min_decade, max_decade) - min_decade;
+  int zero() const { return max_decade - min_decade + 1; }
+  // Index into the [negative | zero | positive] array for d = b − a (float arithmetic).
+  int index(float d) const {
+    if (d == 0) return zero();
+    const float ad = std::fabs(d);
+    const auto e = static_cast<int>(std::bit_cast<uint32_t>(ad) >> 23);
+    const int k = decade_lo[e] + (ad >= threshold[e]) + 1;
+    return d > 0 ? zero() + k : zero() - k;
+  }
+};
+
+// What every chunk of one cell needs, fixed before the main pass.
+struct Binning {
+  // value bin = x · scale − offset in float (offset = lo · scale; no overflow even for a
+  // range of ±3e38), truncated and clamped to bins − 1; x ≥ lo keeps it ≥ 0.
+  float scale = 0, offset = 0;
+  int bins = 1;
+  const DecadeTable* decades = nullptr;
+
+  int value_bin(float x) const {
+    return static_cast<int>(std::min(x * scale - offset, static_cast<float>(bins - 1)));
   }
 };
 
@@ -148,15 +181,17 @@ double relative_from(double d2, double a2, bool nan, bool unpaired) {
   return a2 == 0.0 ? kInf : std::sqrt(d2 / a2);
 }
 
-// Finite range of one side over [begin, end): branch-free so it vectorises.
-void finite_range(const float* x, uint64_t n, float& lo, float& hi) {
-  float mn = std::numeric_limits<float>::infinity(), mx = -mn;
+// Finite range of one side: branch-free so it vectorises.
+[[gnu::target_clones("avx2", "default")]] void finite_range(const float* x, uint64_t n, float& lo,
+                                                            float& hi) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  float mn = kInfF, mx = -kInfF;
 #pragma omp simd reduction(min : mn) reduction(max : mx)
   for (uint64_t i = 0; i < n; ++i) {
     const float v = x[i];
-    const bool fin = std::fabs(v) <= std::numeric_limits<float>::max();
-    mn = std::min(mn, fin ? v : mn);
-    mx = std::max(mx, fin ? v : mx);
+    const bool fin = std::fabs(v) <= kMax;
+    mn = std::min(mn, fin ? v : kInfF);
+    mx = std::max(mx, fin ? v : -kInfF);
   }
   lo = std::min(lo, mn);
   hi = std::max(hi, mx);
@@ -189,58 +224,132 @@ void count_side(SideAcc& s, float v) {
     ++(v > 0 ? s.pos_inf : s.neg_inf);
 }
 
+// Sums over one block with no NaN/Inf, in kLanes fixed lanes (element i of the block goes to
+// lane i % kLanes, each lane summed in order, lanes added in order): the same bits whether
+// the compiler uses SSE2 or AVX2 and whatever the thread count.
+constexpr int kLanes = 4;
+struct BlockSums {
+  double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0, sdd = 0, max_abs_diff = 0;
+  uint64_t agree = 0;
+};
+
+[[gnu::target_clones("avx2", "default")]] BlockSums block_sums(const float* a, const float* b,
+                                                               uint64_t n) {
+  double sa[kLanes] = {}, sb[kLanes] = {}, saa[kLanes] = {}, sbb[kLanes] = {}, sab[kLanes] = {},
+         sdd[kLanes] = {}, md[kLanes] = {};
+  int64_t agree[kLanes] = {};
+  uint64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      const double x = a[i + j], y = b[i + j], d = y - x;
+      sa[j] += x;
+      sb[j] += y;
+      saa[j] += x * x;
+      sbb[j] += y * y;
+      sab[j] += x * y;
+      sdd[j] += d * d;
+      md[j] = std::max(md[j], std::fabs(d));
+      agree[j] += ((x > 0) - (x < 0)) == ((y > 0) - (y < 0));
+    }
+  }
+  for (int j = 0; i < n; ++i, ++j) {
+    const double x = a[i], y = b[i], d = y - x;
+    sa[j] += x;
+    sb[j] += y;
+    saa[j] += x * x;
+    sbb[j] += y * y;
+    sab[j] += x * y;
+    sdd[j] += d * d;
+    md[j] = std::max(md[j], std::fabs(d));
+    agree[j] += ((x > 0) - (x < 0)) == ((y > 0) - (y < 0));
+  }
+  BlockSums s;
+  for (int j = 0; j < kLanes; ++j) {
+    s.sa += sa[j];
+    s.sb += sb[j];
+    s.saa += saa[j];
+    s.sbb += sbb[j];
+    s.sab += sab[j];
+    s.sdd += sdd[j];
+    s.max_abs_diff = std::max(s.max_abs_diff, md[j]);
+    s.agree += static_cast<uint64_t>(agree[j]);
+  }
+  return s;
+}
+
+// Histogram keys of a block with no NaN/Inf: value bins of both sides, and the diff's index
+// into the [negative | zero | positive] array (DecadeTable::index, vectorised: the table
+// lookups become gathers).
+struct BlockKeys {
+  int32_t bin_a[kBlock], bin_b[kBlock], diff[kBlock];
+};
+
+[[gnu::target_clones("avx2", "default")]] void block_keys(const float* a, const float* b,
+                                                          uint64_t n, float scale, float offset,
+                                                          float top, const DecadeTable& dt,
+                                                          BlockKeys& out) {
+  const int32_t zero = dt.zero();
+  const int32_t* decade_lo = dt.decade_lo;
+  const float* threshold = dt.threshold;
+#pragma omp simd
+  for (uint64_t i = 0; i < n; ++i) {
+    const float x = a[i], y = b[i], d = y - x, ad = std::fabs(d);
+    out.bin_a[i] = static_cast<int32_t>(std::min(x * scale - offset, top));
+    out.bin_b[i] = static_cast<int32_t>(std::min(y * scale - offset, top));
+    const auto e = static_cast<int32_t>(std::bit_cast<uint32_t>(ad) >> 23);
+    const int32_t k = decade_lo[e] + static_cast<int32_t>(ad >= threshold[e]) + 1;
+    const int32_t sign = (d > 0) - (d < 0);
+    out.diff[i] = zero + sign * k;
+  }
+}
+
+// Histogram copies per chunk, indexed by element number: consecutive elements in one bin
+// (the diffs of a close pair crowd into a decade or two) then increment different counters
+// instead of waiting on each other's stores.
+constexpr int kValueCopies = 4, kDiffCopies = 8;
+
 // One piece [begin, end) of one segment, inside one chunk.
 void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t end,
-                      const Binning& bins, ChunkAcc& acc, SegmentPartial& seg) {
+                      const Binning& bins, BlockKeys& keys, ChunkAcc& acc, uint32_t* hist_a,
+                      uint32_t* hist_b, uint32_t* diff, SegmentPartial& seg) {
+  const DecadeTable& dt = *bins.decades;
+  const int nb = bins.bins, nd = 2 * dt.zero() + 1;
   for (uint64_t blk = begin; blk < end; blk += kBlock) {
     const uint64_t n = std::min(kBlock, end - blk);
     const float* pa = a + blk;
     const float* pb = b + blk;
     if (all_finite(pa, pb, n)) {
-      double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0, sdd = 0, md = 0;
-      uint64_t agree = 0;
-#pragma omp simd reduction(+ : sa, sb, saa, sbb, sab, sdd, agree) reduction(max : md)
-      for (uint64_t i = 0; i < n; ++i) {
-        const double x = pa[i], y = pb[i], d = y - x;
-        sa += x;
-        sb += y;
-        saa += x * x;
-        sbb += y * y;
-        sab += x * y;
-        sdd += d * d;
-        md = std::max(md, std::fabs(d));
-        agree += static_cast<uint64_t>(sign_of(x) == sign_of(y));
-      }
-      acc.a.sum += sa;
-      acc.b.sum += sb;
-      acc.a.sum2 += saa;
-      acc.b.sum2 += sbb;
+      const BlockSums s = block_sums(pa, pb, n);
+      acc.a.sum += s.sa;
+      acc.b.sum += s.sb;
+      acc.a.sum2 += s.saa;
+      acc.b.sum2 += s.sbb;
       acc.a.finite += n;
       acc.b.finite += n;
-      acc.aa += saa;
-      acc.bb += sbb;
-      acc.ab += sab;
-      acc.dd += sdd;
+      acc.aa += s.saa;
+      acc.bb += s.sbb;
+      acc.ab += s.sab;
+      acc.dd += s.sdd;
       acc.paired += n;
-      acc.sign_agree += agree;
-      seg.d2 += sdd;
-      seg.a2 += saa;
-      if (md > acc.max_abs_diff) {
+      acc.sign_agree += s.agree;
+      seg.d2 += s.sdd;
+      seg.a2 += s.saa;
+      if (s.max_abs_diff > acc.max_abs_diff) {
         for (uint64_t i = 0; i < n; ++i)
-          if (std::fabs(static_cast<double>(pb[i]) - static_cast<double>(pa[i])) == md) {
-            acc.max_abs_diff = md;
+          if (std::fabs(static_cast<double>(pb[i]) - static_cast<double>(pa[i])) ==
+              s.max_abs_diff) {
+            acc.max_abs_diff = s.max_abs_diff;
             acc.max_index = blk + i;
             break;
           }
       }
+      block_keys(pa, pb, n, bins.scale, bins.offset, static_cast<float>(nb - 1), dt, keys);
       for (uint64_t i = 0; i < n; ++i) {
-        const double x = pa[i], y = pb[i], d = y - x;
-        ++acc.hist_a[bins.value_bin(x)];
-        ++acc.hist_b[bins.value_bin(y)];
-        if (d == 0)
-          ++acc.diff_zero;
-        else
-          ++(d > 0 ? acc.diff_pos : acc.diff_neg)[bins.decade_bucket(std::fabs(d))];
+        const int vc = static_cast<int>(i % kValueCopies) * nb;
+        ++hist_a[vc + keys.bin_a[i]];
+        ++hist_b[vc + keys.bin_b[i]];
+        ++diff[static_cast<int>(i % kDiffCopies) * nd + keys.diff[i]];
       }
       continue;
     }
@@ -251,7 +360,7 @@ void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t e
         acc.a.sum += fa;
         acc.a.sum2 += static_cast<double>(fa) * fa;
         ++acc.a.finite;
-        ++acc.hist_a[bins.value_bin(fa)];
+        ++hist_a[bins.value_bin(fa)];
       } else {
         count_side(acc.a, fa);
       }
@@ -259,7 +368,7 @@ void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t e
         acc.b.sum += fb;
         acc.b.sum2 += static_cast<double>(fb) * fb;
         ++acc.b.finite;
-        ++acc.hist_b[bins.value_bin(fb)];
+        ++hist_b[bins.value_bin(fb)];
       } else {
         count_side(acc.b, fb);
       }
@@ -286,55 +395,111 @@ void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t e
         acc.max_abs_diff = std::fabs(d);
         acc.max_index = blk + i;
       }
-      if (d == 0)
-        ++acc.diff_zero;
-      else
-        ++(d > 0 ? acc.diff_pos : acc.diff_neg)[bins.decade_bucket(std::fabs(d))];
+      ++diff[dt.index(fb - fa)];
     }
   }
 }
 
 void compare_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
                    const Layout& layout, const Binning& bins, ChunkAcc& acc) {
-  acc.hist_a.assign(static_cast<size_t>(bins.bins), 0);
-  acc.hist_b.assign(static_cast<size_t>(bins.bins), 0);
-  const size_t decades = static_cast<size_t>(bins.max_decade - bins.min_decade + 1);
-  acc.diff_neg.assign(decades, 0);
-  acc.diff_pos.assign(decades, 0);
+  const size_t nb = static_cast<size_t>(bins.bins);
+  const size_t nd = static_cast<size_t>(2 * bins.decades->zero() + 1);
+  // Per-thread scratch, reused from chunk to chunk.
+  thread_local std::vector<uint32_t> counts;
+  thread_local std::unique_ptr<BlockKeys> keys;
+  counts.assign(kValueCopies * 2 * nb + kDiffCopies * nd, 0);
+  if (!keys) keys = std::make_unique<BlockKeys>();
+  uint32_t* hist_a = counts.data();              // [kValueCopies, nb]
+  uint32_t* hist_b = hist_a + kValueCopies * nb;  // [kValueCopies, nb]
+  uint32_t* diff = hist_b + kValueCopies * nb;    // [kDiffCopies, nd]
   for (uint64_t i = begin; i < end;) {
     const uint64_t s = i / layout.segment_len;
     const uint64_t piece_end = std::min(end, (s + 1) * layout.segment_len);
     SegmentPartial seg;
     seg.segment = s;
-    accumulate_piece(a, b, i, piece_end, bins, acc, seg);
+    accumulate_piece(a, b, i, piece_end, bins, *keys, acc, hist_a, hist_b, diff, seg);
     acc.segments.push_back(seg);
     i = piece_end;
   }
-}
-
-unsigned resolve_threads(unsigned t) {
-  if (t) return t;
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
-// Runs f(i) for i in [0, n) on up to `threads` threads; `cancel` skips what has not started.
-template <typename F>
-void parallel_for(uint64_t n, unsigned threads, const std::atomic<bool>* cancel, F f) {
-  const auto count = static_cast<int64_t>(n);
-  const int t = static_cast<int>(std::min<uint64_t>(threads, std::max<uint64_t>(n, 1)));
-  if (t <= 1) {
-    for (int64_t i = 0; i < count; ++i) {
-      if (cancel && cancel->load(std::memory_order_relaxed)) return;
-      f(static_cast<uint64_t>(i));
+  acc.hist_a.resize(nb);
+  acc.hist_b.resize(nb);
+  acc.diff.resize(nd);
+  for (size_t i = 0; i < nb; ++i)
+    for (size_t c = 0; c < kValueCopies; ++c) {
+      acc.hist_a[i] += hist_a[c * nb + i];
+      acc.hist_b[i] += hist_b[c * nb + i];
     }
-    return;
-  }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(t)
-  for (int64_t i = 0; i < count; ++i) {
-    if (cancel && cancel->load(std::memory_order_relaxed)) continue;
-    f(static_cast<uint64_t>(i));
-  }
+  for (size_t i = 0; i < nd; ++i)
+    for (size_t c = 0; c < kDiffCopies; ++c) acc.diff[i] += diff[c * nd + i];
 }
+
+// ---- lm_head -----------------------------------------------------------------------------
+
+// The k best of a row: larger logit first, NaN as -inf, ties by lower index. A small k keeps
+// a sorted buffer in one pass; a large one sorts indices.
+std::vector<uint32_t> top_indices(std::span<const float> row, uint32_t k) {
+  auto key = [&](uint32_t i) { return std::isnan(row[i]) ? -kInf : static_cast<double>(row[i]); };
+  auto better = [&](uint32_t x, uint32_t y) {
+    const double kx = key(x), ky = key(y);
+    return kx != ky ? kx > ky : x < y;
+  };
+  std::vector<uint32_t> top;
+  if (k > 32) {
+    top.resize(row.size());
+    std::iota(top.begin(), top.end(), 0u);
+    std::partial_sort(top.begin(), top.begin() + k, top.end(), better);
+    top.resize(k);
+    return top;
+  }
+  top.reserve(k + 1);
+  for (uint32_t i = 0; i < row.size(); ++i) {
+    if (top.size() == k && !better(i, top.back())) continue;
+    top.insert(std::upper_bound(top.begin(), top.end(), i, better), i);
+    if (top.size() > k) top.pop_back();
+  }
+  return top;
+}
+
+// KL(softmax(a) ‖ softmax(b)) in nats, as metrics.h's kl_divergence but without its two
+// vocab-sized buffers: with p = e^(a−ma)/Za, KL = Σ p·(a − b) − (ma + ln Za) + (mb + ln Zb).
+double row_kl(std::span<const float> a, std::span<const float> b) {
+  double ma = -kInf, mb = -kInf;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) return kNaN;
+    ma = std::max(ma, static_cast<double>(a[i]));
+    mb = std::max(mb, static_cast<double>(b[i]));
+  }
+  double za = 0, zb = 0, s = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double x = a[i], y = b[i], ea = std::exp(x - ma);
+    za += ea;
+    zb += std::exp(y - mb);
+    if (ea > 0) s += ea * (x - y);
+  }
+  return s / za - (ma + std::log(za)) + (mb + std::log(zb));
+}
+
+struct LogitRows {
+  std::vector<double> kl;
+  std::vector<uint8_t> top1;
+  std::vector<uint32_t> overlap;
+};
+
+void compare_logit_row(const Tensor& a, const Tensor& b, uint64_t t, uint32_t k, LogitRows& out) {
+  const uint64_t vocab = a.shape[1];
+  std::span<const float> ra(a.data.data() + t * vocab, vocab);
+  std::span<const float> rb(b.data.data() + t * vocab, vocab);
+  out.kl[t] = row_kl(ra, rb);
+  std::vector<uint32_t> ta = top_indices(ra, k), tb = top_indices(rb, k);
+  out.top1[t] = ta[0] == tb[0];
+  std::sort(ta.begin(), ta.end());
+  std::sort(tb.begin(), tb.end());
+  std::vector<uint32_t> common;
+  std::set_intersection(ta.begin(), ta.end(), tb.begin(), tb.end(), std::back_inserter(common));
+  out.overlap[t] = static_cast<uint32_t>(common.size());
+}
+
+// ---- one cell as a job of work items -----------------------------------------------------
 
 void finish_side(SideStats& s, const SideAcc& acc, float lo, float hi, double factor) {
   s.finite = acc.finite;
@@ -352,139 +517,108 @@ void finish_side(SideStats& s, const SideAcc& acc, float lo, float hi, double fa
   s.near_bf16_limit = s.max_abs >= kBf16Max / factor;
 }
 
-// Row order for top-k: larger logit first, NaN last, ties by lower index.
-std::vector<uint32_t> top_indices(std::span<const float> row, uint32_t k) {
-  std::vector<uint32_t> idx(row.size());
-  std::iota(idx.begin(), idx.end(), 0u);
-  auto key = [&](uint32_t i) { return std::isnan(row[i]) ? -kInf : static_cast<double>(row[i]); };
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](uint32_t x, uint32_t y) {
-    const double kx = key(x), ky = key(y);
-    return kx != ky ? kx > ky : x < y;
-  });
-  idx.resize(k);
-  return idx;
-}
-
-LogitComparison compare_logits(const Tensor& a, const Tensor& b, const CompareOptions& options,
-                               unsigned threads, const std::atomic<bool>* cancel) {
-  LogitComparison l;
-  l.tokens = a.shape[0];
-  const uint64_t vocab = a.shape[1];
-  l.k = static_cast<uint32_t>(std::min<uint64_t>(options.topk, vocab));
-  l.kl.assign(l.tokens, 0.0);
-  std::vector<uint8_t> top1(l.tokens, 0);
-  std::vector<uint32_t> overlap(l.tokens, 0);
-  parallel_for(l.tokens, threads, cancel, [&](uint64_t t) {
-    std::span<const float> ra(a.data.data() + t * vocab, vocab), rb(b.data.data() + t * vocab, vocab);
-    l.kl[t] = kl_divergence(ra, rb);
-    std::vector<uint32_t> ta = top_indices(ra, l.k), tb = top_indices(rb, l.k);
-    top1[t] = ta[0] == tb[0];
-    std::sort(ta.begin(), ta.end());
-    std::sort(tb.begin(), tb.end());
-    std::vector<uint32_t> common;
-    std::set_intersection(ta.begin(), ta.end(), tb.begin(), tb.end(), std::back_inserter(common));
-    overlap[t] = static_cast<uint32_t>(common.size());
-  });
-  double kl = 0, agree = 0, ov = 0;
-  for (uint64_t t = 0; t < l.tokens; ++t) {
-    kl += l.kl[t];
-    agree += top1[t];
-    ov += static_cast<double>(overlap[t]) / l.k;
-  }
-  const double n = static_cast<double>(l.tokens);
-  l.mean_kl = kl / n;
-  l.top1_agreement = agree / n;
-  l.topk_overlap = ov / n;
-  return l;
-}
-
-void check_options(const CompareOptions& o) {
-  if (o.value_bins == 0) throw Error("compare options: expected value_bins >= 1, found 0");
-  if (o.value_bins > (1u << 20))
-    throw Error("compare options: expected value_bins <= 1048576, found " +
-                std::to_string(o.value_bins));
-  if (o.topk == 0) throw Error("compare options: expected topk >= 1, found 0");
-  if (o.diff_min_decade > o.diff_max_decade || o.diff_min_decade < -300 ||
-      o.diff_max_decade > 300)
-    throw Error("compare options: expected -300 <= diff_min_decade <= diff_max_decade <= 300, "
-                "found " + std::to_string(o.diff_min_decade) + ".." +
-                std::to_string(o.diff_max_decade));
-  if (!(o.headroom_factor >= 1.0))
-    throw Error("compare options: expected headroom_factor >= 1");
-}
-
 std::string shape_text(const std::vector<uint64_t>& s) {
   std::string t = "[";
   for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
   return t + "]";
 }
 
-// compare_cell with a thread count and cancel flag; returns false when cancelled.
-bool compare_cell_into(CellComparison& r, const Tensor& a, const Tensor& b,
-                       const CompareOptions& options, const std::atomic<bool>* cancel) {
+// A cell's work: range chunks (pass 1), then main chunks (pass 2) and, for lm_head, logit row
+// blocks; the thread that finishes its last item combines the partials in chunk order.
+struct CellJob {
+  const Tensor* a = nullptr;
+  const Tensor* b = nullptr;
+  const CompareOptions* options = nullptr;
+  CellComparison result;
+  Layout layout;
+  uint64_t n = 0, chunks = 0;
+  uint64_t logit_items = 0, rows_per_item = 1;
+  bool logits = false;
+
+  std::vector<std::pair<float, float>> range_a, range_b;  // per chunk
+  std::atomic<uint64_t> ranges_left{0};
+  std::atomic<bool> binned{false};  // set (and notified) once bins is final
+  Binning bins;
+  float lo_a = kInfF, hi_a = -kInfF, lo_b = kInfF, hi_b = -kInfF;
+
+  std::vector<ChunkAcc> acc;  // per chunk
+  LogitRows rows;
+  std::atomic<uint64_t> work_left{0};  // main chunks + logit items
+  std::atomic<bool> done{false};
+  std::atomic<bool> aborted{false};  // a thread failed: nothing more is computed
+};
+
+// Checks shapes and sizes the job; false when there is nothing to compute (a mismatch).
+bool prepare_job(CellJob& job, const Cell& cell, const Tensor& a, const Tensor& b,
+                 const CompareOptions& options, const DecadeTable& decades) {
+  job.a = &a;
+  job.b = &b;
+  job.options = &options;
+  CellComparison& r = job.result;
+  r.cell = cell;
   r.shape_a = a.shape;
   r.shape_b = b.shape;
-  const uint64_t n = a.data.size();
-  if (a.shape != b.shape || a.elements() != n || b.elements() != b.data.size()) {
+  job.n = a.data.size();
+  if (a.shape != b.shape || a.elements() != job.n || b.elements() != b.data.size()) {
     r.shape_mismatch = true;
-    r.elements = std::max<uint64_t>(n, b.data.size());
+    r.elements = std::max<uint64_t>(job.n, b.data.size());
     r.error = a.shape != b.shape
                   ? "shapes differ: " + shape_text(a.shape) + " vs " + shape_text(b.shape)
                   : "data does not fill the shape " + shape_text(a.shape);
-    return true;
+    job.done = true;
+    return false;
   }
-  r.elements = n;
-  const unsigned threads = resolve_threads(options.threads);
-  const uint64_t chunks = (n + kCompareChunk - 1) / kCompareChunk;
-  const Layout layout = make_layout(r.cell.stage, a.shape, n, options.head_dim);
-
-  // Pass 1: finite range of each side.
-  std::vector<std::pair<float, float>> ra(chunks), rb(chunks);
-  parallel_for(chunks, threads, cancel, [&](uint64_t c) {
-    const uint64_t begin = c * kCompareChunk, len = std::min(kCompareChunk, n - begin);
-    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-    finite_range(a.data.data() + begin, len, lo, hi);
-    ra[c] = {lo, hi};
-    lo = std::numeric_limits<float>::infinity(), hi = -lo;
-    finite_range(b.data.data() + begin, len, lo, hi);
-    rb[c] = {lo, hi};
-  });
-  if (cancel && cancel->load()) return false;
-  float lo_a = std::numeric_limits<float>::infinity(), hi_a = -lo_a, lo_b = lo_a, hi_b = hi_a;
-  for (uint64_t c = 0; c < chunks; ++c) {
-    lo_a = std::min(lo_a, ra[c].first), hi_a = std::max(hi_a, ra[c].second);
-    lo_b = std::min(lo_b, rb[c].first), hi_b = std::max(hi_b, rb[c].second);
+  r.elements = job.n;
+  job.chunks = (job.n + kCompareChunk - 1) / kCompareChunk;
+  job.layout = make_layout(cell.stage, a.shape, job.n, options.head_dim);
+  job.logits = cell.stage == Stage::LmHead && job.layout.kind == Layout::Kind::Rows;
+  if (job.logits) {
+    job.rows_per_item = std::max<uint64_t>(1, kCompareChunk / job.layout.width);
+    job.logit_items = (job.layout.tokens + job.rows_per_item - 1) / job.rows_per_item;
+    job.rows.kl.assign(job.layout.tokens, 0.0);
+    job.rows.top1.assign(job.layout.tokens, 0);
+    job.rows.overlap.assign(job.layout.tokens, 0);
   }
+  job.range_a.resize(job.chunks);
+  job.range_b.resize(job.chunks);
+  job.acc.resize(job.chunks);
+  job.ranges_left = job.chunks;
+  job.work_left = job.chunks + job.logit_items;
+  job.bins.bins = static_cast<int>(options.value_bins);
+  job.bins.decades = &decades;
+  return true;
+}
 
-  Binning bins;
-  bins.bins = static_cast<int>(options.value_bins);
-  bins.min_decade = options.diff_min_decade;
-  bins.max_decade = options.diff_max_decade;
-  for (int k = bins.min_decade; k <= bins.max_decade + 1; ++k) bins.pow10.push_back(std::pow(10.0, k));
-  const double lo = std::min(lo_a, lo_b), hi = std::max(hi_a, hi_b);
+void set_bins(CellJob& job) {
+  for (uint64_t c = 0; c < job.chunks; ++c) {
+    job.lo_a = std::min(job.lo_a, job.range_a[c].first);
+    job.hi_a = std::max(job.hi_a, job.range_a[c].second);
+    job.lo_b = std::min(job.lo_b, job.range_b[c].first);
+    job.hi_b = std::max(job.hi_b, job.range_b[c].second);
+  }
+  const float lo = std::min(job.lo_a, job.lo_b), hi = std::max(job.hi_a, job.hi_b);
   if (lo <= hi) {
-    bins.lo = lo;
-    bins.scale = hi > lo ? bins.bins / (hi - lo) : 0.0;
-    r.value_histogram.min = lo;
-    r.value_histogram.max = hi;
+    // In double, then rounded: hi − lo may overflow float (−3e38 .. 3e38).
+    const double width = static_cast<double>(hi) - lo;
+    job.bins.scale = width > 0 ? static_cast<float>(job.bins.bins / width) : 0.0f;
+    job.bins.offset = lo * job.bins.scale;
+    job.result.value_histogram.min = lo;
+    job.result.value_histogram.max = hi;
   }
+  job.binned.store(true);
+  job.binned.notify_all();
+}
 
-  // Pass 2: everything else, chunk partials combined in chunk order.
-  std::vector<ChunkAcc> acc(chunks);
-  parallel_for(chunks, threads, cancel, [&](uint64_t c) {
-    const uint64_t begin = c * kCompareChunk, end = std::min(n, begin + kCompareChunk);
-    compare_chunk(a.data.data(), b.data.data(), begin, end, layout, bins, acc[c]);
-  });
-  if (cancel && cancel->load()) return false;
-
+void finish_job(CellJob& job) {
+  CellComparison& r = job.result;
+  const CompareOptions& options = *job.options;
+  const Layout& layout = job.layout;
+  const size_t nb = options.value_bins;
+  const size_t decades = static_cast<size_t>(options.diff_max_decade - options.diff_min_decade + 1);
   ChunkAcc total;
-  total.hist_a.assign(options.value_bins, 0);
-  total.hist_b.assign(options.value_bins, 0);
-  const size_t decades = static_cast<size_t>(bins.max_decade - bins.min_decade + 1);
-  total.diff_neg.assign(decades, 0);
-  total.diff_pos.assign(decades, 0);
+  std::vector<uint64_t> hist_a(nb, 0), hist_b(nb, 0), diff(2 * decades + 1, 0);
   std::vector<SegmentPartial> segs(layout.segments);
-  for (const ChunkAcc& c : acc) {
+  for (const ChunkAcc& c : job.acc) {
     total.paired += c.paired;
     total.masked += c.masked;
     total.unpaired += c.unpaired;
@@ -500,13 +634,8 @@ bool compare_cell_into(CellComparison& r, const Tensor& a, const Tensor& b,
     }
     merge_side(total.a, c.a);
     merge_side(total.b, c.b);
-    for (size_t i = 0; i < c.hist_a.size(); ++i) total.hist_a[i] += c.hist_a[i];
-    for (size_t i = 0; i < c.hist_b.size(); ++i) total.hist_b[i] += c.hist_b[i];
-    for (size_t i = 0; i < decades; ++i) {
-      total.diff_neg[i] += c.diff_neg[i];
-      total.diff_pos[i] += c.diff_pos[i];
-    }
-    total.diff_zero += c.diff_zero;
+    for (size_t i = 0; i < nb; ++i) hist_a[i] += c.hist_a[i], hist_b[i] += c.hist_b[i];
+    for (size_t i = 0; i < diff.size(); ++i) diff[i] += c.diff[i];
     for (const SegmentPartial& p : c.segments) {
       if (p.segment >= segs.size()) continue;
       SegmentPartial& s = segs[p.segment];
@@ -516,6 +645,7 @@ bool compare_cell_into(CellComparison& r, const Tensor& a, const Tensor& b,
       s.unpaired = s.unpaired || p.unpaired;
     }
   }
+  std::vector<ChunkAcc>().swap(job.acc);
 
   r.paired = total.paired;
   r.masked = total.masked;
@@ -529,23 +659,27 @@ bool compare_cell_into(CellComparison& r, const Tensor& a, const Tensor& b,
     r.cosine = total.ab / std::sqrt(total.aa * total.bb);
   const double paired = static_cast<double>(total.paired);
   r.rms_diff = total.paired ? std::sqrt(total.dd / paired) : 0.0;
-  r.sqnr_db = total.dd == 0 ? kInf : total.aa == 0 ? -kInf : 10.0 * std::log10(total.aa / total.dd);
+  r.sqnr_db = total.dd == 0   ? kInf
+              : total.aa == 0 ? -kInf
+                              : 10.0 * std::log10(total.aa / total.dd);
   r.sign_agreement = total.paired ? static_cast<double>(total.sign_agree) / paired : 1.0;
   if (total.max_abs_diff >= 0) {
     r.max_abs_diff = total.max_abs_diff;
     r.max_diff_at = layout.decode(total.max_index);
-    r.max_diff_at.a = a.data[total.max_index];
-    r.max_diff_at.b = b.data[total.max_index];
+    r.max_diff_at.a = job.a->data[total.max_index];
+    r.max_diff_at.b = job.b->data[total.max_index];
   }
-  finish_side(r.a, total.a, lo_a, hi_a, options.headroom_factor);
-  finish_side(r.b, total.b, lo_b, hi_b, options.headroom_factor);
-  r.value_histogram.counts_a = std::move(total.hist_a);
-  r.value_histogram.counts_b = std::move(total.hist_b);
-  r.diff_histogram.min_decade = bins.min_decade;
-  r.diff_histogram.max_decade = bins.max_decade;
-  r.diff_histogram.negative = std::move(total.diff_neg);
-  r.diff_histogram.positive = std::move(total.diff_pos);
-  r.diff_histogram.zero = total.diff_zero;
+  finish_side(r.a, total.a, job.lo_a, job.hi_a, options.headroom_factor);
+  finish_side(r.b, total.b, job.lo_b, job.hi_b, options.headroom_factor);
+  r.value_histogram.counts_a = std::move(hist_a);
+  r.value_histogram.counts_b = std::move(hist_b);
+  r.diff_histogram.min_decade = options.diff_min_decade;
+  r.diff_histogram.max_decade = options.diff_max_decade;
+  r.diff_histogram.zero = diff[decades];
+  for (size_t j = 0; j < decades; ++j) {
+    r.diff_histogram.negative.push_back(diff[decades - 1 - j]);
+    r.diff_histogram.positive.push_back(diff[decades + 1 + j]);
+  }
 
   // Breakdowns: segments summed per token and per head, in segment order.
   if (layout.kind != Layout::Kind::Flat) {
@@ -560,15 +694,147 @@ bool compare_cell_into(CellComparison& r, const Tensor& a, const Tensor& b,
         d->unpaired = d->unpaired || segs[s].unpaired;
       }
     }
-    for (const auto& t : tok) r.per_token_relative_rms.push_back(relative_from(t.d2, t.a2, t.nan, t.unpaired));
-    for (const auto& h : head) r.per_head_relative_rms.push_back(relative_from(h.d2, h.a2, h.nan, h.unpaired));
+    for (const auto& t : tok)
+      r.per_token_relative_rms.push_back(relative_from(t.d2, t.a2, t.nan, t.unpaired));
+    for (const auto& h : head)
+      r.per_head_relative_rms.push_back(relative_from(h.d2, h.a2, h.nan, h.unpaired));
   }
 
-  if (r.cell.stage == Stage::LmHead && layout.kind == Layout::Kind::Rows) {
-    r.logits = compare_logits(a, b, options, threads, cancel);
-    if (cancel && cancel->load()) return false;
+  if (job.logits) {
+    LogitComparison l;
+    l.tokens = layout.tokens;
+    l.k = static_cast<uint32_t>(std::min<uint64_t>(options.topk, layout.width));
+    double kl = 0, agree = 0, overlap = 0;
+    for (uint64_t t = 0; t < l.tokens; ++t) {
+      kl += job.rows.kl[t];
+      agree += job.rows.top1[t];
+      overlap += static_cast<double>(job.rows.overlap[t]) / l.k;
+    }
+    const double tokens = static_cast<double>(l.tokens);
+    l.mean_kl = kl / tokens;
+    l.top1_agreement = agree / tokens;
+    l.topk_overlap = overlap / tokens;
+    l.kl = std::move(job.rows.kl);
+    r.logits = std::move(l);
   }
-  return true;
+  job.done.store(true);
+}
+
+enum class ItemKind : uint8_t { Range, Main, Logits };
+struct Item {
+  uint32_t job;
+  ItemKind kind;
+  uint64_t index;
+};
+
+void run_item(CellJob& job, const Item& it) {
+  const float* a = job.a->data.data();
+  const float* b = job.b->data.data();
+  if (it.kind == ItemKind::Range) {
+    const uint64_t begin = it.index * kCompareChunk, len = std::min(kCompareChunk, job.n - begin);
+    float lo = kInfF, hi = -kInfF;
+    finite_range(a + begin, len, lo, hi);
+    job.range_a[it.index] = {lo, hi};
+    lo = kInfF, hi = -kInfF;
+    finite_range(b + begin, len, lo, hi);
+    job.range_b[it.index] = {lo, hi};
+    if (job.ranges_left.fetch_sub(1) == 1) set_bins(job);
+    return;
+  }
+  if (it.kind == ItemKind::Main) {
+    // Every range item of this cell was handed out before this one, so the wait is only for
+    // those still running on other threads.
+    job.binned.wait(false);
+    if (job.aborted.load()) return;
+    const uint64_t begin = it.index * kCompareChunk, end = std::min(job.n, begin + kCompareChunk);
+    compare_chunk(a, b, begin, end, job.layout, job.bins, job.acc[it.index]);
+  } else {
+    const uint32_t k =
+        static_cast<uint32_t>(std::min<uint64_t>(job.options->topk, job.layout.width));
+    const uint64_t first = it.index * job.rows_per_item;
+    const uint64_t last = std::min(job.layout.tokens, first + job.rows_per_item);
+    for (uint64_t t = first; t < last; ++t) compare_logit_row(*job.a, *job.b, t, k, job.rows);
+  }
+  if (job.work_left.fetch_sub(1) == 1) finish_job(job);
+}
+
+unsigned resolve_threads(unsigned t) {
+  if (t) return t;
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Runs every item of every job on `threads` threads (the caller is one of them), handing items
+// out in order. `on_item` runs on the calling thread after each of its items.
+void run_jobs(std::vector<std::unique_ptr<CellJob>>& jobs, unsigned threads,
+              const std::atomic<bool>* cancel, const std::function<void()>& on_item) {
+  std::vector<Item> items;
+  for (uint32_t j = 0; j < jobs.size(); ++j) {
+    const CellJob& job = *jobs[j];
+    if (job.done) continue;
+    for (uint64_t c = 0; c < job.chunks; ++c) items.push_back({j, ItemKind::Range, c});
+    for (uint64_t c = 0; c < job.chunks; ++c) items.push_back({j, ItemKind::Main, c});
+    for (uint64_t c = 0; c < job.logit_items; ++c) items.push_back({j, ItemKind::Logits, c});
+  }
+  // Cells with no elements have no items: finish them now.
+  for (auto& job : jobs)
+    if (!job->done && job->chunks == 0 && job->logit_items == 0) {
+      set_bins(*job);
+      finish_job(*job);
+    }
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&](bool caller) {
+    try {
+      while (!stop.load(std::memory_order_relaxed)) {
+        if (cancel && cancel->load(std::memory_order_relaxed)) {
+          stop = true;
+          break;
+        }
+        const size_t i = next.fetch_add(1);
+        if (i >= items.size()) break;
+        run_item(*jobs[items[i].job], items[i]);
+        if (caller && on_item) on_item();
+      }
+    } catch (...) {
+      {
+        std::lock_guard lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+      stop = true;
+      // A failed range item never sets its cell's bins: release whoever waits on them.
+      for (auto& job : jobs) {
+        job->aborted.store(true);
+        job->binned.store(true);
+        job->binned.notify_all();
+      }
+    }
+  };
+  // A cancel stops handing out items; those handed out finish, so a main item's wait for its
+  // cell's range items (all handed out before it) always ends.
+  const auto helpers =
+      static_cast<unsigned>(std::min<uint64_t>(threads, std::max<size_t>(items.size(), 1)) - 1);
+  std::vector<std::thread> pool;
+  pool.reserve(helpers);
+  for (unsigned t = 0; t < helpers; ++t) pool.emplace_back(work, false);
+  work(true);
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+void check_options(const CompareOptions& o) {
+  if (o.value_bins == 0) throw Error("compare options: expected value_bins >= 1, found 0");
+  if (o.value_bins > (1u << 20))
+    throw Error("compare options: expected value_bins <= 1048576, found " +
+                std::to_string(o.value_bins));
+  if (o.topk == 0) throw Error("compare options: expected topk >= 1, found 0");
+  if (o.diff_min_decade > o.diff_max_decade || o.diff_min_decade < -50 || o.diff_max_decade > 50)
+    throw Error("compare options: expected -50 <= diff_min_decade <= diff_max_decade <= 50, "
+                "found " + std::to_string(o.diff_min_decade) + ".." +
+                std::to_string(o.diff_max_decade));
+  if (!(o.headroom_factor >= 1.0))
+    throw Error("compare options: expected headroom_factor >= 1");
 }
 
 json num(double v) {
@@ -604,7 +870,7 @@ std::optional<uint64_t> derive_head_dim(const Trace& t) {
   if (!heads) return std::nullopt;
   for (const auto& [cell, tensor] : t.cells())
     if ((cell.stage == Stage::QPostRope || cell.stage == Stage::Attention) &&
-        tensor.shape.size() == 2 && tensor.shape[1] % *heads == 0 && tensor.shape[1])
+        tensor.shape.size() == 2 && tensor.shape[1] && tensor.shape[1] % *heads == 0)
       return tensor.shape[1] / *heads;
   return std::nullopt;
 }
@@ -620,10 +886,12 @@ const CellComparison* TraceComparison::find(const Cell& c) const {
 CellComparison compare_cell(const Cell& cell, const Tensor& a, const Tensor& b,
                             const CompareOptions& options) {
   check_options(options);
-  CellComparison r;
-  r.cell = cell;
-  compare_cell_into(r, a, b, options, nullptr);
-  return r;
+  const DecadeTable decades(options.diff_min_decade, options.diff_max_decade);
+  std::vector<std::unique_ptr<CellJob>> jobs;
+  jobs.push_back(std::make_unique<CellJob>());
+  prepare_job(*jobs[0], cell, a, b, options, decades);
+  run_jobs(jobs, resolve_threads(options.threads), nullptr, {});
+  return std::move(jobs[0]->result);
 }
 
 TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOptions& options,
@@ -638,36 +906,41 @@ TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOpti
     out.options.head_dim = derive_head_dim(a);
     if (!out.options.head_dim) out.options.head_dim = derive_head_dim(b);
   }
-  CompareProgress p;
+  const DecadeTable decades(options.diff_min_decade, options.diff_max_decade);
+  std::vector<std::unique_ptr<CellJob>> jobs;
   for (const auto& [cell, t] : a.cells()) {
-    if (const Tensor* u = b.find(cell)) {
-      ++p.cells_total;
-      p.bytes_total += (t.data.size() + u->data.size()) * sizeof(float);
-    } else {
+    const Tensor* u = b.find(cell);
+    if (!u) {
       out.only_in_a.push_back(cell);
+      continue;
     }
+    jobs.push_back(std::make_unique<CellJob>());
+    prepare_job(*jobs.back(), cell, t, *u, out.options, decades);
   }
   for (const auto& [cell, t] : b.cells())
     if (!a.find(cell)) out.only_in_b.push_back(cell);
 
-  for (const auto& [cell, t] : a.cells()) {
-    const Tensor* u = b.find(cell);
-    if (!u) continue;
-    if (cancel && cancel->load()) {
+  CompareProgress p;
+  p.cells_total = jobs.size();
+  for (const auto& job : jobs) p.bytes_total += (job->a->data.size() + job->b->data.size()) * 4;
+  // Reports cells as they finish, in plan order, on this thread.
+  auto report = [&] {
+    while (p.cells_done < jobs.size() && jobs[p.cells_done]->done.load()) {
+      const CellJob& job = *jobs[p.cells_done];
+      ++p.cells_done;
+      p.bytes_done += (job.a->data.size() + job.b->data.size()) * 4;
+      p.last = &job.result.cell;
+      if (progress) progress(p);
+    }
+  };
+  run_jobs(jobs, resolve_threads(options.threads), cancel, report);
+  report();
+  for (auto& job : jobs) {
+    if (!job->done.load()) {
       out.cancelled = true;
       break;
     }
-    CellComparison r;
-    r.cell = cell;
-    if (!compare_cell_into(r, t, *u, out.options, cancel)) {
-      out.cancelled = true;
-      break;
-    }
-    out.cells.push_back(std::move(r));
-    ++p.cells_done;
-    p.bytes_done += (t.data.size() + u->data.size()) * sizeof(float);
-    p.last = &out.cells.back().cell;
-    if (progress) progress(p);
+    out.cells.push_back(std::move(job->result));
   }
   return out;
 }
