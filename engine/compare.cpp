@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <iterator>
 #include <limits>
@@ -226,8 +227,13 @@ void count_side(SideAcc& s, float v) {
 
 // Sums over one block with no NaN/Inf, in kLanes fixed lanes (element i of the block goes to
 // lane i % kLanes, each lane summed in order, lanes added in order): the same bits whether
-// the compiler uses SSE2 or AVX2 and whatever the thread count.
+// the compiler uses SSE2 or AVX2 and whatever the thread count. GCC vector types keep the
+// accumulators in registers (plain arrays under `omp simd` were spilled to the stack).
 constexpr int kLanes = 4;
+using V4d = double __attribute__((vector_size(32)));
+using V4f = float __attribute__((vector_size(16)));
+using V4l = int64_t __attribute__((vector_size(32)));
+
 struct BlockSums {
   double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0, sdd = 0, max_abs_diff = 0;
   uint64_t agree = 0;
@@ -235,68 +241,86 @@ struct BlockSums {
 
 [[gnu::target_clones("avx2", "default")]] BlockSums block_sums(const float* a, const float* b,
                                                                uint64_t n) {
-  double sa[kLanes] = {}, sb[kLanes] = {}, saa[kLanes] = {}, sbb[kLanes] = {}, sab[kLanes] = {},
-         sdd[kLanes] = {}, md[kLanes] = {};
-  int64_t agree[kLanes] = {};
+  V4d sa = {}, sb = {}, saa = {}, sbb = {}, sab = {}, sdd = {}, md = {};
+  V4l agree = {};
   uint64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-#pragma omp simd
-    for (int j = 0; j < kLanes; ++j) {
-      const double x = a[i + j], y = b[i + j], d = y - x;
-      sa[j] += x;
-      sb[j] += y;
-      saa[j] += x * x;
-      sbb[j] += y * y;
-      sab[j] += x * y;
-      sdd[j] += d * d;
-      md[j] = std::max(md[j], std::fabs(d));
-      agree[j] += ((x > 0) - (x < 0)) == ((y > 0) - (y < 0));
-    }
+    V4f fa, fb;
+    std::memcpy(&fa, a + i, sizeof fa);
+    std::memcpy(&fb, b + i, sizeof fb);
+    const V4d x = __builtin_convertvector(fa, V4d), y = __builtin_convertvector(fb, V4d);
+    const V4d d = y - x;
+    sa += x;
+    sb += y;
+    saa += x * x;
+    sbb += y * y;
+    sab += x * y;
+    sdd += d * d;
+    const V4d ad = d < 0 ? -d : d;
+    md = ad > md ? ad : md;
+    // Comparisons give -1 for true: sign = (x < 0) − (x > 0) negated twice.
+    const V4l sx = (x < 0) - (x > 0), sy = (y < 0) - (y > 0);
+    agree -= sx == sy;
   }
+  double lanes[7][kLanes];
+  std::memcpy(lanes[0], &sa, sizeof sa);
+  std::memcpy(lanes[1], &sb, sizeof sb);
+  std::memcpy(lanes[2], &saa, sizeof saa);
+  std::memcpy(lanes[3], &sbb, sizeof sbb);
+  std::memcpy(lanes[4], &sab, sizeof sab);
+  std::memcpy(lanes[5], &sdd, sizeof sdd);
+  std::memcpy(lanes[6], &md, sizeof md);
+  int64_t agree_lanes[kLanes];
+  std::memcpy(agree_lanes, &agree, sizeof agree);
   for (int j = 0; i < n; ++i, ++j) {
     const double x = a[i], y = b[i], d = y - x;
-    sa[j] += x;
-    sb[j] += y;
-    saa[j] += x * x;
-    sbb[j] += y * y;
-    sab[j] += x * y;
-    sdd[j] += d * d;
-    md[j] = std::max(md[j], std::fabs(d));
-    agree[j] += ((x > 0) - (x < 0)) == ((y > 0) - (y < 0));
+    lanes[0][j] += x;
+    lanes[1][j] += y;
+    lanes[2][j] += x * x;
+    lanes[3][j] += y * y;
+    lanes[4][j] += x * y;
+    lanes[5][j] += d * d;
+    lanes[6][j] = std::max(lanes[6][j], std::fabs(d));
+    agree_lanes[j] += ((x > 0) - (x < 0)) == ((y > 0) - (y < 0));
   }
   BlockSums s;
   for (int j = 0; j < kLanes; ++j) {
-    s.sa += sa[j];
-    s.sb += sb[j];
-    s.saa += saa[j];
-    s.sbb += sbb[j];
-    s.sab += sab[j];
-    s.sdd += sdd[j];
-    s.max_abs_diff = std::max(s.max_abs_diff, md[j]);
-    s.agree += static_cast<uint64_t>(agree[j]);
+    s.sa += lanes[0][j];
+    s.sb += lanes[1][j];
+    s.saa += lanes[2][j];
+    s.sbb += lanes[3][j];
+    s.sab += lanes[4][j];
+    s.sdd += lanes[5][j];
+    s.max_abs_diff = std::max(s.max_abs_diff, lanes[6][j]);
+    s.agree += static_cast<uint64_t>(agree_lanes[j]);
   }
   return s;
 }
 
-// Histogram keys of a block with no NaN/Inf: value bins of both sides, and the diff's index
-// into the [negative | zero | positive] array (DecadeTable::index, vectorised: the table
-// lookups become gathers).
+// Histogram keys of a block with no NaN/Inf: the value bins of both sides (or, with `joint`,
+// the one key bin_a · bins + bin_b), and the diff's index into the [negative | zero |
+// positive] array (DecadeTable::index, vectorised: the table lookups become gathers).
 struct BlockKeys {
   int32_t bin_a[kBlock], bin_b[kBlock], diff[kBlock];
 };
 
 [[gnu::target_clones("avx2", "default")]] void block_keys(const float* a, const float* b,
-                                                          uint64_t n, float scale, float offset,
-                                                          float top, const DecadeTable& dt,
-                                                          BlockKeys& out) {
+                                                          uint64_t n, const Binning& bins,
+                                                          bool joint, BlockKeys& out) {
+  const float scale = bins.scale, offset = bins.offset, top = static_cast<float>(bins.bins - 1);
+  // joint: bin_a · bins + bin_b; else bin_a.
+  const int32_t stride = joint ? bins.bins : 1, mix = joint ? 1 : 0;
+  const DecadeTable& dt = *bins.decades;
   const int32_t zero = dt.zero();
   const int32_t* decade_lo = dt.decade_lo;
   const float* threshold = dt.threshold;
 #pragma omp simd
   for (uint64_t i = 0; i < n; ++i) {
     const float x = a[i], y = b[i], d = y - x, ad = std::fabs(d);
-    out.bin_a[i] = static_cast<int32_t>(std::min(x * scale - offset, top));
-    out.bin_b[i] = static_cast<int32_t>(std::min(y * scale - offset, top));
+    const auto ba = static_cast<int32_t>(std::min(x * scale - offset, top));
+    const auto bb = static_cast<int32_t>(std::min(y * scale - offset, top));
+    out.bin_a[i] = ba * stride + bb * mix;
+    out.bin_b[i] = bb;
     const auto e = static_cast<int32_t>(std::bit_cast<uint32_t>(ad) >> 23);
     const int32_t k = decade_lo[e] + static_cast<int32_t>(ad >= threshold[e]) + 1;
     const int32_t sign = (d > 0) - (d < 0);
@@ -304,17 +328,28 @@ struct BlockKeys {
   }
 }
 
-// Histogram copies per chunk, indexed by element number: consecutive elements in one bin
-// (the diffs of a close pair crowd into a decade or two) then increment different counters
-// instead of waiting on each other's stores.
-constexpr int kValueCopies = 4, kDiffCopies = 8;
+// Up to this many value bins, a block counts both sides with one increment into a joint
+// [bins, bins] table (16 KiB at 64 bins, in L1), summed into the two histograms per chunk: the
+// increments, not the arithmetic, are what the histogram loop spends its time on.
+constexpr int kMaxJointBins = 64;
+
+// Per-chunk counters: a chunk holds < 2^32 elements.
+struct ChunkCounts {
+  std::vector<uint32_t> joint;          // [bins, bins] when bins <= kMaxJointBins
+  std::vector<uint32_t> hist_a, hist_b;  // [bins]
+  std::vector<uint32_t> diff;           // [2 · decades + 1]
+};
 
 // One piece [begin, end) of one segment, inside one chunk.
 void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t end,
-                      const Binning& bins, BlockKeys& keys, ChunkAcc& acc, uint32_t* hist_a,
-                      uint32_t* hist_b, uint32_t* diff, SegmentPartial& seg) {
+                      const Binning& bins, BlockKeys& keys, ChunkAcc& acc, ChunkCounts& counts,
+                      SegmentPartial& seg) {
   const DecadeTable& dt = *bins.decades;
-  const int nb = bins.bins, nd = 2 * dt.zero() + 1;
+  const bool joint = !counts.joint.empty();
+  uint32_t* hist_a = counts.hist_a.data();
+  uint32_t* hist_b = counts.hist_b.data();
+  uint32_t* pair_counts = counts.joint.data();
+  uint32_t* diff = counts.diff.data();
   for (uint64_t blk = begin; blk < end; blk += kBlock) {
     const uint64_t n = std::min(kBlock, end - blk);
     const float* pa = a + blk;
@@ -344,12 +379,18 @@ void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t e
             break;
           }
       }
-      block_keys(pa, pb, n, bins.scale, bins.offset, static_cast<float>(nb - 1), dt, keys);
-      for (uint64_t i = 0; i < n; ++i) {
-        const int vc = static_cast<int>(i % kValueCopies) * nb;
-        ++hist_a[vc + keys.bin_a[i]];
-        ++hist_b[vc + keys.bin_b[i]];
-        ++diff[static_cast<int>(i % kDiffCopies) * nd + keys.diff[i]];
+      block_keys(pa, pb, n, bins, joint, keys);
+      if (joint) {
+        for (uint64_t i = 0; i < n; ++i) {
+          ++pair_counts[keys.bin_a[i]];
+          ++diff[keys.diff[i]];
+        }
+      } else {
+        for (uint64_t i = 0; i < n; ++i) {
+          ++hist_a[keys.bin_a[i]];
+          ++hist_b[keys.bin_b[i]];
+          ++diff[keys.diff[i]];
+        }
       }
       continue;
     }
@@ -405,32 +446,31 @@ void compare_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
   const size_t nb = static_cast<size_t>(bins.bins);
   const size_t nd = static_cast<size_t>(2 * bins.decades->zero() + 1);
   // Per-thread scratch, reused from chunk to chunk.
-  thread_local std::vector<uint32_t> counts;
+  thread_local ChunkCounts counts;
   thread_local std::unique_ptr<BlockKeys> keys;
-  counts.assign(kValueCopies * 2 * nb + kDiffCopies * nd, 0);
   if (!keys) keys = std::make_unique<BlockKeys>();
-  uint32_t* hist_a = counts.data();              // [kValueCopies, nb]
-  uint32_t* hist_b = hist_a + kValueCopies * nb;  // [kValueCopies, nb]
-  uint32_t* diff = hist_b + kValueCopies * nb;    // [kDiffCopies, nd]
+  counts.joint.assign(nb <= kMaxJointBins ? nb * nb : 0, 0);
+  counts.hist_a.assign(nb, 0);
+  counts.hist_b.assign(nb, 0);
+  counts.diff.assign(nd, 0);
   for (uint64_t i = begin; i < end;) {
     const uint64_t s = i / layout.segment_len;
     const uint64_t piece_end = std::min(end, (s + 1) * layout.segment_len);
     SegmentPartial seg;
     seg.segment = s;
-    accumulate_piece(a, b, i, piece_end, bins, *keys, acc, hist_a, hist_b, diff, seg);
+    accumulate_piece(a, b, i, piece_end, bins, *keys, acc, counts, seg);
     acc.segments.push_back(seg);
     i = piece_end;
   }
-  acc.hist_a.resize(nb);
-  acc.hist_b.resize(nb);
-  acc.diff.resize(nd);
-  for (size_t i = 0; i < nb; ++i)
-    for (size_t c = 0; c < kValueCopies; ++c) {
-      acc.hist_a[i] += hist_a[c * nb + i];
-      acc.hist_b[i] += hist_b[c * nb + i];
-    }
-  for (size_t i = 0; i < nd; ++i)
-    for (size_t c = 0; c < kDiffCopies; ++c) acc.diff[i] += diff[c * nd + i];
+  acc.hist_a = counts.hist_a;
+  acc.hist_b = counts.hist_b;
+  acc.diff = counts.diff;
+  if (!counts.joint.empty())
+    for (size_t i = 0; i < nb; ++i)
+      for (size_t j = 0; j < nb; ++j) {
+        acc.hist_a[i] += counts.joint[i * nb + j];
+        acc.hist_b[j] += counts.joint[i * nb + j];
+      }
 }
 
 // ---- lm_head -----------------------------------------------------------------------------

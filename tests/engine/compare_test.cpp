@@ -218,13 +218,35 @@ TEST(CompareCell, ValueHistogramSharesBinsOverTheJointRange) {
             c.paired);
 }
 
+TEST(CompareCell, ValueBinsAreTheSameWithAndWithoutTheJointTable) {
+  // 64 bins count both sides with one joint table, 128 count each side alone; bins of 128 are
+  // halves of those of 64 (scale ×2 is exact), so pairs must add up.
+  Tensor a = tensor({300, 1000}, test::random_nonzero(300000, 12)), b = a;
+  std::mt19937 rng(13);
+  std::normal_distribution<float> noise(0.0f, 0.3f);
+  for (float& v : b.data) v += noise(rng);
+  b.data[7] = kNaNf;
+  CompareOptions o64, o128;
+  o128.value_bins = 128;
+  CellComparison c64 = compare_cell(kNorm, a, b, o64), c128 = compare_cell(kNorm, a, b, o128);
+  for (size_t i = 0; i < 64; ++i) {
+    EXPECT_EQ(c64.value_histogram.counts_a[i],
+              c128.value_histogram.counts_a[2 * i] + c128.value_histogram.counts_a[2 * i + 1]);
+    EXPECT_EQ(c64.value_histogram.counts_b[i],
+              c128.value_histogram.counts_b[2 * i] + c128.value_histogram.counts_b[2 * i + 1]);
+  }
+  EXPECT_EQ(sum(c128.value_histogram.counts_b), 299999u);
+  EXPECT_EQ(c64.diff_histogram.positive, c128.diff_histogram.positive);
+}
+
 TEST(CompareCell, DiffHistogramPlacesSignedDecades) {
   CompareOptions o;
   o.diff_min_decade = -4;
   o.diff_max_decade = 3;
-  // diffs: +0.5, -0.5, +0.005, 0, +200, +1, -1e-7 (below the range), +1e6 (above).
-  Tensor a = tensor({1, 8}, {1, 1, 0, 7, 0, 2, 0, 0});
-  Tensor b = tensor({1, 8}, {1.5f, 0.5f, 0.005f, 7, 200, 3, -1e-7f, 1e6f});
+  // diffs: +0.5, -0.5, +0.005, 0, +200, +1, -1e-7 (below the range), +1e6 (above), and the
+  // powers of ten inside a binary octave: +10 (in [8, 16)), -100 (in [64, 128)).
+  Tensor a = tensor({1, 10}, {1, 1, 0, 7, 0, 2, 0, 0, 0, 100});
+  Tensor b = tensor({1, 10}, {1.5f, 0.5f, 0.005f, 7, 200, 3, -1e-7f, 1e6f, 10, 0});
   CellComparison c = compare_cell(kNorm, a, b, o);
   const DiffHistogram& h = c.diff_histogram;
   ASSERT_EQ(h.positive.size(), 8u);  // decades -4..3
@@ -235,9 +257,11 @@ TEST(CompareCell, DiffHistogramPlacesSignedDecades) {
   EXPECT_EQ(h.positive[at(-3)], 1u);  // 0.005
   EXPECT_EQ(h.positive[at(2)], 1u);   // 200
   EXPECT_EQ(h.positive[at(0)], 1u);   // exactly 1: decade 0
+  EXPECT_EQ(h.positive[at(1)], 1u);   // exactly 10: decade 1
+  EXPECT_EQ(h.negative[at(2)], 1u);   // exactly -100: decade 2
   EXPECT_EQ(h.negative[at(-4)], 1u);  // 1e-7, clamped into the first bucket
   EXPECT_EQ(h.positive[at(3)], 1u);   // 1e6, clamped into the last
-  EXPECT_EQ(sum(h.positive) + sum(h.negative) + h.zero, 8u);
+  EXPECT_EQ(sum(h.positive) + sum(h.negative) + h.zero, 10u);
 }
 
 TEST(CompareCell, PerTokenAndPerHeadBreakdownRiseOnlyWherePerturbed) {
@@ -288,6 +312,20 @@ TEST(CompareCell, LogitsKlTop1AndTopkOverlap) {
   EXPECT_EQ(c.logits->kl[1], 0.0);
   EXPECT_GT(c.logits->kl[0], 0.0);
   EXPECT_FALSE(compare_cell(kNorm, a, b).logits);
+}
+
+TEST(CompareCell, KlMatchesMetricsOnRandomLogits) {
+  Tensor a = tensor({3, 500}, test::random_nonzero(1500, 14, 8.0f));
+  Tensor b = tensor({3, 500}, test::random_nonzero(1500, 15, 8.0f));
+  CellComparison c = compare_cell(kLogits, a, b);
+  for (uint64_t t = 0; t < 3; ++t) {
+    std::span<const float> ra(a.data.data() + t * 500, 500), rb(b.data.data() + t * 500, 500);
+    EXPECT_NEAR(c.logits->kl[t], kl_divergence(ra, rb), 1e-12 * kl_divergence(ra, rb)) << t;
+  }
+  b.data[600] = kNaNf;
+  c = compare_cell(kLogits, a, b);
+  EXPECT_FALSE(std::isnan(c.logits->kl[0]));
+  EXPECT_TRUE(std::isnan(c.logits->kl[1]));
 }
 
 TEST(CompareCell, ShapeMismatchIsReportedNotThrown) {
@@ -398,6 +436,29 @@ TEST(CompareTraces, CellsInOneTraceOnlyProgressAndCancel) {
   TraceComparison cancelled = compare_traces(a, b, {}, {}, &cancel);
   EXPECT_TRUE(cancelled.cancelled);
   EXPECT_TRUE(cancelled.cells.empty());
+}
+
+TEST(CompareTraces, CancelFromProgressKeepsOnlyFinishedCellsInOrder) {
+  Trace a = noisy_trace(16, false), b = noisy_trace(16, true);
+  for (unsigned t : {1u, 3u}) {
+    std::atomic<bool> cancel{false};
+    TraceComparison c = compare_traces(
+        a, b, threads(t),
+        [&](const CompareProgress& p) {
+          if (p.cells_done == 2) cancel = true;
+        },
+        &cancel);
+    // One thread stops at the next item; with more, the rest may all be handed out already,
+    // and then the comparison completes and says so.
+    if (t == 1) {
+      EXPECT_TRUE(c.cancelled);
+    }
+    ASSERT_GE(c.cells.size(), 2u);
+    EXPECT_EQ(c.cells.size() < a.size(), c.cancelled);
+    TraceComparison full = compare_traces(a, b, threads(1));
+    for (size_t i = 0; i < c.cells.size(); ++i)
+      EXPECT_EQ(to_json(c.cells[i]).dump(), to_json(full.cells[i]).dump()) << i;
+  }
 }
 
 TEST(CompareTraces, JsonSpellsNonFiniteNumbersAsStrings) {
