@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <system_error>
 #include <thread>
 
 #include "formats/error.h"
@@ -857,7 +858,13 @@ void run_jobs(std::vector<std::unique_ptr<CellJob>>& jobs, unsigned threads,
       static_cast<unsigned>(std::min<uint64_t>(threads, std::max<size_t>(items.size(), 1)) - 1);
   std::vector<std::thread> pool;
   pool.reserve(helpers);
-  for (unsigned t = 0; t < helpers; ++t) pool.emplace_back(work, false);
+  for (unsigned t = 0; t < helpers; ++t) {
+    try {
+      pool.emplace_back(work, false);
+    } catch (const std::system_error&) {
+      break;  // no more threads to be had: the ones running (and the caller) do the work
+    }
+  }
   work(true);
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);

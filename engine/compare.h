@@ -1,7 +1,8 @@
 #pragma once
 // Per-cell metrics between two traces: side a is the reference (the oracle, or lane A), side
-// b the lane under test. One streaming, multi-threaded pass per cell; every result is a plain
-// struct the GUI can hold as an immutable snapshot, and to_json gives the stable report.
+// b the lane under test. A streaming, multi-threaded comparison (two reads of each cell, see
+// "Passes and threads"); every result is a plain struct the GUI can hold as an immutable
+// snapshot, and to_json gives the stable report.
 //
 // Positions. Masked attention scores are -inf in every lane (metrics.h): a position -inf in
 // both sides is "masked" and skipped; a position finite in both is "paired". Anything else
@@ -10,18 +11,28 @@
 // ‖b−a‖/‖a‖ over paired positions (0 when equal, +inf when ‖a‖ = 0 and b differs). Every
 // other difference metric (cosine, rms_diff, max |diff|, sign agreement, SQNR, diff
 // histogram) is over paired positions, and `paired`/`unpaired` say how many there were.
-// Per-side statistics are over that side's finite values. All sums are in double.
+// Per-side statistics are over that side's finite values. All sums are in double; max |diff|
+// is exact (float difference taken in double) and names the lowest flat index among ties.
 //
-// Determinism: a cell is cut into fixed chunks of kCompareChunk elements whatever the thread
-// count; each chunk's partial sums are combined in chunk order, so 1 or N threads give
-// bit-identical results. Histograms need the cell's value range before binning: a first pass
-// takes the min/max of both sides (vectorised, no branches; on a cell larger than the caches
-// it costs one extra read of each side), then the main pass computes everything else. A
-// fixed log-scale value histogram would save that read but could not give N linear bins over
-// the actual range, which is what a value histogram is read for (outliers at the ends).
+// Passes and threads. A cell is cut into fixed chunks of kCompareChunk elements whatever the
+// thread count. Histograms need the cell's value range before binning, so each cell has two
+// passes: range chunks (min/max of the finite values of both sides: vectorised, branch-free,
+// memory-bound) and main chunks (everything else, in blocks of 512 elements that stay in L1:
+// vectorised double sums, vectorised histogram keys, then the increments). A fixed log-scale
+// value histogram would save the first read but could not give N linear bins over the actual
+// range, which is what a value histogram is read for (outliers at the ends); on cells that fit
+// the L3 cache the second read is cheap, and on a large trace it measured ~10% of the time.
+// A comparison runs one team of std::threads (the caller is one of them) over every cell's
+// range items, main items and lm_head row items, handed out in that order; a main item waits
+// (futex, no spinning) only for its own cell's range items, all handed out before it, and the
+// thread that finishes a cell's last item combines its chunk partials in chunk order. So 1 or
+// N threads give bit-identical results, and there is no barrier per cell (a per-cell OpenMP
+// region cost more than the work on a loaded 2-core machine). Block sums use fixed lanes, so
+// SSE2 and AVX2 builds agree too.
 //
 // lm_head (logits [tokens, vocab]) also gets, per token row: KL(softmax(a) ‖ softmax(b)),
-// top-1 agreement and top-k overlap; that reads lm_head once more, row by row.
+// top-1 agreement and top-k overlap (top-k: larger first, NaN as -inf, ties to the lower
+// index); that reads lm_head once more, row by row.
 //
 // Index decoding of max |diff| (and per-head breakdown):
 //   [tokens, width]         token = i / width, channel = i % width; head = channel / head_dim
@@ -64,10 +75,14 @@
 //     "nan": int, "pos_inf": int, "neg_inf": int,
 //     "near_f16_limit": bool, "near_bf16_limit": bool }
 // value_histogram: N bins of equal width over [min, max] of the finite values of both sides;
-// bin i is [min + i·w, min + (i+1)·w), the last one closed; counts_x sums to x's finite count.
-// diff_histogram: over paired positions, b − a. zero: exact zeros; positive[j] / negative[j]:
-// |diff| in [10^(min_decade+j), 10^(min_decade+j+1)), the first bucket reaching down to 0 and
-// the last up to +inf; the three sum to "paired".
+// bin i is [min + i·w, min + (i+1)·w), the last one closed, up to float rounding at the edges
+// (the bin is x·scale − min·scale in float); counts_x sums to x's finite count.
+// diff_histogram: over paired positions, b − a (in float). zero: exact zeros; positive[j] /
+// negative[j]: |diff| in [10^(min_decade+j), 10^(min_decade+j+1)) (bounds: the floats nearest
+// those powers), the first bucket reaching down to 0 and the last up to +inf; the three sum to
+// "paired".
+// Side std is the population standard deviation. cosine is 1 when both sides are all zero
+// over the paired positions, 0 when only one is; sign_agreement is 1 when nothing is paired.
 
 #include <atomic>
 #include <cstdint>
@@ -90,7 +105,7 @@ struct CompareOptions {
   std::optional<uint64_t> head_dim;    // channels per head in [tokens, width] per-head cells
   uint32_t topk = 5;                   // lm_head top-k overlap
   uint32_t value_bins = 64;            // value histogram bins (>= 1)
-  int diff_min_decade = -12;           // diff histogram: decades [min, max], see the schema
+  int diff_min_decade = -12;           // diff histogram: decades [min, max] within [-50, 50]
   int diff_max_decade = 6;
   // A side is flagged when max |x| · headroom_factor reaches the f16 (65504) or bf16 limit.
   double headroom_factor = 4.0;
@@ -157,7 +172,7 @@ struct TraceComparison {
 struct CompareProgress {
   size_t cells_done = 0, cells_total = 0;
   uint64_t bytes_done = 0, bytes_total = 0;  // both sides
-  const Cell* last = nullptr;                // the cell just finished
+  const Cell* last = nullptr;                // the cell just finished; valid during the call
 };
 using CompareProgressFn = std::function<void(const CompareProgress&)>;
 
@@ -166,8 +181,10 @@ using CompareProgressFn = std::function<void(const CompareProgress&)>;
 CellComparison compare_cell(const Cell& cell, const Tensor& a, const Tensor& b,
                             const CompareOptions& options = {});
 
-// Every cell of both traces. `progress` is called on the calling thread after each cell;
-// `cancel`, checked between chunks, stops the comparison early (result.cancelled).
+// Every cell of both traces. `progress` is called on the calling thread as cells finish, in
+// plan order. `cancel`, checked before each work item, stops the comparison early: cells then
+// holds the finished prefix and cancelled is true (unless every item was already under way).
+// Throws lockstep::Error for bad options.
 TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOptions& options = {},
                                const CompareProgressFn& progress = {},
                                const std::atomic<bool>* cancel = nullptr);
