@@ -101,8 +101,14 @@ void bm_memcpy(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * p.bytes));
 }
 
-BENCHMARK(bm_compare)->Name("compare")->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()
-    ->Unit(benchmark::kMillisecond)->Iterations(5);
+BENCHMARK(bm_compare)
+    ->Name("compare")
+    ->ArgName("threads")
+    ->Arg(1)
+    ->Arg(2)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(5);
 BENCHMARK(bm_memcpy)->Name("memcpy")->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(5);
 
 }  // namespace

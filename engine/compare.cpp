@@ -29,7 +29,9 @@ bool is_per_head_rows(Stage s) {
   return s == Stage::QkvMatmul || s == Stage::QkvBias || s == Stage::QPostRope ||
          s == Stage::KPostRope || s == Stage::Attention;
 }
-bool is_attention_matrix(Stage s) { return s == Stage::AttnScores || s == Stage::AttnSoftmax; }
+bool is_attention_matrix(Stage s) {
+  return s == Stage::AttnScores || s == Stage::AttnSoftmax;
+}
 
 // How flat indices map to tokens and heads. A segment is the finest unit with its own partial
 // sums: one (token, head) slice, one token row, one (head, token) row of keys, or everything.
@@ -61,7 +63,9 @@ struct Layout {
         m.token = static_cast<int64_t>(i / ctx % tokens);
         m.channel = static_cast<int64_t>(i % ctx);
         break;
-      case Kind::Flat: m.channel = static_cast<int64_t>(i); break;
+      case Kind::Flat:
+        m.channel = static_cast<int64_t>(i);
+        break;
     }
     return m;
   }
@@ -80,8 +84,7 @@ Layout make_layout(Stage stage, const std::vector<uint64_t>& shape, uint64_t n,
       l.heads = l.width / l.head_dim;
       l.segment_len = l.head_dim;
     }
-  } else if (shape.size() == 3 && is_attention_matrix(stage) && shape[0] && shape[1] &&
-             shape[2]) {
+  } else if (shape.size() == 3 && is_attention_matrix(stage) && shape[0] && shape[1] && shape[2]) {
     l.kind = Layout::Kind::Attention;
     l.heads = shape[0];
     l.tokens = shape[1];
@@ -173,7 +176,9 @@ struct Binning {
   }
 };
 
-int sign_of(double x) { return (x > 0) - (x < 0); }
+int sign_of(double x) {
+  return (x > 0) - (x < 0);
+}
 
 // Relative RMS from partial sums, with metrics.h's convention.
 double relative_from(double d2, double a2, bool nan, bool unpaired) {
@@ -336,9 +341,9 @@ constexpr int kMaxJointBins = 64;
 
 // Per-chunk counters: a chunk holds < 2^32 elements.
 struct ChunkCounts {
-  std::vector<uint32_t> joint;          // [bins, bins] when bins <= kMaxJointBins
+  std::vector<uint32_t> joint;           // [bins, bins] when bins <= kMaxJointBins
   std::vector<uint32_t> hist_a, hist_b;  // [bins]
-  std::vector<uint32_t> diff;           // [2 · decades + 1]
+  std::vector<uint32_t> diff;            // [2 · decades + 1]
 };
 
 // One piece [begin, end) of one segment, inside one chunk.
@@ -700,9 +705,7 @@ void finish_job(CellJob& job) {
     r.cosine = total.ab / std::sqrt(total.aa * total.bb);
   const double paired = static_cast<double>(total.paired);
   r.rms_diff = total.paired ? std::sqrt(total.dd / paired) : 0.0;
-  r.sqnr_db = total.dd == 0   ? kInf
-              : total.aa == 0 ? -kInf
-                              : 10.0 * std::log10(total.aa / total.dd);
+  r.sqnr_db = total.dd == 0 ? kInf : total.aa == 0 ? -kInf : 10.0 * std::log10(total.aa / total.dd);
   r.sign_agreement = total.paired ? static_cast<double>(total.sign_agree) / paired : 1.0;
   if (total.max_abs_diff >= 0) {
     r.max_abs_diff = total.max_abs_diff;
@@ -877,11 +880,11 @@ void check_options(const CompareOptions& o) {
                 std::to_string(o.value_bins));
   if (o.topk == 0) throw Error("compare options: expected topk >= 1, found 0");
   if (o.diff_min_decade > o.diff_max_decade || o.diff_min_decade < -50 || o.diff_max_decade > 50)
-    throw Error("compare options: expected -50 <= diff_min_decade <= diff_max_decade <= 50, "
-                "found " + std::to_string(o.diff_min_decade) + ".." +
-                std::to_string(o.diff_max_decade));
-  if (!(o.headroom_factor >= 1.0))
-    throw Error("compare options: expected headroom_factor >= 1");
+    throw Error(
+        "compare options: expected -50 <= diff_min_decade <= diff_max_decade <= 50, "
+        "found " +
+        std::to_string(o.diff_min_decade) + ".." + std::to_string(o.diff_max_decade));
+  if (!(o.headroom_factor >= 1.0)) throw Error("compare options: expected headroom_factor >= 1");
 }
 
 json num(double v) {
@@ -897,11 +900,16 @@ json nums(const std::vector<double>& v) {
 }
 
 json side_json(const SideStats& s) {
-  return {{"mean", num(s.mean)},       {"std", num(s.std)},
-          {"min", num(s.min)},         {"max", num(s.max)},
-          {"max_abs", num(s.max_abs)}, {"finite", s.finite},
-          {"nan", s.nan},              {"pos_inf", s.pos_inf},
-          {"neg_inf", s.neg_inf},      {"near_f16_limit", s.near_f16_limit},
+  return {{"mean", num(s.mean)},
+          {"std", num(s.std)},
+          {"min", num(s.min)},
+          {"max", num(s.max)},
+          {"max_abs", num(s.max_abs)},
+          {"finite", s.finite},
+          {"nan", s.nan},
+          {"pos_inf", s.pos_inf},
+          {"neg_inf", s.neg_inf},
+          {"near_f16_limit", s.near_f16_limit},
           {"near_bf16_limit", s.near_bf16_limit}};
 }
 
@@ -942,8 +950,7 @@ CellComparison compare_cell(const Cell& cell, const Tensor& a, const Tensor& b,
 }
 
 TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOptions& options,
-                               const CompareProgressFn& progress,
-                               const std::atomic<bool>* cancel) {
+                               const CompareProgressFn& progress, const std::atomic<bool>* cancel) {
   check_options(options);
   TraceComparison out;
   out.lane_a = a.lane;
@@ -1016,7 +1023,7 @@ json to_json(const CellComparison& c) {
   j["max_abs_diff"] = num(c.max_abs_diff);
   const MaxDiffLocation& m = c.max_diff_at;
   j["max_diff_at"] = {{"index", m.index}, {"token", m.token}, {"channel", m.channel},
-                      {"head", m.head},   {"a", num(m.a)},     {"b", num(m.b)}};
+                      {"head", m.head},   {"a", num(m.a)},    {"b", num(m.b)}};
   j["a"] = side_json(c.a);
   j["b"] = side_json(c.b);
   j["per_token_relative_rms"] = nums(c.per_token_relative_rms);

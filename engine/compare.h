@@ -101,11 +101,11 @@ inline constexpr double kF16Max = 65504.0;
 inline constexpr double kBf16Max = 3.3895313892515355e38;
 
 struct CompareOptions {
-  unsigned threads = 0;                // 0: one per hardware thread
-  std::optional<uint64_t> head_dim;    // channels per head in [tokens, width] per-head cells
-  uint32_t topk = 5;                   // lm_head top-k overlap
-  uint32_t value_bins = 64;            // value histogram bins (>= 1)
-  int diff_min_decade = -12;           // diff histogram: decades [min, max] within [-50, 50]
+  unsigned threads = 0;              // 0: one per hardware thread
+  std::optional<uint64_t> head_dim;  // channels per head in [tokens, width] per-head cells
+  uint32_t topk = 5;                 // lm_head top-k overlap
+  uint32_t value_bins = 64;          // value histogram bins (>= 1)
+  int diff_min_decade = -12;         // diff histogram: decades [min, max] within [-50, 50]
   int diff_max_decade = 6;
   // A side is flagged when max |x| · headroom_factor reaches the f16 (65504) or bf16 limit.
   double headroom_factor = 4.0;
@@ -162,7 +162,7 @@ struct CellComparison {
 
 struct TraceComparison {
   std::string lane_a, lane_b;
-  CompareOptions options;  // as used (head_dim resolved when derived)
+  CompareOptions options;             // as used (head_dim resolved when derived)
   std::vector<CellComparison> cells;  // cells in both traces, plan order
   std::vector<Cell> only_in_a, only_in_b;
   bool cancelled = false;  // cells holds those finished before the cancel

@@ -11,19 +11,29 @@ namespace lockstep::engine {
 namespace fs = std::filesystem;
 namespace {
 
-bool is_attention_matrix(Stage s) { return s == Stage::AttnScores || s == Stage::AttnSoftmax; }
+bool is_attention_matrix(Stage s) {
+  return s == Stage::AttnScores || s == Stage::AttnSoftmax;
+}
 
 // Per-token width of a stage under `c`; 0 when the config does not say (MoE experts).
 uint64_t config_width(const ModelConfig& c, StageWidth w) {
   switch (w) {
-    case StageWidth::Hidden: return c.hidden;
-    case StageWidth::Qkv: return c.qkv_dim();
-    case StageWidth::QDim: return c.q_dim();
-    case StageWidth::KvDim: return c.kv_dim();
-    case StageWidth::HeadsTimesCtx: return c.heads;
-    case StageWidth::Ffn: return c.ffn;
-    case StageWidth::Vocab: return c.vocab;
-    case StageWidth::Experts: return 0;
+    case StageWidth::Hidden:
+      return c.hidden;
+    case StageWidth::Qkv:
+      return c.qkv_dim();
+    case StageWidth::QDim:
+      return c.q_dim();
+    case StageWidth::KvDim:
+      return c.kv_dim();
+    case StageWidth::HeadsTimesCtx:
+      return c.heads;
+    case StageWidth::Ffn:
+      return c.ffn;
+    case StageWidth::Vocab:
+      return c.vocab;
+    case StageWidth::Experts:
+      return 0;
   }
   return 0;
 }
@@ -64,8 +74,8 @@ LoadedDump load_dump(const fs::path& dir, const ModelConfig* config) {
   LoadedDump out;
   out.issues = scan.issues;
   out.manifest = scan.manifest;
-  out.trace.lane = scan.manifest && !scan.manifest->lane.empty() ? scan.manifest->lane
-                                                                   : "dump:" + dir.string();
+  out.trace.lane =
+      scan.manifest && !scan.manifest->lane.empty() ? scan.manifest->lane : "dump:" + dir.string();
   if (scan.manifest) out.trace.tokens = scan.manifest->token_ids;
 
   // Tokens per cell from the config: the most common count among cells of a plain

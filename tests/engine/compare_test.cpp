@@ -3,12 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <limits>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
-#include "engine/metrics.h"
 #include "engine/cpu_lane.h"
+#include "engine/metrics.h"
 #include "engine/ref_lane.h"
 #include "tests/engine/lane_test_util.h"
 #include "tests/test_util.h"
@@ -38,7 +38,9 @@ CompareOptions threads(unsigned n) {
   return o;
 }
 
-uint64_t sum(const std::vector<uint64_t>& v) { return std::accumulate(v.begin(), v.end(), 0ull); }
+uint64_t sum(const std::vector<uint64_t>& v) {
+  return std::accumulate(v.begin(), v.end(), 0ull);
+}
 
 TEST(CompareCell, IdenticalTensorsAreExact) {
   Tensor a = tensor({2, 3}, test::random_nonzero(6, 1));
@@ -213,8 +215,7 @@ TEST(CompareCell, ValueHistogramSharesBinsOverTheJointRange) {
   EXPECT_EQ(sum(c.value_histogram.counts_b), c.b.finite);
   EXPECT_EQ(c.b.finite + c.b.nan + c.b.pos_inf, 300000u);
   EXPECT_EQ(c.value_histogram.counts_a.size(), 64u);
-  EXPECT_EQ(sum(c.diff_histogram.negative) + sum(c.diff_histogram.positive) +
-                c.diff_histogram.zero,
+  EXPECT_EQ(sum(c.diff_histogram.negative) + sum(c.diff_histogram.positive) + c.diff_histogram.zero,
             c.paired);
 }
 
@@ -365,7 +366,8 @@ Trace noisy_trace(uint32_t seed, bool perturbed) {
     if (c.stage == Stage::AttnScores)
       for (uint64_t h = 0; h < shape[0]; ++h)
         for (uint64_t q = 0; q < shape[1]; ++q)
-          for (uint64_t k = q + 1; k < shape[2]; ++k) x.data[(h * shape[1] + q) * shape[2] + k] = kNegInf;
+          for (uint64_t k = q + 1; k < shape[2]; ++k)
+            x.data[(h * shape[1] + q) * shape[2] + k] = kNegInf;
     if (perturbed && c.stage == Stage::FfnUp) x.data[12345] = kNaNf;
     t.put(c, std::move(x));
   };

@@ -33,7 +33,9 @@ bool has_issue(const LoadedDump& d, formats::DumpIssueKind kind, const std::stri
   });
 }
 
-std::vector<float> values(size_t n, uint32_t seed) { return test::random_nonzero(n, seed); }
+std::vector<float> values(size_t n, uint32_t seed) {
+  return test::random_nonzero(n, seed);
+}
 
 TEST(TraceIo, DumpWithManifestKeepsShapesLaneAndTokens) {
   test::ScratchDir scratch("trace_io_manifest");
@@ -163,7 +165,7 @@ TEST(TraceIo, AttentionAloneIsAPrefillFromZeroAndADecodeStepFitsWithTokens) {
   }
   {
     formats::DumpWriter w(decode);
-    w.write("attn_norm", 0, values(8, 2));            // 1 token
+    w.write("attn_norm", 0, values(8, 2));             // 1 token
     w.write("attn_softmax", 0, values(2 * 1 * 5, 3));  // ctx 5
     w.commit();
   }
@@ -180,7 +182,8 @@ TEST(TraceIo, BadInputIsAnIssueOrAnErrorNamingThePath) {
   EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
   fs::path dir = scratch.path / "d";
   fs::create_directories(dir / "layer-0");
-  test::write_file(dir / "layer-0" / "attn_norm.bin", std::string("APRT\0\0\0\0\x09\0\0\0short", 17));
+  test::write_file(dir / "layer-0" / "attn_norm.bin",
+                   std::string("APRT\0\0\0\0\x09\0\0\0short", 17));
   formats::write_aprt(dir / "layer-0" / "ffn_up.bin", 0, values(16, 1));
   LoadedDump d = load_dump(dir);
   EXPECT_TRUE(d.has_errors());
