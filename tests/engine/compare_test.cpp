@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -508,6 +509,14 @@ TEST(CompareTraces, RefAndCpuLanesAgreeOnStories260K) {
   ASSERT_NE(scores, nullptr);
   EXPECT_GT(scores->masked, 0u);  // the causal mask, skipped on both sides
   EXPECT_EQ(scores->per_head_relative_rms.size(), model.config.heads);
+  const CellComparison* worst = &c.cells[0];
+  for (const CellComparison& x : c.cells)
+    if (x.relative_rms > worst->relative_rms) worst = &x;
+  std::printf(
+      "[compare ref vs cpu] stories260K: %zu cells, worst relative RMS %.2e (cosine %.9f)"
+      " at %s, lm_head mean KL %.2e\n",
+      c.cells.size(), worst->relative_rms, worst->cosine, cell_name(worst->cell).c_str(),
+      logits->logits->mean_kl);
 }
 
 }  // namespace

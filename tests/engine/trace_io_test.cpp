@@ -4,8 +4,11 @@
 
 #include <algorithm>
 
+#include "engine/compare.h"
+#include "engine/ref_lane.h"
 #include "formats/aprt.h"
 #include "formats/dump_dir.h"
+#include "tests/engine/lane_test_util.h"
 #include "tests/test_util.h"
 
 namespace lockstep::engine {
@@ -189,6 +192,37 @@ TEST(TraceIo, BadInputIsAnIssueOrAnErrorNamingThePath) {
   EXPECT_TRUE(d.has_errors());
   EXPECT_TRUE(has_issue(d, formats::DumpIssueKind::MalformedFile, "layer-0/attn_norm.bin"));
   EXPECT_EQ(d.trace.size(), 1u);
+}
+
+// A real capture written without shapes (as aprender writes it) comes back with the engine's
+// own shapes from the model config, and compares exact against the original.
+TEST(TraceIo, RealCaptureWithoutManifestRoundTripsThroughTheConfig) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  const Model& model = test_lanes::shared_model("stories260K.gguf");
+  test_lanes::Reference ref = test_lanes::reference("stories260K");
+  RefLane lane;
+  lane.load(model);
+  Trace original;
+  test_lanes::prefill(lane, ref.tokens, CapturePlan::all(), original);
+  test::ScratchDir scratch("trace_io_real");
+  fs::path dir = scratch.path / "ref";
+  {
+    formats::DumpWriter w(dir);
+    for (const auto& [cell, t] : original.cells())
+      w.write(stage_name(cell.stage), cell.layer, t.data);
+    w.commit();
+  }
+  LoadedDump d = load_dump(dir, &model.config);
+  EXPECT_TRUE(d.issues.empty());
+  EXPECT_EQ(d.tokens, ref.tokens.size());
+  ASSERT_EQ(d.trace.size(), original.size());
+  for (const auto& [cell, t] : original.cells()) {
+    const Tensor* u = d.trace.find(cell);
+    ASSERT_NE(u, nullptr) << cell_name(cell);
+    EXPECT_EQ(u->shape, t.shape) << cell_name(cell);
+  }
+  TraceComparison c = compare_traces(original, d.trace);
+  for (const CellComparison& x : c.cells) EXPECT_EQ(x.relative_rms, 0.0) << cell_name(x.cell);
 }
 
 }  // namespace
