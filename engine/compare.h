@@ -55,13 +55,16 @@
 //   CellComparison:
 //   { "cell": "attn_norm@3", "stage": "attn_norm", "layer": 3|null,
 //     "shape_a": [..], "shape_b": [..],
-//     "shape_mismatch": bool,            // true: nothing below but "elements"/"error"
-//     "error": str,                      // present only with shape_mismatch
-//     "elements": int, "paired": int, "masked": int, "unpaired": int,
+//     "shape_mismatch": bool,  // true: only the keys up to "elements", and "error"
+//     "elements": int,         // with a mismatch: the larger side's count
+//     "error": str,            // present only with shape_mismatch
+//     "paired": int, "masked": int, "unpaired": int,
 //     "cosine": num, "relative_rms": num, "rms_diff": num, "sqnr_db": num,
 //     "sign_agreement": num,             // fraction of paired positions, sign(a) == sign(b)
-//     "max_abs_diff": num,
+//     "max_abs_diff": num,                 // over paired positions; 0 when none
 //     "max_diff_at": {"index": int, "token": int, "channel": int, "head": int, "a": num, "b": num},
+//                                          // -1 for what the shape does not have (index -1:
+//                                          // nothing paired)
 //     "a": Side, "b": Side,
 //     "per_token_relative_rms": [num...],  // one per token; [] for flat cells
 //     "per_head_relative_rms": [num...],   // one per head; [] unless a per-head cell
@@ -81,7 +84,9 @@
 // negative[j]: |diff| in [10^(min_decade+j), 10^(min_decade+j+1)) (bounds: the floats nearest
 // those powers), the first bucket reaching down to 0 and the last up to +inf; the three sum to
 // "paired".
-// Side std is the population standard deviation. cosine is 1 when both sides are all zero
+// Side: over that side's finite values (all 0 when it has none; -inf masks count as neg_inf);
+// std is the population standard deviation; near_*_limit: max_abs >= limit / headroom_factor,
+// whether or not an Inf is present already. cosine is 1 when both sides are all zero
 // over the paired positions, 0 when only one is; sign_agreement is 1 when nothing is paired.
 
 #include <atomic>
