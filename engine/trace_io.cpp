@@ -78,16 +78,19 @@ LoadedDump load_dump(const fs::path& dir, const ModelConfig* config) {
       scan.manifest && !scan.manifest->lane.empty() ? scan.manifest->lane : "dump:" + dir.string();
   if (scan.manifest) out.trace.tokens = scan.manifest->token_ids;
 
-  // Tokens per cell from the config: the most common count among cells of a plain
-  // [tokens, width] stage (ties: the smaller), which attention cells then go by.
+  // Tokens per cell: the most common count among cells of a plain [tokens, width] stage (ties:
+  // the smaller), from the manifest's shape or else the config; attention cells go by it.
   std::map<uint64_t, size_t> token_votes;
-  if (config) {
-    for (const auto& c : scan.cells) {
-      auto stage = find_stage(c.stage);
-      if (!stage || c.shape || is_attention_matrix(*stage)) continue;
-      uint64_t w = config_width(*config, stage_info(*stage).width);
-      if (w && c.elements && c.elements % w == 0) ++token_votes[c.elements / w];
+  for (const auto& c : scan.cells) {
+    auto stage = find_stage(c.stage);
+    if (!stage || is_attention_matrix(*stage)) continue;
+    if (c.shape) {
+      if (c.shape->size() == 2 && (*c.shape)[0]) ++token_votes[(*c.shape)[0]];
+      continue;
     }
+    if (!config) continue;
+    uint64_t w = config_width(*config, stage_info(*stage).width);
+    if (w && c.elements && c.elements % w == 0) ++token_votes[c.elements / w];
   }
   std::optional<uint64_t> dump_tokens;
   size_t best = 0;
@@ -144,14 +147,6 @@ LoadedDump load_dump(const fs::path& dir, const ModelConfig* config) {
     out.trace.put(cell, std::move(t));
   }
   out.tokens = dump_tokens;
-  if (!out.tokens) {
-    // With manifest shapes: dim 0 of a [tokens, width] cell.
-    for (const auto& [cell, t] : out.trace.cells())
-      if (!is_attention_matrix(cell.stage) && t.shape.size() == 2) {
-        out.tokens = t.shape[0];
-        break;
-      }
-  }
   return out;
 }
 

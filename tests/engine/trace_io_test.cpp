@@ -172,7 +172,16 @@ TEST(TraceIo, AttentionAloneIsAPrefillFromZeroAndADecodeStepFitsWithTokens) {
     w.write("attn_softmax", 0, values(2 * 1 * 5, 3));  // ctx 5
     w.commit();
   }
+  fs::path mixed = scratch.path / "mixed";  // the manifest shapes one cell, not the other
+  {
+    formats::DumpWriter w(mixed);
+    w.write("attn_norm", 0, values(8, 2), {1, 8});
+    w.write("attn_softmax", 0, values(2 * 1 * 5, 3));
+    w.commit();
+  }
   ModelConfig config = tiny_config();
+  EXPECT_EQ(load_dump_trace(mixed, &config).find({Stage::AttnSoftmax, 0})->shape,
+            (std::vector<uint64_t>{2, 1, 5}));
   EXPECT_EQ(load_dump_trace(prefill, &config).find({Stage::AttnScores, 0})->shape,
             (std::vector<uint64_t>{2, 4, 4}));
   EXPECT_EQ(load_dump_trace(decode, &config).find({Stage::AttnSoftmax, 0})->shape,
