@@ -54,6 +54,16 @@ struct CudaLane::Impl {
   // Capture targets, one per captured cell of a forward, kept across forwards (page-locking is
   // slow); a slot is reused only after the stream has been synchronized.
   std::vector<PinnedBuffer> staging;
+  // The planted fault, resolved at load: its kind and, per node, whether it is corrupted.
+  std::optional<engine::FaultKind> fault;
+  std::vector<bool> faulted;  // [nodes]
+  // gemv_transposed: per weight of a faulted matmul, an f32 copy laid out wrongly (as the cpu
+  // lane's), by the address of the tensor's bytes.
+  std::map<const std::byte*, DeviceWeight> miswired;
+
+  bool faulty(const Node& node, engine::FaultKind kind) const {
+    return fault == kind && faulted[node.index];
+  }
 
   ~Impl() {
     if (stream) {
@@ -118,13 +128,16 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
                               float* y) const {
   const engine::ModelConfig& c = m.config;
   const uint64_t width = node.width, hd = c.head_dim, q_dim = c.q_dim();
-  const auto eps = static_cast<float>(c.norm_eps);
+  const auto eps = static_cast<float>(
+      faulty(node, engine::FaultKind::RmsEpsWrong) ? engine::kWrongNormEps : c.norm_eps);
   const auto scale = static_cast<float>(node.scale);
   auto input_width = [&](size_t i) { return m.plan.nodes.at(node.inputs.at(i)).width; };
   auto vec = [&](const engine::WeightRef& ref) {
     return weight(m, ref, false, node).data.as<const float>();
   };
   kernels::AttnShape shape{c.heads, c.kv_heads, hd, n, ctx, pos, c.sliding_window.value_or(0)};
+  shape.interleaved_heads = faulty(node, engine::FaultKind::GqaHeadMap);
+  shape.lagged_slots = faulty(node, engine::FaultKind::KvCacheOffByOne);
 
   switch (node.op) {
     case Op::Embed: {
@@ -145,8 +158,10 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
       if (node.op == Op::MatMul) {
         const uint64_t in_w = input_width(0);
         uint64_t col = 0;
+        const bool transposed = faulty(node, engine::FaultKind::GemvTransposed);
         for (const engine::WeightRef& ref : node.weights) {
-          const DeviceWeight& w = weight(m, ref, true, node);  // [out, in]
+          const DeviceWeight& w = transposed ? miswired.at(m.weights.find(ref)->data.data())
+                                             : weight(m, ref, true, node);  // [out, in]
           if (w.cols != in_w || col + w.rows > width)
             engine::fail_node(kLane, node,
                               "weight " + std::string(engine::weight_role_name(ref.role)) +
@@ -161,7 +176,9 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
         LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(y, in[0], n * width * sizeof(float),
                                             cudaMemcpyDeviceToDevice, stream));
       }
-      if (!node.biases.empty()) {
+      if (faulty(node, engine::FaultKind::DropQkvBias)) {
+        if (node.scale != 1.0) kernels::bias_scale(y, n, width, 0, width, nullptr, scale, stream);
+      } else if (!node.biases.empty()) {
         uint64_t total = 0;
         for (const engine::WeightRef& ref : node.biases) total += weight(m, ref, false, node).cols;
         if (total != width) engine::fail_node(kLane, node, "biases give width " + std::to_string(total));
@@ -178,12 +195,13 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
     }
     case Op::QkNorm: {
       // [tokens, q_dim + 2·kv_dim]: each Q and K head normed as a row of head_dim; V passes.
+      const auto qk_eps = static_cast<float>(c.norm_eps);
       LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(y, in[0], n * width * sizeof(float),
                                           cudaMemcpyDeviceToDevice, stream));
-      kernels::rms_norm(y, y, vec(node.weights.at(0)), n * c.heads, hd, c.heads, width, 0, eps,
+      kernels::rms_norm(y, y, vec(node.weights.at(0)), n * c.heads, hd, c.heads, width, 0, qk_eps,
                         stream);
       kernels::rms_norm(y, y, vec(node.weights.at(1)), n * c.kv_heads, hd, c.kv_heads, width,
-                        q_dim, eps, stream);
+                        q_dim, qk_eps, stream);
       break;
     }
     case Op::Rope: {
@@ -191,15 +209,21 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
         engine::fail_node(kLane, node, "rope part must be Q or K");
       const uint64_t offset = node.part == QkvPart::Q ? 0 : q_dim;  // into [Q | K | V]
       kernels::rope(in[0], input_width(0), offset, y, n, width, hd, c.rope_dims,
-                    c.rope_layout == engine::RopeLayout::Neox, inv_freq.as<const double>(), pos,
-                    stream);
+                    (c.rope_layout == engine::RopeLayout::Neox) !=
+                        faulty(node, engine::FaultKind::RopeNeoxSwap),
+                    inv_freq.as<const double>(), pos, stream);
       break;
     }
     case Op::AttnScores:
-      kernels::attn_scores(in[0], k, k_stride, shape, scale, y, stream);
+      kernels::attn_scores(in[0], k, k_stride, shape,
+                           faulty(node, engine::FaultKind::AttnScaleMissing) ? 1.0f : scale, y,
+                           stream);
       break;
     case Op::Softmax:
-      kernels::softmax(in[0], y, c.heads * n, ctx, stream);
+      if (faulty(node, engine::FaultKind::SoftmaxNoMax))
+        kernels::softmax_fp16_no_max(in[0], y, c.heads * n, ctx, stream);
+      else
+        kernels::softmax(in[0], y, c.heads * n, ctx, stream);
       break;
     case Op::AttnWeightedSum:
       kernels::attn_weighted_sum(in[0], v, v_stride, shape, y, stream);
@@ -208,7 +232,10 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
       kernels::add_scaled(in[0], in[1], scale, y, n * width, stream);
       break;
     case Op::Silu:
-      kernels::silu(in[0], y, n * width, stream);
+      if (faulty(node, engine::FaultKind::SiluAsGelu))
+        kernels::gelu(in[0], y, n * width, stream);
+      else
+        kernels::silu(in[0], y, n * width, stream);
       break;
     case Op::Gelu:
       kernels::gelu(in[0], y, n * width, stream);
@@ -216,6 +243,14 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
     case Op::Mul:
       kernels::mul(in[0], in[1], y, n * width, stream);
       break;
+  }
+  if (faulty(node, engine::FaultKind::PartialWrite) && node.width != 0 && !node.width_times_ctx) {
+    // Only the first part of each [width] row is kept; the rest becomes zero.
+    const auto keep =
+        static_cast<uint64_t>(static_cast<double>(node.width) * engine::kPartialWriteFraction);
+    if (keep < width)
+      LOCKSTEP_CUDA_CHECK(cudaMemset2DAsync(y + keep, width * sizeof(float), 0,
+                                            (width - keep) * sizeof(float), n, stream));
   }
 }
 
@@ -312,6 +347,31 @@ void CudaLane::load(const engine::Model& m) {
           formats::dequantize(t->type, t->data, host);
           w.cols = host.size();
           w.data = DeviceBuffer::upload(std::span<const float>(host));
+        }
+      }
+    }
+  }
+  impl_->fault.reset();
+  impl_->faulted.assign(m.plan.nodes.size(), false);
+  impl_->miswired.clear();
+  if (options_.fault) {
+    impl_->faulted = engine::resolve_fault(*options_.fault, m.plan, m.config);
+    impl_->fault = options_.fault->kind;
+    if (impl_->fault == engine::FaultKind::GemvTransposed) {
+      for (const Node& node : m.plan.nodes) {
+        if (!impl_->faulted[node.index] || node.op != Op::MatMul) continue;
+        for (const engine::WeightRef& ref : node.weights) {
+          const engine::TensorRef* t = m.weights.find(ref);
+          auto [it, fresh] = impl_->miswired.try_emplace(t->data.data());
+          if (!fresh) continue;
+          const uint64_t cols = t->dims[0], rows = t->dims[1];  // stored [rows, cols]
+          std::vector<float> flat(t->elements()), wrong(rows * cols);
+          formats::dequantize(t->type, t->data, flat);
+          for (uint64_t o = 0; o < rows; ++o)
+            for (uint64_t i = 0; i < cols; ++i) wrong[o * cols + i] = flat[i * rows + o];
+          it->second.rows = rows;
+          it->second.cols = cols;
+          it->second.data = DeviceBuffer::upload(std::span<const float>(wrong));
         }
       }
     }

@@ -17,9 +17,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 
+#include "engine/faults.h"
 #include "engine/lane.h"
 
 namespace lockstep::cuda {
@@ -29,6 +31,9 @@ struct CudaLaneOptions {
   // Fill every node's output with NaN before its kernels run, so that an element a kernel
   // leaves unwritten shows (tests).
   bool poison_outputs = false;
+  // A planted bug (engine/faults.h), applied at the nodes it targets and nowhere else, as the
+  // cpu lane applies it (same arithmetic, so the two lanes carry the same bug).
+  std::optional<engine::FaultSpec> fault;
 };
 
 class CudaLane final : public engine::Lane {
@@ -39,7 +44,8 @@ class CudaLane final : public engine::Lane {
 
   std::string name() const override { return "cuda"; }
   // Uploads every weight the plan references. Throws lockstep::Error naming the tensor for a
-  // type without a kernel (every type with a codec has one) or a shape the plan does not fit.
+  // type without a kernel (every type with a codec has one) or a shape the plan does not fit,
+  // and when the fault cannot be planted in this model (see resolve_fault).
   void load(const engine::Model& model) override;
   void reset() override;
   // `pos` may be below the cached length (the cache is cut back first); above it is an error.
@@ -49,6 +55,7 @@ class CudaLane final : public engine::Lane {
 
   uint32_t cached_tokens() const { return cached_; }
   int device() const { return options_.device; }
+  const std::optional<engine::FaultSpec>& fault() const { return options_.fault; }
 
   struct Impl;  // defined in cuda_lane.cu
 

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include <cuda_fp16.h>
+
 #include "cuda/cuda_check.h"
 #include "cuda/kernels.cuh"
 #include "cuda/reduce.cuh"
@@ -56,9 +58,10 @@ __global__ void scores_kernel(const float* q, const float* k, uint64_t k_stride,
     y[i] = -INFINITY;
     return;
   }
-  const uint64_t kh = h / (s.heads / s.kv_heads);
+  const uint64_t kh = s.interleaved_heads ? h % s.kv_heads : h / (s.heads / s.kv_heads);
+  const uint64_t slot = s.lagged_slots && j > 0 ? j - 1 : j;
   const float* qv = q + t * s.heads * s.head_dim + h * s.head_dim;  // [head_dim]
-  const float* kv = k + j * k_stride + kh * s.head_dim;             // [head_dim]
+  const float* kv = k + slot * k_stride + kh * s.head_dim;          // [head_dim]
   float dot = 0.0f;
   for (uint64_t d = 0; d < s.head_dim; ++d) dot = fmaf(qv[d], kv[d], dot);
   y[i] = scale * dot;
@@ -82,17 +85,36 @@ __global__ void softmax_kernel(const float* x, float* y, uint64_t width) {
   for (uint64_t j = threadIdx.x; j < width; j += blockDim.x) yr[j] = yr[j] * inv;
 }
 
+// One thread per row: the running sum is sequential by definition.
+__global__ void softmax_fp16_no_max_kernel(const float* x, float* y, uint64_t rows,
+                                           uint64_t width) {
+  const uint64_t r = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  const float* xr = x + r * width;  // [width]
+  float* yr = y + r * width;        // [width]
+  auto fp16 = [](float v) { return __half2float(__float2half_rn(v)); };
+  float sum = 0.0f;
+  for (uint64_t j = 0; j < width; ++j) {
+    yr[j] = xr[j] == -INFINITY ? 0.0f : fp16(expf(xr[j]));
+    sum = fp16(sum + yr[j]);
+  }
+  for (uint64_t j = 0; j < width; ++j) yr[j] = fp16(yr[j] / sum);
+}
+
 __global__ void weighted_sum_kernel(const float* p, const float* v, uint64_t v_stride, AttnShape s,
                                     float* y) {
   const uint64_t q_dim = s.heads * s.head_dim;
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= s.tokens * q_dim) return;
   const uint64_t t = i / q_dim, h = (i % q_dim) / s.head_dim, d = i % s.head_dim;
-  const uint64_t kh = h / (s.heads / s.kv_heads);
+  const uint64_t kh = s.interleaved_heads ? h % s.kv_heads : h / (s.heads / s.kv_heads);
   const float* pr = p + (h * s.tokens + t) * s.ctx;  // [ctx]
   const float* vc = v + kh * s.head_dim + d;         // column d of KV head kh, rows of v_stride
   float acc = 0.0f;
-  for (uint64_t j = 0; j < s.ctx; ++j) acc = fmaf(pr[j], vc[j * v_stride], acc);
+  for (uint64_t j = 0; j < s.ctx; ++j) {
+    const uint64_t slot = s.lagged_slots && j > 0 ? j - 1 : j;
+    acc = fmaf(pr[j], vc[slot * v_stride], acc);
+  }
   y[i] = acc;
 }
 
@@ -118,6 +140,13 @@ void attn_scores(const float* q, const float* k, uint64_t k_stride, const AttnSh
 void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream) {
   if (rows == 0) return;
   softmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, y, width);
+  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+}
+
+void softmax_fp16_no_max(const float* x, float* y, uint64_t rows, uint64_t width,
+                         cudaStream_t stream) {
+  if (rows == 0) return;
+  softmax_fp16_no_max_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(x, y, rows, width);
   LOCKSTEP_CUDA_CHECK(cudaGetLastError());
 }
 

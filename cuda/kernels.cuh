@@ -58,6 +58,10 @@ struct AttnShape {
   uint64_t ctx = 0;     // keys 0..ctx-1
   uint64_t pos = 0;
   uint64_t window = 0;  // sliding window; 0: none
+  // Planted faults (engine/faults.h): gqa_head_map maps query head h to KV head h % kv_heads;
+  // kv_cache_off_by_one reads key/value j from slot j - 1 (slot 0 for j = 0).
+  bool interleaved_heads = false;
+  bool lagged_slots = false;
 };
 // y[h, t, j] = scale · q[t, h]·k[j, h / ratio] ([heads, tokens, ctx]); -inf where j is in the
 // future of pos + t or outside the window. q: [tokens, heads·head_dim]; k rows of k_stride.
@@ -65,6 +69,10 @@ void attn_scores(const float* q, const float* k, uint64_t k_stride, const AttnSh
                  float scale, float* y, cudaStream_t stream);
 // Row-wise softmax over rows of `width`; -inf gives exactly 0.
 void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream);
+// softmax_no_max (a planted fault): exp(s) without the row max, each term, the running sum and
+// the quotient rounded to fp16 in element order, as engine/cpu_lane.cpp does.
+void softmax_fp16_no_max(const float* x, float* y, uint64_t rows, uint64_t width,
+                         cudaStream_t stream);
 // y[t, h·head_dim + d] = Σ_j p[h, t, j] · v[j, (h / ratio)·head_dim + d]; v rows of v_stride.
 void attn_weighted_sum(const float* p, const float* v, uint64_t v_stride, const AttnShape& s,
                        float* y, cudaStream_t stream);
