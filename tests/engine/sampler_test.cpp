@@ -38,6 +38,9 @@ TEST(Sampler, LimitsOfEachKnobAreGreedy) {
   for (int round = 0; round < 20; ++round) {
     std::vector<float> logits = fresh_logits(500, rng);
     int32_t best = engine::argmax(logits);
+    // Random top-two gaps go down to float spacing, which a temperature of 1e-6 does not
+    // resolve (a 5e-6 gap leaves the runner-up e^-5 of the mass): keep the best one clear.
+    logits[best] += 0.1f;
     uint64_t seed = rng();
     Sampler top_k1({.temperature = 1.0f, .top_k = 1, .seed = seed});
     Sampler tiny_p({.temperature = 1.0f, .top_p = 1e-6f, .seed = seed});
