@@ -218,42 +218,12 @@ TEST_P(CudaLaneOps, EveryNodeMatchesTheFloat64ReferenceOnRandomInputs) {
   oracle.load(model);
   lane.load(model);
 
-  const uint64_t n = c.tokens, heads = model.config.heads;
+  const uint64_t n = c.tokens;
   std::mt19937_64 rng(11);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
   std::set<Op> seen;
   double worst = 0.0;
   for (const Node& node : model.plan.nodes) {
-    std::vector<Tensor> inputs;
-    if (node.op == Op::Embed) {
-      Tensor ids{{n}, {}};
-      for (uint64_t t = 0; t < n; ++t) ids.data.push_back(static_cast<float>(rng() % o.vocab));
-      inputs.push_back(ids);
-    }
-    for (size_t i = 0; i < node.inputs.size(); ++i) {
-      const Node& src = model.plan.nodes[node.inputs[i]];
-      Tensor t;
-      if (src.width_times_ctx) {
-        t.shape = {heads, n, n};  // scores, or causal probabilities for the weighted sum
-        t.data.resize(heads * n * n);
-        for (uint64_t r = 0; r < heads * n; ++r) {
-          const uint64_t q = r % n;
-          double sum = 0.0;
-          for (uint64_t j = 0; j < n; ++j) {
-            float v = j > q ? -INFINITY : normal(rng);
-            if (node.op == Op::AttnWeightedSum) v = j > q ? 0.0f : std::exp(v);
-            t.data[r * n + j] = v;
-            if (j <= q) sum += v;
-          }
-          if (node.op == Op::AttnWeightedSum)
-            for (uint64_t j = 0; j <= q; ++j) t.data[r * n + j] /= static_cast<float>(sum);
-        }
-      } else {
-        t.shape = {n, src.width};
-        for (uint64_t k = 0; k < n * src.width; ++k) t.data.push_back(normal(rng));
-      }
-      inputs.push_back(std::move(t));
-    }
+    std::vector<Tensor> inputs = random_replay_inputs(model, node, n, o.vocab, rng);
     Tensor want = oracle.replay(node, inputs);
     Tensor got = lane.replay(node, inputs);
     ASSERT_EQ(got.shape, want.shape) << node.index;

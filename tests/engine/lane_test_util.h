@@ -4,10 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -136,6 +138,47 @@ inline std::set<Op> replay_all(Lane& lane, const Model& model, std::span<const i
         << cell << " " << op_name(node.op);
   }
   return ops;
+}
+
+// Random inputs for replaying `node` on `tokens` tokens: token ids below `vocab` for Embed,
+// N(0, 1) rows for [tokens, width] inputs, and for [heads, tokens, ctx] inputs causal rows:
+// scores with -inf past the query, or (for the weighted sum) probabilities summing to one.
+inline std::vector<Tensor> random_replay_inputs(const Model& model, const Node& node,
+                                                uint64_t tokens, uint64_t vocab,
+                                                std::mt19937_64& rng) {
+  const uint64_t n = tokens, heads = model.config.heads;
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<Tensor> inputs;
+  if (node.op == Op::Embed) {
+    Tensor ids{{n}, {}};
+    for (uint64_t t = 0; t < n; ++t) ids.data.push_back(static_cast<float>(rng() % vocab));
+    inputs.push_back(ids);
+  }
+  for (size_t i = 0; i < node.inputs.size(); ++i) {
+    const Node& src = model.plan.nodes[node.inputs[i]];
+    Tensor t;
+    if (src.width_times_ctx) {
+      t.shape = {heads, n, n};
+      t.data.resize(heads * n * n);
+      for (uint64_t r = 0; r < heads * n; ++r) {
+        const uint64_t q = r % n;
+        double sum = 0.0;
+        for (uint64_t j = 0; j < n; ++j) {
+          float v = j > q ? -INFINITY : normal(rng);
+          if (node.op == Op::AttnWeightedSum) v = j > q ? 0.0f : std::exp(v);
+          t.data[r * n + j] = v;
+          if (j <= q) sum += v;
+        }
+        if (node.op == Op::AttnWeightedSum)
+          for (uint64_t j = 0; j <= q; ++j) t.data[r * n + j] /= static_cast<float>(sum);
+      }
+    } else {
+      t.shape = {n, src.width};
+      for (uint64_t k = 0; k < n * src.width; ++k) t.data.push_back(normal(rng));
+    }
+    inputs.push_back(std::move(t));
+  }
+  return inputs;
 }
 
 }  // namespace lockstep::engine::test_lanes
