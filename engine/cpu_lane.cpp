@@ -1,6 +1,7 @@
 #include "engine/cpu_lane.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -97,7 +98,6 @@ struct CpuLane::Impl {
     cpu::PreparedActs acts;
   };
   std::array<Prepared, 3> prepared;  // one per ActFormat
-  uint64_t forward_serial = 0;       // invalidates `prepared` between forwards
 
   std::vector<Buf> pool;  // released node outputs, reused to avoid reallocations
   Buf acquire(uint64_t size) {
