@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "app/commands.h"
+#include "app/lanes.h"
 #include "engine/family.h"
 #include "engine/faults.h"
 #include "engine/generate.h"
@@ -97,7 +98,7 @@ int cmd_dump(const DumpArgs& a) {
   engine::CapturePlan capture = engine::CapturePlan::parse(a.stages);
   engine::LaneOptions lane_options{.threads = a.threads, .fault = std::nullopt};
   if (!a.fault.empty()) lane_options.fault = engine::FaultSpec::parse(a.fault);
-  std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, lane_options);
+  std::unique_ptr<engine::Lane> lane = make_lane(a.lane, lane_options);
   // Refuses an existing --out (without --force) before any work; with --force the old dump is
   // replaced only on commit, once the new one is complete.
   std::error_code ec;
@@ -172,7 +173,7 @@ Command add_dump_command(CLI::App& app) {
   sub->add_option("--tokens", args->tokens, "Token ids to run instead of a prompt: 1,2,3")
       ->delimiter(',')
       ->expected(1, -1);
-  sub->add_option("--lane", args->lane, std::string("CPU lane to run on: ") + cpu_lane_list())
+  sub->add_option("--lane", args->lane, std::string("Lane to run on: ") + lane_list())
       ->capture_default_str();
   sub->add_option("--stages", args->stages,
                   "Cells to capture: all, or e.g. \"attn_norm,lm_head@0-3;ffn_out@2\" "

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "app/commands.h"
+#include "app/lanes.h"
 #include "engine/family.h"
 #include "engine/faults.h"
 #include "engine/generate.h"
@@ -60,7 +61,7 @@ int cmd_run(const RunArgs& a) {
   // The lane first: a mistyped name should not cost a model load.
   engine::LaneOptions lane_options{.threads = a.threads, .fault = std::nullopt};
   if (!a.fault.empty()) lane_options.fault = engine::FaultSpec::parse(a.fault);
-  std::unique_ptr<engine::Lane> lane = engine::make_cpu_lane(a.lane, lane_options);
+  std::unique_ptr<engine::Lane> lane = make_lane(a.lane, lane_options);
   engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());
   if (!model.gguf)
     throw Error("run: " + a.model +
@@ -94,11 +95,13 @@ int cmd_run(const RunArgs& a) {
   std::fflush(stdout);
 
   const engine::GenerateStats& s = r.stats;
-  // The ref lane is the single-threaded oracle; --threads only applies to the others.
+  // The ref lane is the single-threaded oracle and cuda runs on the GPU; --threads only
+  // applies to the cpu lane.
   unsigned threads = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
-  std::string where = a.lane == "ref" ? "ref lane, single-threaded"
-                                      : a.lane + " lane, " + std::to_string(threads) +
-                                            (threads == 1 ? " thread" : " threads");
+  std::string where = a.lane == "ref"    ? "ref lane, single-threaded"
+                      : a.lane == "cuda" ? "cuda lane"
+                                         : a.lane + " lane, " + std::to_string(threads) +
+                                               (threads == 1 ? " thread" : " threads");
   if (lane_options.fault) where += ", fault " + lane_options.fault->str();
   char line[256];
   std::snprintf(line, sizeof line,
@@ -124,7 +127,7 @@ std::string cpu_lane_list() {
 // --fault and --list-faults (run and dump).
 void add_fault_options(CLI::App& sub, std::string& fault) {
   sub.add_option("--fault", fault,
-                 "Plant a bug in the cpu lane: NAME[@stage[,layer]], e.g. gemv_transposed@lm_head "
+                 "Plant a bug in the cpu or cuda lane: NAME[@stage[,layer]], e.g. gemv_transposed@lm_head "
                  "or rms_eps_wrong@attn_norm,3 (no layer: every layer); see --list-faults");
   sub.add_flag_callback(
       "--list-faults",
@@ -143,7 +146,7 @@ Command add_run_command(CLI::App& app) {
   sub->add_option("--prompt,-p", args->prompt, "The prompt text")->required();
   sub->add_flag("--chat", args->chat,
                 "Wrap the prompt as one ChatML user turn and stop at <|im_end|>");
-  sub->add_option("--lane", args->lane, std::string("CPU lane to run on: ") + cpu_lane_list())
+  sub->add_option("--lane", args->lane, std::string("Lane to run on: ") + lane_list())
       ->capture_default_str();
   sub->add_option("-n,--max-tokens", args->max_tokens, "Generate at most this many tokens")
       ->capture_default_str();

@@ -9,7 +9,8 @@
 namespace lockstep::engine {
 namespace {
 
-constexpr std::array<std::string_view, 1> kCpuOnly{"cpu"};
+// The fast lanes carry every fault, with the same arithmetic (cuda/cuda_lane.cu mirrors the cpu lane).
+constexpr std::array<std::string_view, 2> kFastLanes{"cpu", "cuda"};
 
 constexpr std::array<Stage, 6> kMatmulStages{Stage::QkvMatmul, Stage::AttnOut, Stage::FfnGate,
                                              Stage::FfnUp,     Stage::FfnOut,  Stage::LmHead};
@@ -35,7 +36,7 @@ constexpr std::array<FaultInfo, 10> kFaults{{
      "GEMV bug aprender shipped. Outputs keep roughly the right scale but are nearly "
      "uncorrelated with the right ones (cosine near 0). The lane dequantizes the matrix to f32 "
      "and lays it out wrongly once at load, so it works on every weight type.",
-     kCpuOnly, kMatmulStages, Stage::LmHead, BugClass::Layout, false},
+     kFastLanes, kMatmulStages, Stage::LmHead, BugClass::Layout, false},
     {FaultKind::GqaHeadMap, "gqa_head_map",
      "Grouped-query attention maps query head h to KV head h % kv_heads instead of "
      "h / (heads / kv_heads): the interleaved mapping in place of the blocked one, as when "
@@ -43,32 +44,32 @@ constexpr std::array<FaultInfo, 10> kFaults{{
      "the last head) stay right; the others use another group's keys (at attn_scores) or values "
      "(at attention). Refused on models without grouping (kv_heads = heads, or one KV head), "
      "where both mappings are the same.",
-     kCpuOnly, kAttentionStages, Stage::AttnScores, BugClass::HeadMapping, false},
+     kFastLanes, kAttentionStages, Stage::AttnScores, BugClass::HeadMapping, false},
     {FaultKind::RopeNeoxSwap, "rope_neox_swap",
      "RoPE rotates the other pairing: adjacent pairs (2i, 2i+1) where the model wants split "
      "halves (i, i + d/2), or the other way round; the NeoX/normal mix-up of a checkpoint "
      "converted with (or without) llama.cpp's Q/K permutation. Position 0 rotates by zero, so "
      "the first token is untouched; the error is periodic in channel within each head.",
-     kCpuOnly, kRopeStages, Stage::QPostRope, BugClass::Position, true},
+     kFastLanes, kRopeStages, Stage::QPostRope, BugClass::Position, true},
     {FaultKind::DropQkvBias, "drop_qkv_bias",
      "The QKV bias is never added (qkv_bias equals qkv_matmul), as in an engine that loads "
      "Qwen2's q/k/v biases but skips the add, or a loader that misses the .bias tensors. "
      "Shows as an offset mean per channel. Only families with QKV bias have the cell.",
-     kCpuOnly, kQkvBiasStages, Stage::QkvBias, BugClass::Bias, false},
+     kFastLanes, kQkvBiasStages, Stage::QkvBias, BugClass::Bias, false},
     {FaultKind::RmsEpsWrong, "rms_eps_wrong",
      "The norm uses eps = 1e-2 instead of the model's. The real bug swaps 1e-5 and 1e-6 "
      "(Llama 2 and Llama 3 configs, a hard-coded default), which moves a unit-RMS row by about "
      "d_eps / 2 = 5e-6 relative: under the 1e-4 a bisector flags. 1e-2 moves it by ~0.5% (more "
      "where the input's RMS is below 1), the same bug made big enough to find. Shows as a "
      "per-token scale (high cosine, norm ratio below 1).",
-     kCpuOnly, kNormStages, Stage::AttnNorm, BugClass::Scale, false},
+     kFastLanes, kNormStages, Stage::AttnNorm, BugClass::Scale, false},
     {FaultKind::KvCacheOffByOne, "kv_cache_off_by_one",
      "Attention reads position j's key from KV-cache slot j - 1 (slot 0 for j = 0): the "
      "cache's read index lags its write index by one, so a query at position p > 0 misses its "
      "own key and sees the first key twice. Position 0 reads slot 0 and is right, so the error "
      "shows only at positions > 0, in prefill and decode alike. Planted at attention, the "
      "values are read shifted instead of the keys.",
-     kCpuOnly, kAttentionStages, Stage::AttnScores, BugClass::Position, true},
+     kFastLanes, kAttentionStages, Stage::AttnScores, BugClass::Position, true},
     {FaultKind::SoftmaxNoMax, "softmax_no_max",
      "Softmax takes exp(s) without subtracting the row max and keeps each term, the running sum "
      "and the result in fp16, as a half-precision attention kernel does. A score above ~11.09 "
@@ -76,24 +77,24 @@ constexpr std::array<FaultInfo, 10> kFaults{{
      "overflow class. On a model whose scores stay small nothing overflows; there the cell is "
      "marked only by the fp16 rounding (~3e-4 relative) and the overflow shows only where "
      "scores are large (stories260K's layer 2 reaches 15.6 and turns to NaN).",
-     kCpuOnly, kSoftmaxStages, Stage::AttnSoftmax, BugClass::Overflow, false},
+     kFastLanes, kSoftmaxStages, Stage::AttnSoftmax, BugClass::Overflow, false},
     {FaultKind::SiluAsGelu, "silu_as_gelu",
      "The gated MLP's activation is GELU (tanh approximation) instead of SiLU: a GELU family's "
      "activation (StarCoder2, GPT-2) reused for a SiLU one. GELU(x) is close to x*sigmoid(1.702x), "
      "a sharper SiLU: high cosine, norm ratio above 1, so it reads as a scale error. Only "
      "SiLU-gated families have it.",
-     kCpuOnly, kSiluStages, Stage::FfnSilu, BugClass::Scale, false},
+     kFastLanes, kSiluStages, Stage::FfnSilu, BugClass::Scale, false},
     {FaultKind::AttnScaleMissing, "attn_scale_missing",
      "Attention scores are not multiplied by the attention scale (1/sqrt(head_dim), or the "
      "family's multiplier), as in a kernel that forgot it or applied it on only one path. "
      "Scores are sqrt(head_dim) times too large: high cosine, norm ratio != 1. Refused on a "
      "model whose attention scale is 1.",
-     kCpuOnly, kScoreStages, Stage::AttnScores, BugClass::Scale, false},
+     kFastLanes, kScoreStages, Stage::AttnScores, BugClass::Scale, false},
     {FaultKind::PartialWrite, "partial_write",
      "The node writes only the first half of each token's output row and leaves the rest zero, "
      "as a kernel launched with too few blocks (a grid size rounded down) does. Zeros past "
      "some index.",
-     kCpuOnly, kRowStages, Stage::AttnOut, BugClass::PartialWrite, false},
+     kFastLanes, kRowStages, Stage::AttnOut, BugClass::PartialWrite, false},
 }};
 
 std::string join(std::span<const Stage> stages) {

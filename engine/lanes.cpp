@@ -7,9 +7,7 @@
 #include "formats/error.h"
 
 namespace lockstep::engine {
-namespace {
 
-// A fault only goes into a lane its registry entry lists.
 void check_fault_lane(std::string_view lane, const FaultSpec& fault) {
   const FaultInfo& info = fault_info(fault.kind);
   if (std::find(info.lanes.begin(), info.lanes.end(), lane) != info.lanes.end()) return;
@@ -19,8 +17,6 @@ void check_fault_lane(std::string_view lane, const FaultSpec& fault) {
               (lane == "ref" ? " (ref is the oracle and never takes faults)" : "") +
               "; lanes that can: " + lanes);
 }
-
-}  // namespace
 
 std::vector<std::string> cpu_lane_names() {
   return {"ref", "cpu"};

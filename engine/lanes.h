@@ -24,4 +24,7 @@ std::vector<std::string> cpu_lane_names();  // {"ref", "cpu"}
 // that cannot carry it (ref, the oracle, never does).
 std::unique_ptr<Lane> make_cpu_lane(std::string_view name, const LaneOptions& options = {});
 
+// Throws lockstep::Error unless the fault's registry entry lists `lane` (ref never takes one).
+void check_fault_lane(std::string_view lane, const FaultSpec& fault);
+
 }  // namespace lockstep::engine

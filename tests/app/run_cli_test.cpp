@@ -45,6 +45,36 @@ TEST(RunCli, PrintsTheGreedyContinuationOnEveryCpuLane) {
   }
 }
 
+TEST(RunCli, CudaLaneRunsWhereADeviceIsAndSaysWhyNotElsewhere) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  // `--version` tells whether this build has CUDA lanes and a usable device.
+  test::CliResult v = test::run_lockstep("--version");
+  ASSERT_EQ(v.code, 0) << v.err;
+  const bool device = v.out.find("CUDA lanes: built") != std::string::npos &&
+                      v.out.find("device 0:") != std::string::npos;
+  test::CliResult r = test::run_lockstep(
+      "run " + stories() + " --lane cuda -n 64 --prompt 'Once upon a time' "
+      "--fault gemv_transposed@lm_head");
+  test::CliResult clean =
+      test::run_lockstep("run " + stories() + " --lane cuda -n 64 --prompt 'Once upon a time'");
+  if (device) {
+    std::string expected =
+        test::read_file(test::shared_models() / "reference/stories260K/greedy.txt");
+    ASSERT_EQ(clean.code, 0) << clean.err;
+    EXPECT_EQ(clean.out.substr(0, clean.out.find('\n') + 1), expected);
+    EXPECT_NE(clean.err.find("(cuda lane)"), std::string::npos) << clean.err;
+    ASSERT_EQ(r.code, 0) << r.err;  // the fault is carried: the text changes
+    EXPECT_NE(r.out, clean.out);
+  } else {
+    for (const test::CliResult* c : {&r, &clean}) {
+      EXPECT_EQ(c->code, 2);
+      EXPECT_EQ(c->out, "");
+      EXPECT_EQ(std::count(c->err.begin(), c->err.end(), '\n'), 1) << c->err;
+      EXPECT_NE(c->err.find("cuda"), std::string::npos) << c->err;
+    }
+  }
+}
+
 TEST(RunCli, SeededSamplingRepeatsAndStopsAtTheLimit) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   std::string args = "run " + stories() +
