@@ -31,8 +31,8 @@ std::unique_ptr<engine::Lane> make_lane(std::string_view name, const engine::Lan
   if (options.fault) engine::check_fault_lane("cuda", *options.fault);
   return std::make_unique<cuda::CudaLane>(cuda::CudaLaneOptions{.fault = options.fault});
 #else
-  throw Error("this lockstep was built without CUDA lanes (configure with LOCKSTEP_CUDA=ON where "
-              "the CUDA toolkit is installed); lanes: " + lane_list());
+  throw Error("this lockstep was built without the cuda lane (configure with LOCKSTEP_CUDA=ON "
+              "where the CUDA toolkit is installed); lanes: " + lane_list());
 #endif
 }
 
