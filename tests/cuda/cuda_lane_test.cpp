@@ -63,21 +63,12 @@ void expect_replay_close(Lane& lane, RefLane& oracle, const Model& model,
   std::map<size_t, Tensor> unstaged;
   double worst = 0.0;
   for (const Node& node : model.plan.nodes) {
-    std::vector<Tensor> inputs;
-    if (node.op == Op::Embed) {
-      Tensor ids;
-      ids.shape = {tokens.size()};
-      ids.data.assign(tokens.begin(), tokens.end());
-      inputs.push_back(ids);
-    }
-    for (size_t in : node.inputs) {
-      const Node& src = model.plan.nodes[in];
-      const Tensor* t = src.stage ? expected.find({*src.stage, src.layer}) : &unstaged.at(in);
-      ASSERT_NE(t, nullptr) << "no capture of node " << in;
-      inputs.push_back(*t);
-    }
-    Tensor got = lane.replay(node, inputs);
-    Tensor want = node.stage ? *expected.find({*node.stage, node.layer}) : oracle.replay(node, inputs);
+    std::optional<std::vector<Tensor>> inputs =
+        trace_inputs(model, node, tokens, expected, unstaged);
+    ASSERT_TRUE(inputs) << "node " << node.index;
+    Tensor got = lane.replay(node, *inputs);
+    Tensor want =
+        node.stage ? *expected.find({*node.stage, node.layer}) : oracle.replay(node, *inputs);
     ASSERT_EQ(got.shape, want.shape) << node.index;
     const double e = relative_rms(got.data, want.data);
     EXPECT_LE(e, bound) << "node " << node.index << " " << op_name(node.op);

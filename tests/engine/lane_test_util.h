@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -99,6 +100,32 @@ inline std::vector<int32_t> greedy(Lane& lane, std::span<const int32_t> prompt, 
   return out;
 }
 
+// The inputs `node` read in the forward that `trace` captured: token ids for Embed, captures,
+// and for unstaged nodes (Qwen3's Q/K norm) their outputs in `unstaged`. nullopt, with a test
+// failure, when a capture is missing.
+inline std::optional<std::vector<Tensor>> trace_inputs(const Model& model, const Node& node,
+                                                       std::span<const int32_t> tokens,
+                                                       const Trace& trace,
+                                                       const std::map<size_t, Tensor>& unstaged) {
+  std::vector<Tensor> inputs;
+  if (node.op == Op::Embed) {
+    Tensor ids;
+    ids.shape = {tokens.size()};
+    ids.data.assign(tokens.begin(), tokens.end());
+    inputs.push_back(ids);
+  }
+  for (size_t in : node.inputs) {
+    const Node& src = model.plan.nodes[in];
+    const Tensor* t = src.stage ? trace.find({*src.stage, src.layer}) : &unstaged.at(in);
+    if (!t) {
+      ADD_FAILURE() << "no capture of node " << in;
+      return std::nullopt;
+    }
+    inputs.push_back(*t);
+  }
+  return inputs;
+}
+
 // Replays every node of `model`'s plan on the outputs `trace` captured (an unstaged node, such
 // as Qwen3's Q/K norm, on the replayed output before it) and checks each staged node's output
 // against its capture bit for bit. Returns the ops replayed.
@@ -107,21 +134,9 @@ inline std::set<Op> replay_all(Lane& lane, const Model& model, std::span<const i
   std::map<size_t, Tensor> unstaged;  // replayed outputs of nodes no capture names
   std::set<Op> ops;
   for (const Node& node : model.plan.nodes) {
-    std::vector<Tensor> inputs;
-    if (node.op == Op::Embed) {
-      Tensor ids;
-      ids.shape = {tokens.size()};
-      ids.data.assign(tokens.begin(), tokens.end());
-      inputs.push_back(ids);
-    }
-    for (size_t in : node.inputs) {
-      const Node& src = model.plan.nodes[in];
-      const Tensor* t = src.stage ? trace.find({*src.stage, src.layer}) : &unstaged.at(in);
-      if (!t) ADD_FAILURE() << "no capture of node " << in;
-      if (!t) return ops;
-      inputs.push_back(*t);
-    }
-    Tensor got = lane.replay(node, inputs);
+    std::optional<std::vector<Tensor>> inputs = trace_inputs(model, node, tokens, trace, unstaged);
+    if (!inputs) return ops;
+    Tensor got = lane.replay(node, *inputs);
     ops.insert(node.op);
     if (!node.stage) {
       unstaged[node.index] = std::move(got);
