@@ -8,11 +8,10 @@
 
 #include "app/commands.h"
 #include "app/lanes.h"
+#include "app/model_input.h"
 #include "engine/family.h"
 #include "engine/faults.h"
-#include "engine/generate.h"
 #include "engine/lanes.h"
-#include "engine/tokenizer.h"
 #include "engine/trace.h"
 #include "engine/weights.h"
 #include "formats/aprt.h"
@@ -28,9 +27,7 @@ namespace fs = std::filesystem;
 
 struct DumpArgs {
   std::string model;
-  std::string prompt;
-  bool chat = false;
-  std::vector<int32_t> tokens;
+  TokenArgs input;
   std::string lane = "cpu";
   std::string stages = "all";
   unsigned threads = 0;
@@ -92,9 +89,7 @@ std::string human_bytes(uint64_t b) {
 }
 
 int cmd_dump(const DumpArgs& a) {
-  if (a.prompt.empty() == a.tokens.empty())
-    throw Error("dump: give either --prompt TEXT or --tokens IDS (one of them, not both)");
-  if (a.chat && a.prompt.empty()) throw Error("dump: --chat applies to --prompt only");
+  check_token_args("dump", a.input);
   engine::CapturePlan capture = engine::CapturePlan::parse(a.stages);
   engine::LaneOptions lane_options{.threads = a.threads, .fault = std::nullopt};
   if (!a.fault.empty()) lane_options.fault = engine::FaultSpec::parse(a.fault);
@@ -107,21 +102,7 @@ int cmd_dump(const DumpArgs& a) {
   formats::DumpWriter writer(a.out, {.overwrite = a.force});
 
   engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());
-  std::vector<int32_t> tokens = a.tokens;
-  if (!a.prompt.empty()) {
-    if (!model.gguf)
-      throw Error("dump: " + a.model +
-                  " is a safetensors model, whose tokenizer lockstep "
-                  "cannot read; give --tokens instead of --prompt");
-    tokens = engine::encode_prompt(engine::Tokenizer::from_gguf(*model.gguf), a.prompt, a.chat);
-  }
-  for (int32_t id : tokens)
-    if (id < 0 || uint64_t(id) >= model.config.vocab)
-      throw Error("dump: token id " + std::to_string(id) + " is outside the vocab (0.." +
-                  std::to_string(model.config.vocab - 1) + ")");
-  if (model.config.context > 0 && tokens.size() > model.config.context)
-    throw Error("dump: " + std::to_string(tokens.size()) +
-                " tokens exceed the model's context of " + std::to_string(model.config.context));
+  const std::vector<int32_t> tokens = resolve_tokens("dump", model, a.model, a.input);
 
   lane->load(model);
   lane->reset();
@@ -167,12 +148,7 @@ Command add_dump_command(CLI::App& app) {
       "dump", "Run one forward pass and save every captured stage as an APRT dump directory");
   sub->add_option("model", args->model, "A .gguf file, or a HF model folder (with --tokens)")
       ->required();
-  sub->add_option("--prompt,-p", args->prompt,
-                  "Text to run, encoded with the model's tokenizer (BOS as its metadata says)");
-  sub->add_flag("--chat", args->chat, "Wrap --prompt as one ChatML user turn");
-  sub->add_option("--tokens", args->tokens, "Token ids to run instead of a prompt: 1,2,3")
-      ->delimiter(',')
-      ->expected(1, -1);
+  add_token_options(*sub, args->input);
   sub->add_option("--lane", args->lane, std::string("Lane to run on: ") + lane_list())
       ->capture_default_str();
   sub->add_option("--stages", args->stages,

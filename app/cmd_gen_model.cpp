@@ -91,6 +91,10 @@ Command add_gen_model_command(CLI::App& app) {
                   "Copy the tokenizer from this GGUF (default: a synthetic byte vocab)");
   sub->add_option("--context", o.context, "Context length")->capture_default_str();
   sub->add_option("--head-dim", o.head_dim, "Head size (default: hidden / heads)");
+  sub->add_option("--qk-gain", o.qk_gain,
+                  "Scale attn_q and attn_k by this: attention scores grow by its square "
+                  "(sharper attention, as trained models have)")
+      ->capture_default_str();
   sub->add_option("--threads", o.threads, "Generation threads")->capture_default_str();
   sub->add_flag("--tie-embeddings,!--untie-embeddings", args->tied,
                 "lm_head reads token_embd (no output.weight); default: the family's usual");

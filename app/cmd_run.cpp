@@ -1,6 +1,4 @@
 #include <algorithm>
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -8,6 +6,7 @@
 #include <thread>
 
 #include "app/commands.h"
+#include "app/interrupt.h"
 #include "app/lanes.h"
 #include "engine/family.h"
 #include "engine/faults.h"
@@ -19,26 +18,6 @@
 
 namespace lockstep::app {
 namespace {
-
-// Ctrl-C stops the generation after the current token, so the summary is still printed.
-std::atomic<bool> interrupted{false};
-static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
-extern "C" void on_interrupt(int) {
-  interrupted.store(true);
-}
-
-class InterruptGuard {
- public:
-  InterruptGuard() : previous_(std::signal(SIGINT, on_interrupt)) {}
-  ~InterruptGuard() { std::signal(SIGINT, previous_); }
-  InterruptGuard(const InterruptGuard&) = delete;
-  InterruptGuard& operator=(const InterruptGuard&) = delete;
-
- private:
-  void (*previous_)(int);
-};
-
-constexpr int kExitInterrupted = 130;  // what shells report for a process ended by SIGINT
 
 struct RunArgs {
   std::string model;
@@ -78,9 +57,9 @@ int cmd_run(const RunArgs& a) {
     options.extra_stop = tok.find_token("<|im_end|>").value_or(engine::Tokenizer::kNoToken);
 
   lane->load(model);
-  interrupted = false;
-  options.cancel = &interrupted;
+  // Ctrl-C stops the generation after the current token, so the summary is still printed.
   InterruptGuard guard;
+  options.cancel = &interrupted();
   bool ends_with_newline = true;  // nothing printed yet
   engine::GenerateResult r =
       engine::generate(*lane, tok, prompt, options, [&](int32_t, std::string_view text) {

@@ -141,7 +141,7 @@ void generate(uint64_t key, const Init& init, uint64_t first, std::span<float> o
   }
 }
 
-Init init_for(const SyntheticTensor& t, const ModelConfig& c) {
+Init init_for(const SyntheticTensor& t, const ModelConfig& c, double qk_gain) {
   using R = WeightRole;
   switch (t.role) {
     case R::OutputNorm:
@@ -164,6 +164,7 @@ Init init_for(const SyntheticTensor& t, const ModelConfig& c) {
   if (t.role == R::AttnOutput || t.role == R::FfnDown)
     scale /= std::sqrt(2.0 * static_cast<double>(c.layers));
   if (t.role == R::Output) scale *= c.logits_scaling;  // Granite divides logits by it
+  if (t.role == R::AttnQ || t.role == R::AttnK) scale *= qk_gain;
   return {0.0, scale, false};
 }
 
@@ -336,6 +337,8 @@ SyntheticPlan plan_synthetic_model(const SyntheticModelOptions& o, const FamilyR
     bad_option("--hidden " + std::to_string(o.hidden) + " is not a multiple of --heads " +
                std::to_string(o.heads) + " (give --head-dim)");
   if (o.threads == 0) bad_option("threads must be positive");
+  if (!(o.qk_gain > 0.0 && o.qk_gain < 1e6))
+    bad_option("--qk-gain must be a positive number below 1e6, got " + std::to_string(o.qk_gain));
 
   uint64_t vocab = o.vocab;
   if (!o.tokenizer_from.empty()) {
@@ -429,6 +432,7 @@ SyntheticSummary write_synthetic_model(const SyntheticModelOptions& o,
   w.set("general.file_type", GgufValue::u32(llama_file_type(o.mix)));
   w.set("general.quantization_version", GgufValue::u32(2));
   w.set("lockstep.synthetic.seed", GgufValue::u64(o.seed));
+  if (o.qk_gain != 1.0) w.set("lockstep.synthetic.qk_gain", GgufValue::f32(static_cast<float>(o.qk_gain)));
   w.set(a + "block_count", u32(c.layers));
   w.set(a + "context_length", u32(c.context));
   w.set(a + "embedding_length", u32(c.hidden));
@@ -478,7 +482,7 @@ SyntheticSummary write_synthetic_model(const SyntheticModelOptions& o,
     const SyntheticTensor& t = plan.tensors[i];
     if (cancelled()) throw Error("gen-model: cancelled; " + o.out.string() + " not written");
     const uint64_t key = splitmix64(seed_key ^ name_hash(t.name));
-    const Init init = init_for(t, c);
+    const Init init = init_for(t, c, o.qk_gain);
     const uint64_t rows = t.dims.size() == 1 ? 1 : t.dims[1];
     SyntheticTensor flat = t;  // 1-D tensors are one row
     if (t.dims.size() == 1) flat.dims = {t.dims[0], 1};

@@ -77,6 +77,10 @@ struct SyntheticModelOptions {
   std::optional<bool> tied_embeddings;  // default: the family's trait
   QuantMix mix = QuantMix::F32;
   uint64_t seed = 0;
+  // Attention sharpness: attn_q and attn_k are scaled by it, so scores grow by its square. At 1
+  // scores are ~N(0, 1); trained models peak harder (stories260K reaches 15.6), which is what
+  // makes an fp16 softmax without max subtraction overflow. Must be > 0.
+  double qk_gain = 1.0;
   std::filesystem::path tokenizer_from;  // copy tokenizer.* from this GGUF; empty: byte vocab
   std::filesystem::path out;
   unsigned threads = 2;

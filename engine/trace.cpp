@@ -1,5 +1,6 @@
 #include "engine/trace.h"
 
+#include <algorithm>
 #include <charconv>
 #include <limits>
 
@@ -130,6 +131,62 @@ void Trace::put(const Cell& cell, Tensor t) {
 const Tensor* Trace::find(const Cell& cell) const {
   auto it = cells_.find(cell);
   return it == cells_.end() ? nullptr : &it->second;
+}
+
+Trace stitch_steps(std::span<const Trace> steps) {
+  if (steps.empty()) throw Error("stitch: no steps to join");
+  const Trace& first = steps.front();
+  Trace out;
+  out.lane = first.lane;
+  out.pos = first.pos;
+  uint64_t tokens = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Trace& s = steps[i];
+    if (s.pos != first.pos + tokens)
+      throw Error("stitch: step " + std::to_string(i) + " starts at position " +
+                  std::to_string(s.pos) + ", expected " + std::to_string(first.pos + tokens) +
+                  " (steps must be consecutive)");
+    if (s.size() != first.size())
+      throw Error("stitch: step " + std::to_string(i) + " holds " + std::to_string(s.size()) +
+                  " cells, step 0 holds " + std::to_string(first.size()));
+    out.tokens.insert(out.tokens.end(), s.tokens.begin(), s.tokens.end());
+    tokens += s.tokens.size();
+  }
+  const uint64_t ctx = first.pos + tokens;
+  for (const auto& [cell, t0] : first.cells()) {
+    const std::string name = cell_name(cell);
+    Tensor joined;
+    const bool attention = t0.shape.size() == 3;
+    if (!attention && t0.shape.size() != 2)
+      throw Error("stitch: cell " + name + " has " + std::to_string(t0.shape.size()) +
+                  " dimensions, expected [tokens, width] or [heads, tokens, ctx]");
+    const uint64_t heads = attention ? t0.shape[0] : 1, width = t0.shape.back();
+    joined.shape = attention ? std::vector<uint64_t>{heads, tokens, ctx}
+                             : std::vector<uint64_t>{tokens, width};
+    const float fill = cell.stage == Stage::AttnScores ? -std::numeric_limits<float>::infinity()
+                                                       : 0.0f;
+    joined.data.assign(joined.elements(), fill);
+    uint64_t row = 0;  // the first token of the step within the joined tensor
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const Tensor* t = steps[i].find(cell);
+      const uint64_t n = steps[i].tokens.size();
+      const uint64_t step_ctx = steps[i].pos + n;
+      const std::vector<uint64_t> want =
+          attention ? std::vector<uint64_t>{heads, n, step_ctx} : std::vector<uint64_t>{n, width};
+      if (!t || t->shape != want)
+        throw Error("stitch: step " + std::to_string(i) + "'s " + name +
+                    (t ? " has another shape than its tokens and step 0 imply" : " is missing"));
+      for (uint64_t h = 0; h < heads; ++h)
+        for (uint64_t r = 0; r < n; ++r) {
+          const float* src = t->data.data() + (h * n + r) * (attention ? step_ctx : width);
+          float* dst = joined.data.data() + (h * tokens + row + r) * (attention ? ctx : width);
+          std::copy_n(src, attention ? step_ctx : width, dst);
+        }
+      row += n;
+    }
+    out.put(cell, std::move(joined));
+  }
+  return out;
 }
 
 }  // namespace lockstep::engine

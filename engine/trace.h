@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -78,5 +79,13 @@ class Trace {
  private:
   std::map<Cell, Tensor> cells_;
 };
+
+// The trace one prefill of every step's tokens would hold, from the traces of consecutive
+// forwards (decode steps, or chunks of a prefill) of one lane: [tokens, width] cells joined
+// along tokens; [heads, tokens, ctx] cells joined along tokens and widened to the last step's
+// context, the keys a step could not see filled as a prefill's causal mask holds them (-inf in
+// attn_scores, 0 in attn_softmax). Throws lockstep::Error when the steps are not consecutive
+// (each pos = the previous pos + its tokens), hold different cells, or disagree in width.
+Trace stitch_steps(std::span<const Trace> steps);
 
 }  // namespace lockstep::engine

@@ -1,5 +1,7 @@
 #include "formats/json_util.h"
 
+#include <cmath>
+
 #include "formats/error.h"
 
 namespace lockstep::formats {
@@ -46,6 +48,18 @@ const char* json_type_name(const json& j) {
     default:
       return "an unsupported value";
   }
+}
+
+json json_number(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  return v;
+}
+
+json json_numbers(const std::vector<double>& v) {
+  json j = json::array();
+  for (double x : v) j.push_back(json_number(x));
+  return j;
 }
 
 }  // namespace lockstep::formats

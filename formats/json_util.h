@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -20,5 +21,10 @@ nlohmann::json parse_json_document(std::string_view text, const std::string& nam
 
 // "an integer", "a string", ...: the JSON type of a value, for error messages.
 const char* json_type_name(const nlohmann::json& j);
+
+// Numbers for the reports Lockstep writes: JSON has no NaN or infinity, so they become the
+// strings "nan", "inf" and "-inf".
+nlohmann::json json_number(double v);
+nlohmann::json json_numbers(const std::vector<double>& v);
 
 }  // namespace lockstep::formats
