@@ -20,17 +20,18 @@
 //      are exactly representable in fp16 (or bf16) while at most kPrecisionExactA of a's are, and
 //      either the relative RMS is one rounding can explain (<= kF16MaxRms / kBf16MaxRms) or a side
 //      is near the f16 limit (compare.h). An exact-bit test that f32 arithmetic does not pass by
-//      chance, so it may go early; it must precede Position, because a rounded softmax keeps
+//      chance, so it may go early (bf16 is tried first: bf16 values in fp16's range are exact in
+//      fp16 too); it must precede Position, because a rounded softmax keeps
 //      row 0 (a single probability of 1) exact. Alone, near_f16_limit is only evidence: large
 //      values are legitimate in an f32 lane.
 //   4. PartialWrite: in at least kZeroTailRows of the rows, b is exactly 0 from some index k on
-//      where a is mostly non-zero, and before k the rows agree (<= threshold). Exact zeros; it
+//      where a has non-zero values, and before k those rows agree (<= threshold). Exact zeros; it
 //      precedes HeadMapping (a zeroed upper half of a per-head cell zeroes whole heads) and
 //      Scale (the zeros shrink the norm).
-//   5. Position: pos == 0, >= 2 tokens, row 0 (for [heads, tokens, ctx]: every head's query row
-//      0) agrees and the later rows diverge. Not at attn_softmax, whose causal row 0 is a single
-//      probability of 1 in any lane and proves nothing. It precedes HeadMapping because RoPE
-//      pairing errors are periodic in channel.
+//   5. Position: pos == 0, >= 2 tokens, row 0 (for [heads, tokens, ctx]: the query-0 rows of
+//      all heads, together) agrees and the later rows, together, diverge. Not at attn_softmax,
+//      whose causal row 0 is a single probability of 1 in any lane and proves nothing. It precedes
+//      HeadMapping because RoPE pairing errors are periodic in channel.
 //   6. Bias: [tokens, width] with >= 2 tokens, and the per-channel mean of b − a (the same offset
 //      for every token) explains at least kOffsetShare of its energy. With T tokens a random
 //      error gets ~1/T from the means, so 0.99 is not reached by chance. It precedes HeadMapping
