@@ -47,7 +47,9 @@ int run_cli(int argc, char** argv) {
 
   std::vector<Command> commands = {add_inspect_command(app),   add_tokenize_command(app),
                                    add_gen_model_command(app), add_run_command(app),
-                                   add_dump_command(app),      add_bench_command(app)};
+                                   add_dump_command(app),      add_bench_command(app),
+                                   add_bisect_command(app),    add_diff_command(app),
+                                   add_demo_command(app)};
 
   try {
     app.parse(argc, argv);

@@ -24,6 +24,9 @@ Command add_gen_model_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 Command add_dump_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+Command add_bisect_command(CLI::App& app);
+Command add_diff_command(CLI::App& app);
+Command add_demo_command(CLI::App& app);
 
 // "ref, cpu": the CPU lanes engine/lanes.h knows, for help texts.
 std::string cpu_lane_list();

@@ -68,6 +68,15 @@ NoiseFloor noise_floor(const Trace& cpu, const Trace& ref) {
   return floor;
 }
 
+void raise_floor(NoiseFloor& floor, const NoiseFloor& other) {
+  for (const auto& [cell, v] : other) {
+    auto [it, added] = floor.emplace(cell, v);
+    // A NaN spread means the lane is not even repeatable there: keep it, scan_divergence treats
+    // a NaN floor as unknown.
+    if (!added && !(it->second >= v)) it->second = v;
+  }
+}
+
 DivergenceScan scan_divergence(const Trace& a, const Trace& b, const NoiseFloor& floor,
                                const DivergenceSettings& settings) {
   DivergenceScan scan;
@@ -99,15 +108,20 @@ DivergenceScan scan_divergence(const Trace& a, const Trace& b, const NoiseFloor&
   return scan;
 }
 
-ReplayVerdict replay_cell(Lane& lane_a, Lane& lane_b, const Model& model, const Trace& a,
-                          const CellDivergence& divergence, double threshold) {
-  const Node* node = model.plan.find(divergence.cell.stage, divergence.cell.layer);
-  if (!node) throw Error("replay: the plan has no node for " + cell_name(divergence.cell));
+Tensor replay_output(Lane& lane_a, Lane& lane_b, const Model& model, const Trace& a,
+                     const Cell& cell) {
+  const Node* node = model.plan.find(cell.stage, cell.layer);
+  if (!node) throw Error("replay: the plan has no node for " + cell_name(cell));
   if (a.pos != 0)
     throw Error("replay needs traces of a forward from position 0 (lane " + a.lane +
                 "'s starts at " + std::to_string(a.pos) + ")");
   InputSource source(lane_a, model, a);
-  Tensor got = lane_b.replay(*node, source.inputs(*node));
+  return lane_b.replay(*node, source.inputs(*node));
+}
+
+ReplayVerdict replay_cell(Lane& lane_a, Lane& lane_b, const Model& model, const Trace& a,
+                          const CellDivergence& divergence, double threshold) {
+  Tensor got = replay_output(lane_a, lane_b, model, a, divergence.cell);
   const Tensor* want = a.find(divergence.cell);
   if (!want) throw Error("replay: lane " + a.lane + "'s trace holds no " + cell_name(divergence.cell));
   ReplayVerdict v;

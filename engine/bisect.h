@@ -35,6 +35,9 @@ struct DivergenceSettings {
 // Per cell: relative RMS of a noisy-but-correct lane (cpu) against the oracle (ref).
 using NoiseFloor = std::map<Cell, double>;
 NoiseFloor noise_floor(const Trace& cpu, const Trace& ref);
+// Raises each cell of `floor` to at least `other`'s (a run-to-run spread, say); cells only
+// `other` has are added.
+void raise_floor(NoiseFloor& floor, const NoiseFloor& other);
 
 struct CellDivergence {
   Cell cell;
@@ -61,6 +64,11 @@ struct ReplayVerdict {
   double threshold = 0.0;
   bool introduced = false;  // local > threshold (or new NaN/Inf in the replayed output)
 };
+
+// Lane B's output of `cell`'s node run on lane A's captured inputs (what replay_cell measures).
+// Inputs that no capture holds are rebuilt as replay_cell says.
+Tensor replay_output(Lane& lane_a, Lane& lane_b, const Model& model, const Trace& a,
+                     const Cell& cell);
 
 // Replays the node of `cell` in lane B on lane A's captured inputs. Inputs that no capture
 // holds (an unstaged node such as Qwen3's Q/K norm) are rebuilt by replaying their node in lane A

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "engine/compare.h"
+#include "formats/json_util.h"
 
 namespace lockstep::engine {
 namespace {
@@ -33,11 +34,7 @@ std::string pct(double fraction) {
   return buf;
 }
 
-json jnum(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  return v;
-}
+json jnum(double v) { return formats::json_number(v); }
 json jopt(const std::optional<double>& v) {
   return v ? jnum(*v) : json(nullptr);
 }
@@ -79,10 +76,6 @@ struct Sums {
   }
 };
 
-bool is_per_head_rows(Stage s) {  // compare.h's list of per-head [tokens, width] cells
-  return s == Stage::QkvMatmul || s == Stage::QkvBias || s == Stage::QPostRope ||
-         s == Stage::KPostRope || s == Stage::Attention;
-}
 bool is_attention_matrix(Stage s) {
   return s == Stage::AttnScores || s == Stage::AttnSoftmax;
 }
@@ -103,7 +96,7 @@ Rows rows_of(const Cell& cell, const std::vector<uint64_t>& shape, uint64_t n,
     g.kind = Rows::Kind::Tokens;
     g.rows = g.tokens = shape[0];
     g.width = shape[1];
-    if (is_per_head_rows(cell.stage) && config.head_dim && g.width % config.head_dim == 0)
+    if (per_head_rows(cell.stage) && config.head_dim && g.width % config.head_dim == 0)
       g.head_dim = config.head_dim;
   } else if (shape.size() == 3 && is_attention_matrix(cell.stage) && shape[0] && shape[1] &&
              shape[2]) {

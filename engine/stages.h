@@ -56,6 +56,13 @@ inline constexpr std::array<StageInfo, 22> kStages{{
 constexpr const StageInfo& stage_info(Stage s) { return kStages[static_cast<size_t>(s)]; }
 constexpr std::string_view stage_name(Stage s) { return stage_info(s).name; }
 
+// [tokens, width] stages whose rows split into heads of head_dim channels (qkv_matmul and
+// qkv_bias: the fused [Q|K|V] heads, Q's then K's then V's).
+constexpr bool per_head_rows(Stage s) {
+  return s == Stage::QkvMatmul || s == Stage::QkvBias || s == Stage::QPostRope ||
+         s == Stage::KPostRope || s == Stage::Attention;
+}
+
 constexpr std::optional<Stage> find_stage(std::string_view name) {
   for (const auto& s : kStages)
     if (s.name == name) return s.stage;
