@@ -43,6 +43,9 @@ void add_bisect_options(CLI::App& sub, BisectArgs& args, bool lanes) {
                  "Run lane B twice and raise each cell's floor to its run-to-run spread");
     sub.add_flag("--no-replay", args.no_replay,
                  "Skip replaying the first divergence (no introduced/inherited verdict)");
+    sub.add_option("--replay", args.replay_cells,
+                   "Also replay this cell (attn_norm@3, lm_head) and say whether it introduces "
+                   "error; repeatable");
     sub.add_flag("--heatmaps", args.heatmaps,
                  "Replay every cell on lane A's inputs: the local-error map beside the carried one");
   }
@@ -83,6 +86,9 @@ engine::BisectOptions bisect_options(const std::string& command, const BisectArg
   o.heatmaps = args.heatmaps || *metric == engine::MapMetric::Local;
   if (o.heatmaps && args.no_replay)
     throw Error(command + ": --heatmaps (and --metric local) replay every cell; drop --no-replay");
+  if (!args.replay_cells.empty() && args.no_replay)
+    throw Error(command + ": --replay and --no-replay contradict each other");
+  for (const std::string& c : args.replay_cells) o.replay_cells.push_back(engine::parse_cell(c));
   o.threads = args.threads;
   for (const std::string& r : args.reports) report_format(command, r);
   return o;

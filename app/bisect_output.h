@@ -21,6 +21,7 @@ struct BisectArgs {
   bool spread = false;
   bool no_replay = false;
   bool heatmaps = false;
+  std::vector<std::string> replay_cells;
   unsigned threads = 0;
   // Output.
   std::string metric = "relative_rms";

@@ -258,6 +258,10 @@ std::string format_summary(const BisectResult& r, const ReportContext& context) 
       s += "Replay: " + r.replay_note + "\n";
     }
   }
+  for (const ReplayVerdict& v : r.requested)
+    s += "Replay of " + cell_name(v.cell) + " (asked): local error " + sci(v.local) +
+         " against carried " + sci(v.carried) + ", threshold " + sci(v.threshold) +
+         (v.introduced ? " -> introduces error\n" : " -> at the floor\n");
   if (r.diagnosis && r.diagnosed_cell) {
     s += "Diagnosis (" + cell_name(*r.diagnosed_cell) + ", " +
          (r.diagnosed_local ? "local error" : "captured tensors") + "): " + r.diagnosis->headline +
@@ -270,14 +274,17 @@ std::string format_summary(const BisectResult& r, const ReportContext& context) 
 json to_json(const BisectResult& r, const ReportContext& context) {
   json cells = json::array();
   for (const CellDivergence& d : r.scan.cells) cells.push_back(cell_row(r, d));
-  json replays = json::array();
-  if (r.localization)
-    for (const ReplayVerdict& v : r.localization->replays)
-      replays.push_back({{"cell", cell_name(v.cell)},
-                         {"local", json_number(v.local)},
-                         {"carried", json_number(v.carried)},
-                         {"threshold", json_number(v.threshold)},
-                         {"introduced", v.introduced}});
+  auto verdicts = [](const std::vector<ReplayVerdict>& vs) {
+    json j = json::array();
+    for (const ReplayVerdict& v : vs)
+      j.push_back({{"cell", cell_name(v.cell)},
+                   {"local", json_number(v.local)},
+                   {"carried", json_number(v.carried)},
+                   {"threshold", json_number(v.threshold)},
+                   {"introduced", v.introduced}});
+    return j;
+  };
+  const json replays = r.localization ? verdicts(r.localization->replays) : json::array();
   auto names = [](const std::vector<Cell>& cs) {
     json j = json::array();
     for (const Cell& c : cs) j.push_back(cell_name(c));
@@ -323,6 +330,7 @@ json to_json(const BisectResult& r, const ReportContext& context) {
                             : json(nullptr)},
       {"replays", replays},
       {"replay_note", str_or_null(r.replay_note)},
+      {"requested_replays", verdicts(r.requested)},
       {"diagnosis", diagnosis},
       {"cells", cells},
       {"only_in_a", names(r.scan.only_in_a)},

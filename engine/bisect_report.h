@@ -21,6 +21,7 @@
 //     "replays": [{"cell": str, "local": num, "carried": num, "threshold": num,
 //                  "introduced": bool}...],          // the first divergence, then walked back
 //     "replay_note": str|null,
+//     "requested_replays": [same as replays...],     // cells replayed on request
 //     "diagnosis": null | {"cell": str, "basis": "local" | "carried", ...Diagnosis},
 //                                                    // engine/diagnose.h's to_json keys
 //     "cells": [CellRow...],

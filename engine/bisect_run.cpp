@@ -172,6 +172,16 @@ BisectResult bisect(Lane& a, Lane& b, const Model& model, std::span<const int32_
     }
   }
 
+  for (const Cell& cell : options.replay_cells) {
+    const auto it = std::find_if(r.scan.cells.begin(), r.scan.cells.end(),
+                                 [&](const CellDivergence& d) { return d.cell == cell; });
+    if (it == r.scan.cells.end())
+      throw Error("replay " + cell_name(cell) + ": both lanes must capture the cell (the plan " +
+                  (model.plan.find(cell.stage, cell.layer) ? "has it" : "has no such cell") + ")");
+    report(0.8, "replaying " + cell_name(cell) + " as asked");
+    r.requested.push_back(replay_cell(a, b, model, *ta, *it, it->threshold));
+  }
+
   if (options.heatmaps) {
     for (size_t i = 0; i < r.scan.cells.size(); ++i) {
       if (stopped(cancel)) return cancelled();

@@ -63,6 +63,7 @@ struct BisectOptions {
   bool spread = false;    // also run lane B twice: no cell's floor is below B's run-to-run spread
   bool replay = true;     // replay the first divergence, walking back when it is inherited
   bool heatmaps = false;  // replay every cell: the local-error map (carried = the scan)
+  std::vector<Cell> replay_cells;  // also replay these, diverging or not (needs replay)
   unsigned threads = 0;   // the floor's lanes and the comparison; 0 = one per hardware thread
   CompareOptions compare;  // head_dim defaults to the model's
 };
@@ -84,6 +85,7 @@ struct BisectResult {
   DivergenceScan scan;
   std::optional<Localization> localization;  // when replay ran
   std::string replay_note;                   // why replay did not run, when it did not
+  std::vector<ReplayVerdict> requested;      // options.replay_cells, in the order asked
   std::optional<Diagnosis> diagnosis;        // of the first divergence, when there is one
   std::optional<Cell> diagnosed_cell;
   bool diagnosed_local = false;   // from a replay's output (else from the captures)

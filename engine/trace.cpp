@@ -44,6 +44,27 @@ std::string cell_name(const Cell& c) {
   return s;
 }
 
+Cell parse_cell(std::string_view name) {
+  const size_t at = name.find('@');
+  const std::string_view stage_text = name.substr(0, at);
+  const std::optional<Stage> stage = find_stage(stage_text);
+  if (!stage || stage_info(*stage).reserved)
+    throw Error("cell \"" + std::string(name) + "\": unknown stage \"" + std::string(stage_text) +
+                "\"");
+  if (!stage_info(*stage).per_layer) {
+    if (at != std::string_view::npos)
+      throw Error("cell \"" + std::string(name) + "\": " + std::string(stage_text) +
+                  " is a whole-model stage and takes no @layer");
+    return {*stage, std::nullopt};
+  }
+  const std::optional<uint32_t> layer =
+      at == std::string_view::npos ? std::nullopt : parse_u32(name.substr(at + 1));
+  if (!layer)
+    throw Error("cell \"" + std::string(name) + "\": expected " + std::string(stage_text) +
+                "@LAYER, a layer number");
+  return {*stage, layer};
+}
+
 uint64_t Tensor::elements() const {
   uint64_t n = 1;
   for (uint64_t d : shape) n *= d;

@@ -23,6 +23,9 @@ struct Cell {
   bool operator<(const Cell& o) const;
 };
 std::string cell_name(const Cell& c);  // "attn_norm@3", "lm_head"
+// cell_name's inverse: a per-layer stage needs "@layer", a whole-model stage takes none.
+// Throws lockstep::Error naming what is wrong.
+Cell parse_cell(std::string_view name);
 
 // A dense f32 tensor, row-major, innermost dimension last.
 struct Tensor {

@@ -62,6 +62,14 @@ TEST(DemoCli, OtherFaultsModesAndFailOnDivergence) {
   EXPECT_NE(r.out.find("new NaN/Inf"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("First divergence: attn_softmax@0"), std::string::npos) << r.out;
 
+  r = test::run_lockstep("demo --replay ffn_out@1 --replay lm_head");
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("Replay of ffn_out@1 (asked)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("-> at the floor"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("-> introduces error"), std::string::npos) << r.out;
+  expect_usage_error(test::run_lockstep("demo --replay ffn_out@9"), "no such cell");
+  expect_usage_error(test::run_lockstep("demo --replay ffn@1"), "unknown stage");
+
   expect_usage_error(test::run_lockstep("demo --fault drop_qkv_bias"), "qkv_bias");
   expect_usage_error(test::run_lockstep("demo --fault nonsense"), "unknown fault");
 }

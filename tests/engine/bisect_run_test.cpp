@@ -115,6 +115,22 @@ TEST(StitchSteps, RefusesStepsThatDoNotFollowEachOther) {
   EXPECT_THROW(stitch_steps({}), Error);
 }
 
+TEST(ParseCell, InvertsCellNameAndNamesMistakes) {
+  for (const Cell& c : {Cell{Stage::AttnNorm, 3u}, Cell{Stage::LmHead, std::nullopt},
+                        Cell{Stage::Embedding, 0u}, Cell{Stage::FinalNorm, std::nullopt}})
+    EXPECT_EQ(parse_cell(cell_name(c)), c) << cell_name(c);
+  EXPECT_NE(std::string(test::expect_error([] { parse_cell("attn_norm"); }).what()).find("@LAYER"),
+            std::string::npos);
+  EXPECT_NE(std::string(test::expect_error([] { parse_cell("lm_head@0"); }).what())
+                .find("whole-model"),
+            std::string::npos);
+  EXPECT_NE(std::string(test::expect_error([] { parse_cell("attn@1"); }).what())
+                .find("unknown stage"),
+            std::string::npos);
+  EXPECT_THROW(parse_cell("attn_norm@x"), Error);
+  EXPECT_THROW(parse_cell("moe_router@0"), Error);
+}
+
 // ---- every fault, end to end ------------------------------------------------------------
 
 struct FaultCase {
@@ -355,6 +371,7 @@ TEST(BisectReport, JsonFollowsItsSchemaAndTextMarksTheFirstDivergence) {
   faulted.load(model);
   BisectOptions options;
   options.heatmaps = true;
+  options.replay_cells = {parse_cell("attn_norm@1"), parse_cell("lm_head")};
   BisectResult r = bisect(ref, faulted, model, kPrompt, options);
   ReportContext context;
   context.tool_version = "9.9";
@@ -364,10 +381,16 @@ TEST(BisectReport, JsonFollowsItsSchemaAndTextMarksTheFirstDivergence) {
   for (const char* key :
        {"format_version", "tool", "tool_version", "kind", "model", "fault", "source_a", "source_b",
         "lane_a", "lane_b", "mode", "tokens", "settings", "floor_note", "cancelled", "diverged",
-        "first_divergence", "verdict", "introduced_at", "replays", "replay_note", "diagnosis",
+        "first_divergence", "verdict", "introduced_at", "replays", "replay_note",
+        "requested_replays", "diagnosis",
         "cells", "only_in_a", "only_in_b", "first_divergence_detail"})
     EXPECT_TRUE(j.contains(key)) << key;
-  EXPECT_EQ(j.size(), 26u);
+  EXPECT_EQ(j.size(), 27u);
+  ASSERT_EQ(j["requested_replays"].size(), 2u);
+  EXPECT_EQ(j["requested_replays"][0]["cell"], "attn_norm@1");
+  EXPECT_EQ(j["requested_replays"][0]["introduced"], false);
+  EXPECT_EQ(j["requested_replays"][1]["cell"], "lm_head");
+  EXPECT_EQ(j["requested_replays"][1]["introduced"], true);
   EXPECT_EQ(j["format_version"], 1);
   EXPECT_EQ(j["kind"], "bisect");
   EXPECT_EQ(j["lane_a"], "ref");
