@@ -323,6 +323,31 @@ Diagnosis diagnose(const Cell& cell, const Tensor& a, const Tensor& b, const Mod
     d.token_scale_share = explained / all.d2;
     if (hi > 0) d.token_norm_ratio_min = lo, d.token_norm_ratio_max = hi;
   }
+  if (all.d2 > 0 && d.paired >= 256) {
+    // Bins over a's finite range among paired positions; chance explains ~bins/N.
+    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+    for (size_t i = 0; i < a.data.size(); ++i)
+      if (std::isfinite(a.data[i]) && std::isfinite(b.data[i]))
+        lo = std::min(lo, a.data[i]), hi = std::max(hi, a.data[i]);
+    const uint64_t bins = std::clamp<uint64_t>(d.paired / 64, 8, 256);
+    std::vector<double> sum(bins, 0.0), d2(bins, 0.0);
+    std::vector<uint64_t> count(bins, 0);
+    const double width = hi > lo ? (double(hi) - double(lo)) / double(bins) : 1.0;
+    for (size_t i = 0; i < a.data.size(); ++i) {
+      if (!std::isfinite(a.data[i]) || !std::isfinite(b.data[i])) continue;
+      const uint64_t k =
+          std::min<uint64_t>(bins - 1, static_cast<uint64_t>((double(a.data[i]) - lo) / width));
+      const double diff = double(b.data[i]) - double(a.data[i]);
+      sum[k] += diff, d2[k] += diff * diff, ++count[k];
+    }
+    double explained = 0, total = 0;
+    for (uint64_t k = 0; k < bins; ++k) {
+      total += d2[k];
+      if (count[k]) explained += sum[k] * sum[k] / double(count[k]);
+    }
+    if (total > 0) d.value_share = explained / total;
+    d.value_bins = static_cast<uint32_t>(bins);
+  }
   d.top_k = static_cast<uint32_t>(s.top.size());
   uint32_t flips = 0;
   for (; !s.top.empty(); s.top.pop()) flips += s.top.top().second;
@@ -544,22 +569,30 @@ Diagnosis diagnose(const Cell& cell, const Tensor& a, const Tensor& b, const Mod
     const double token_bar = std::max(kScaleShare, 10.0 * static_cast<double>(g.tokens) / n);
     const bool global_ok = d.scale_share >= global_bar;
     const bool token_ok = d.token_scale_share && *d.token_scale_share >= token_bar;
+    const double value_bar = std::max(kValueShare, 10.0 * double(d.value_bins) / n);
+    const bool value_ok = d.value_share && *d.value_share >= value_bar;
     std::string line = "scale: b ~ " + num(d.scale) + "*a explains " + pct(d.scale_share) +
                        " of b - a (bar " + pct(global_bar) + ")";
     if (d.token_scale_share)
       line += ", one scale per token " + pct(*d.token_scale_share) + " (bar " + pct(token_bar) +
               "; token norm ratios " + num(d.token_norm_ratio_min.value_or(0)) + ".." +
               num(d.token_norm_ratio_max.value_or(0)) + ")";
-    if (std::abs(d.cosine) >= kHighCosine && (global_ok || token_ok)) {
+    if (d.value_share)
+      line += ", its mean per value of a " + pct(*d.value_share) + " (" +
+              std::to_string(d.value_bins) + " bins, bar " + pct(value_bar) + ")";
+    if (std::abs(d.cosine) >= kHighCosine && (global_ok || token_ok || value_ok)) {
       line += " -> scale";
-      const bool per_token = !global_ok;
-      decide(BugClass::Scale,
-             "cosine " + num(d.cosine) + " at norm ratio " + num(d.norm_ratio) +
-                 (per_token ? ", one scale per token (" + num(*d.token_norm_ratio_min) + ".." +
-                                  num(*d.token_norm_ratio_max) + ") explains " +
-                                  pct(*d.token_scale_share) + " of b - a"
-                            : ", b ~ " + num(d.scale) + "*a explains " + pct(d.scale_share) +
-                                  " of b - a"));
+      std::string why;
+      if (global_ok)
+        why = ", b ~ " + num(d.scale) + "*a explains " + pct(d.scale_share) + " of b - a";
+      else if (token_ok)
+        why = ", one scale per token (" + num(*d.token_norm_ratio_min) + ".." +
+              num(*d.token_norm_ratio_max) + ") explains " + pct(*d.token_scale_share) +
+              " of b - a";
+      else
+        why = ", b - a is a function of the value (its mean per value of a explains " +
+              pct(*d.value_share) + "): an elementwise op computed differently";
+      decide(BugClass::Scale, "cosine " + num(d.cosine) + " at norm ratio " + num(d.norm_ratio) + why);
     } else if (std::abs(d.cosine) < kHighCosine) {
       line += "; |cosine| " + num(std::abs(d.cosine)) + " is not high";
     }
@@ -625,6 +658,8 @@ json to_json(const Diagnosis& d) {
       {"token_scale_share", jopt(d.token_scale_share)},
       {"token_norm_ratio_min", jopt(d.token_norm_ratio_min)},
       {"token_norm_ratio_max", jopt(d.token_norm_ratio_max)},
+      {"value_share", jopt(d.value_share)},
+      {"value_bins", d.value_bins},
       {"sign_flip_top", jnum(d.sign_flip_top)},
       {"top_k", d.top_k},
   };

@@ -49,7 +49,11 @@
 //      by chance (1/N for one factor over N values, tokens/N for one per token): the norm ratio
 //      is off from 1 by a good part of the error, not by the e²/2 that noise of size e adds.
 //      kScaleShare is low (0.1) because not every scale error is a pure factor: GELU in place of
-//      SiLU is a sharper gate, b − a only ~20% along a (cosine 0.99, norm ratio 1.09). A factor
+//      SiLU is a sharper gate, b − a only ~20% along a (cosine 0.99, norm ratio 1.09), and on
+//      stories260K's ffn_silu only 5%. So Scale also holds when b − a is a function of a's value:
+//      its mean per bin of a explains at least kValueShare of its energy (and ten times the
+//      bins/N chance gives), as an elementwise op computed differently (another activation)
+//      makes it; on stories260K GELU-for-SiLU reaches that where the factors do not. A factor
 //      of −1 (a dropped negation, cosine −1) is a scale too, so Scale precedes Layout.
 //   9. Layout: cosine <= kLowCosine (near zero or negative) at a norm ratio within
 //      [kLayoutMinRatio, kLayoutMaxRatio], with at least kSignFlipShare of the kTopK largest
@@ -75,6 +79,7 @@
 //       "offset_share": num|null,        // share of ‖b−a‖² explained by per-channel means
 //       "scale": num, "scale_share": num, "token_scale_share": num|null,
 //       "token_norm_ratio_min": num|null, "token_norm_ratio_max": num|null,
+//       "value_share": num|null, "value_bins": int,
 //       "sign_flip_top": num, "top_k": int } }
 
 #include <cstdint>
@@ -99,6 +104,8 @@ inline constexpr double kZeroTailRows = 0.5;
 inline constexpr double kOffsetShare = 0.99;
 inline constexpr double kHighCosine = 0.9;
 inline constexpr double kScaleShare = 0.1;
+// The error as a function of a's value must explain at least this much (noise: ~bins/N).
+inline constexpr double kValueShare = 0.5;
 inline constexpr double kLowCosine = 0.3;
 inline constexpr double kLayoutMinRatio = 0.5, kLayoutMaxRatio = 2.0;
 inline constexpr double kSignFlipShare = 0.5;
@@ -130,6 +137,11 @@ struct Diagnosis {
   double scale_share = 0;                   // share of ‖b−a‖² along a
   std::optional<double> token_scale_share;  // the same with one s per token
   std::optional<double> token_norm_ratio_min, token_norm_ratio_max;
+  // The share of ‖b−a‖² that the mean of b−a per bin of a's value explains (value_bins equal
+  // bins over a's finite range): an elementwise function computed differently (another
+  // activation) makes the error a function of the value; noise does not.
+  std::optional<double> value_share;
+  uint32_t value_bins = 0;
   double sign_flip_top = 0;  // fraction of the top_k largest |b−a| where sign(a) != sign(b)
   uint32_t top_k = 0;
 };

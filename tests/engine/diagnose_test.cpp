@@ -441,7 +441,7 @@ TEST(DiagnoseRules, ToJsonHasTheDocumentedKeys) {
                           "sign_flip_top",
                           "top_k"})
     EXPECT_TRUE(f.contains(key)) << key;
-  EXPECT_EQ(f.size(), 30u);
+  EXPECT_EQ(f.size(), 32u);
   EXPECT_TRUE(f.at("zero_from").is_null());
 
   const nlohmann::json none = to_json(run(Stage::AttnOut, a, a));
