@@ -11,7 +11,8 @@
 // error above the threshold means the node introduced it; at the floor, the error was carried in
 // from earlier, and the walk goes back through earlier cells to the earliest one that
 // introduces error. Replay treats the captured tokens as a prefill from position 0 (see
-// Lane::replay), so it needs traces of a forward at position 0.
+// Lane::replay), so it needs traces of a forward at position 0: a decode run's steps stitched
+// together (stitch_steps, bisect_run.h's decode mode) are one.
 
 #include <cstdint>
 #include <map>
