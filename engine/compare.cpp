@@ -13,7 +13,22 @@
 #include <system_error>
 #include <thread>
 
+#include "engine/cpu_kernels.h"
 #include "formats/error.h"
+
+#if defined(LOCKSTEP_HAVE_X86_KERNELS)
+// GCC 12's avx512fintrin.h sets its _mm512_undefined_* values from themselves, and
+// -Wuninitialized flags every inlined use (GCC bug 105593, fixed in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
+#endif
 
 namespace lockstep::engine {
 namespace {
@@ -22,6 +37,7 @@ using json = nlohmann::json;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr float kInfF = std::numeric_limits<float>::infinity();
+constexpr float kNaNF = std::numeric_limits<float>::quiet_NaN();
 // Elements per inner block: the vectorised sums, then the histogram loop, over data still in L1.
 constexpr uint64_t kBlock = 512;
 
@@ -127,8 +143,8 @@ struct ChunkAcc {
 
 // Diff decades by the biased exponent e of |d| as a float: every |d| in that octave is in
 // bucket decade_lo[e], or decade_lo[e] + 1 from threshold[e] (the float nearest the one power
-// of ten inside the octave, if any) on. Buckets are decade − min_decade, clamped. Built once per
-// comparison.
+// of ten inside the octave, if any; else NaN, which no |d| reaches, not even +inf) on. Buckets
+// are decade − min_decade, clamped. Built once per comparison.
 struct DecadeTable {
   int min_decade = 0, max_decade = 0;
   int32_t decade_lo[256] = {};
@@ -136,7 +152,7 @@ struct DecadeTable {
 
   DecadeTable(int min_d, int max_d) : min_decade(min_d), max_decade(max_d) {
     for (int e = 0; e < 256; ++e) {
-      threshold[e] = kInfF;
+      threshold[e] = kNaNF;
       // e = 0: zero (its own bucket) or subnormal, below any decade the options allow to matter;
       // e = 255: an overflowed difference (finite sides 3e38 apart), above any.
       if (e == 0 || e == 255) {
@@ -151,8 +167,33 @@ struct DecadeTable {
       const double next = std::pow(10.0, k + 1);
       if (next < hi_v && k + 1 <= max_d && k + 1 > min_d) threshold[e] = static_cast<float>(next);
     }
+    const int decades = max_d - min_d + 1;
+    by_decade = decades < 32;
+    for (int j = 0; j < 32; ++j)
+      power[j] = j > 0 && j < decades ? static_cast<float>(std::pow(10.0, min_d + j)) : kNaNF;
+    for (int e = 0; e < 256 && by_decade; ++e) {
+      const int j = decade_of(e);
+      const float t = threshold[e], p = power[j];
+      // A power of ten above the whole octave does what the table's NaN does.
+      const bool same_thr = std::isnan(t) ? std::isnan(p) || (e < 255 && static_cast<double>(p) >=
+                                                                             std::ldexp(1.0, e - 126))
+                                          : p == t;
+      by_decade = std::max(j - 1, 0) == decade_lo[e] && same_thr;
+    }
   }
   int zero() const { return max_decade - min_decade + 1; }
+  // The same lookup without 256-entry tables, for the SIMD kernel. j = decade_of(e) is the
+  // octave's decade floor((e − 127)·log10 2), clamped to [min − 1, max], less (min − 1); then
+  // decade_lo[e] = max(j − 1, 0) and the threshold is power[j], the float nearest 10^(min + j)
+  // (NaN at both ends). A power of ten above the octave is as good a threshold as the table's
+  // NaN. by_decade: checked against the tables for every exponent; false with more than 31
+  // decades, or where e = 0 or e = 255 do not clamp to the ends (decades beyond ±38).
+  float power[32];
+  bool by_decade = false;
+  int decade_of(int e) const {
+    const int k = ((e - 127) * 1233) >> 12;  // arithmetic shift: the floor
+    return std::clamp(k, min_decade - 1, max_decade) - (min_decade - 1);
+  }
   // Index into the [negative | zero | positive] array for d = b − a (float arithmetic).
   int index(float d) const {
     if (d == 0) return zero();
@@ -163,6 +204,53 @@ struct DecadeTable {
   }
 };
 
+// Keeps a product from being fused into the add or subtract that follows it (GCC contracts
+// a · b + c into an FMA where the target has one): the product's rounding is part of the
+// result, and every kernel must round the same way.
+template <class T>
+T rounded(T x) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm("" : "+x"(x));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  asm("" : "+w"(x));
+#endif
+  return x;
+}
+
+// Per block of kBlock elements: the histogram keys, one per element. key0 is the joint key
+// bin_a · bins + bin_b (joint tables) or bin_a, key1 is bin_b (separate tables only), diff the
+// index into [negative | zero | positive]. A position a table does not count goes to a dump
+// slot just past the end of that table.
+struct BlockKeys {
+  int32_t key0[kBlock], key1[kBlock], diff[kBlock];
+};
+
+// Sums over the paired positions of one block, in kLanes fixed lanes: element i of the block
+// goes to lane i % kLanes, each lane is summed in order, and the lanes are combined by a fixed
+// tree (combine_lanes). The same bits from every kernel and whatever the thread count.
+constexpr int kLanes = 8;
+
+struct BlockSums {
+  double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0, sdd = 0;
+  double max_abs_diff = -1;  // -1 when nothing is paired
+  uint32_t paired = 0, agree = 0;
+  // Positions not paired: both -inf, finite in one side only; per side NaN, +inf, -inf.
+  uint32_t masked = 0, one_sided = 0;
+  uint32_t nan[2] = {}, pos_inf[2] = {}, neg_inf[2] = {};
+};
+
+// What a block kernel needs besides the data, fixed per chunk.
+struct KeyParams {
+  float scale = 0, offset = 0, top = 0;  // Binning's
+  int32_t bins = 1;
+  bool joint = false;
+  int32_t dump0 = 0, dump1 = 0, dump_diff = 0;
+  const DecadeTable* decades = nullptr;
+};
+
+using BlockKernel = BlockSums (*)(const float* a, const float* b, uint32_t n, const KeyParams& kp,
+                                  BlockKeys& out);
+
 // What every chunk of one cell needs, fixed before the main pass.
 struct Binning {
   // value bin = x · scale − offset in float (offset = lo · scale; no overflow even for a
@@ -170,15 +258,12 @@ struct Binning {
   float scale = 0, offset = 0;
   int bins = 1;
   const DecadeTable* decades = nullptr;
+  BlockKernel kernel = nullptr;
 
   int value_bin(float x) const {
-    return static_cast<int>(std::min(x * scale - offset, static_cast<float>(bins - 1)));
+    return static_cast<int>(std::min(rounded(x * scale) - offset, static_cast<float>(bins - 1)));
   }
 };
-
-int sign_of(double x) {
-  return (x > 0) - (x < 0);
-}
 
 // Relative RMS from partial sums, with metrics.h's convention.
 double relative_from(double d2, double a2, bool nan, bool unpaired) {
@@ -204,17 +289,6 @@ double relative_from(double d2, double a2, bool nan, bool unpaired) {
   hi = std::max(hi, mx);
 }
 
-bool all_finite(const float* a, const float* b, uint64_t n) {
-  uint32_t bad = 0;
-#pragma omp simd reduction(| : bad)
-  for (uint64_t i = 0; i < n; ++i) {
-    // exponent all ones: Inf or NaN
-    bad |= static_cast<uint32_t>((std::bit_cast<uint32_t>(a[i]) & 0x7f800000u) == 0x7f800000u);
-    bad |= static_cast<uint32_t>((std::bit_cast<uint32_t>(b[i]) & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
-}
-
 void merge_side(SideAcc& s, const SideAcc& p) {
   s.sum += p.sum;
   s.sum2 += p.sum2;
@@ -224,225 +298,339 @@ void merge_side(SideAcc& s, const SideAcc& p) {
   s.neg_inf += p.neg_inf;
 }
 
-void count_side(SideAcc& s, float v) {
-  if (std::isnan(v))
-    ++s.nan;
-  else if (std::isinf(v))
-    ++(v > 0 ? s.pos_inf : s.neg_inf);
+// Lanes combined: (l, l + 4), then (l, l + 2), then (0, 1); the AVX-512 kernel halves its
+// register in that order.
+double combine_lanes(const double* l) {
+  double v[4];
+  for (int j = 0; j < 4; ++j) v[j] = l[j] + l[j + 4];
+  for (int j = 0; j < 2; ++j) v[j] = v[j] + v[j + 2];
+  return v[0] + v[1];
 }
 
-// Sums over one block with no NaN/Inf, in kLanes fixed lanes (element i of the block goes to
-// lane i % kLanes, each lane summed in order, lanes added in order): the same bits whether
-// the compiler uses SSE2 or AVX2 and whatever the thread count. GCC vector types keep the
-// accumulators in registers (plain arrays under `omp simd` were spilled to the stack).
-constexpr int kLanes = 4;
-using V4d = double __attribute__((vector_size(32)));
-using V4f = float __attribute__((vector_size(16)));
-using V4l = int64_t __attribute__((vector_size(32)));
+int32_t sign_of(float x) {
+  return (x > 0) - (x < 0);
+}
 
-struct BlockSums {
-  double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0, sdd = 0, max_abs_diff = 0;
-  uint64_t agree = 0;
-};
-
-[[gnu::target_clones("avx2", "default")]] BlockSums block_sums(const float* a, const float* b,
-                                                               uint64_t n) {
-  V4d sa = {}, sb = {}, saa = {}, sbb = {}, sab = {}, sdd = {}, md = {};
-  V4l agree = {};
-  uint64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    V4f fa, fb;
-    std::memcpy(&fa, a + i, sizeof fa);
-    std::memcpy(&fb, b + i, sizeof fb);
-    const V4d x = __builtin_convertvector(fa, V4d), y = __builtin_convertvector(fb, V4d);
-    const V4d d = y - x;
-    sa += x;
-    sb += y;
-    saa += x * x;
-    sbb += y * y;
-    sab += x * y;
-    sdd += d * d;
-    const V4d ad = d < 0 ? -d : d;
-    md = ad > md ? ad : md;
-    // Comparisons give -1 for true: sign = (x < 0) − (x > 0) negated twice.
-    const V4l sx = (x < 0) - (x > 0), sy = (y < 0) - (y > 0);
-    agree -= sx == sy;
-  }
-  double lanes[7][kLanes];
-  std::memcpy(lanes[0], &sa, sizeof sa);
-  std::memcpy(lanes[1], &sb, sizeof sb);
-  std::memcpy(lanes[2], &saa, sizeof saa);
-  std::memcpy(lanes[3], &sbb, sizeof sbb);
-  std::memcpy(lanes[4], &sab, sizeof sab);
-  std::memcpy(lanes[5], &sdd, sizeof sdd);
-  std::memcpy(lanes[6], &md, sizeof md);
-  int64_t agree_lanes[kLanes];
-  std::memcpy(agree_lanes, &agree, sizeof agree);
-  for (int j = 0; i < n; ++i, ++j) {
-    const double x = a[i], y = b[i], d = y - x;
+// The portable kernel, element by element; the reference the SIMD kernel must match bit for bit.
+BlockSums block_portable(const float* a, const float* b, uint32_t n, const KeyParams& kp,
+                         BlockKeys& out) {
+  double lanes[6][kLanes] = {};
+  BlockSums s;
+  const DecadeTable& dt = *kp.decades;
+  auto bin = [&](float x) {
+    return static_cast<int32_t>(std::min(rounded(x * kp.scale) - kp.offset, kp.top));
+  };
+  for (uint32_t i = 0; i < n; ++i) {
+    const float fa = a[i], fb = b[i];
+    const bool ok_a = std::isfinite(fa), ok_b = std::isfinite(fb), ok = ok_a && ok_b;
+    const int32_t ba = ok_a ? bin(fa) : 0, bb = ok_b ? bin(fb) : 0;
+    if (kp.joint) {
+      out.key0[i] = ok ? ba * kp.bins + bb : kp.dump0;
+    } else {
+      out.key0[i] = ok_a ? ba : kp.dump0;
+      out.key1[i] = ok_b ? bb : kp.dump1;
+    }
+    if (!ok) {
+      out.diff[i] = kp.dump_diff;
+      const float f[2] = {fa, fb};
+      for (int side = 0; side < 2; ++side) {
+        s.nan[side] += std::isnan(f[side]);
+        s.pos_inf[side] += f[side] == kInfF;
+        s.neg_inf[side] += f[side] == -kInfF;
+      }
+      s.masked += fa == -kInfF && fb == -kInfF;
+      s.one_sided += ok_a || ok_b;
+      continue;
+    }
+    out.diff[i] = dt.index(fb - fa);
+    const int j = static_cast<int>(i % kLanes);
+    const double x = fa, y = fb, d = y - x;
+    // x·x, y·y and x·y are exact in double (24-bit significands): fused or not, the same.
     lanes[0][j] += x;
     lanes[1][j] += y;
     lanes[2][j] += x * x;
     lanes[3][j] += y * y;
     lanes[4][j] += x * y;
-    lanes[5][j] += d * d;
-    lanes[6][j] = std::max(lanes[6][j], std::fabs(d));
-    agree_lanes[j] += ((x > 0) - (x < 0)) == ((y > 0) - (y < 0));
+    lanes[5][j] += rounded(d * d);
+    s.max_abs_diff = std::max(s.max_abs_diff, std::fabs(d));
+    ++s.paired;
+    s.agree += sign_of(fa) == sign_of(fb);
   }
-  BlockSums s;
-  for (int j = 0; j < kLanes; ++j) {
-    s.sa += lanes[0][j];
-    s.sb += lanes[1][j];
-    s.saa += lanes[2][j];
-    s.sbb += lanes[3][j];
-    s.sab += lanes[4][j];
-    s.sdd += lanes[5][j];
-    s.max_abs_diff = std::max(s.max_abs_diff, lanes[6][j]);
-    s.agree += static_cast<uint64_t>(agree_lanes[j]);
-  }
+  s.sa = combine_lanes(lanes[0]);
+  s.sb = combine_lanes(lanes[1]);
+  s.saa = combine_lanes(lanes[2]);
+  s.sbb = combine_lanes(lanes[3]);
+  s.sab = combine_lanes(lanes[4]);
+  s.sdd = combine_lanes(lanes[5]);
   return s;
 }
 
-// Histogram keys of a block with no NaN/Inf: the value bins of both sides (or, with `joint`,
-// the one key bin_a · bins + bin_b), and the diff's index into the [negative | zero |
-// positive] array (DecadeTable::index, vectorised: the table lookups become gathers).
-struct BlockKeys {
-  int32_t bin_a[kBlock], bin_b[kBlock], diff[kBlock];
-};
+#if defined(LOCKSTEP_HAVE_X86_KERNELS)
+#define LOCKSTEP_COMPARE_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 
-[[gnu::target_clones("avx2", "default")]] void block_keys(const float* a, const float* b,
-                                                          uint64_t n, const Binning& bins,
-                                                          bool joint, BlockKeys& out) {
-  const float scale = bins.scale, offset = bins.offset, top = static_cast<float>(bins.bins - 1);
-  // joint: bin_a · bins + bin_b; else bin_a.
-  const int32_t stride = joint ? bins.bins : 1, mix = joint ? 1 : 0;
-  const DecadeTable& dt = *bins.decades;
-  const int32_t zero = dt.zero();
+LOCKSTEP_COMPARE_AVX512 double combine_lanes(__m512d v) {
+  const __m256d w = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+  const __m128d u = _mm_add_pd(_mm256_castpd256_pd128(w), _mm256_extractf128_pd(w, 1));
+  return _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
+}
+
+// block_portable, 16 elements at a time, each half added in turn to the one register of lanes.
+// Masked adds leave a lane as it is where the position is not paired, as the portable kernel
+// skips it; products whose rounding matters use the explicit-rounding forms, which the
+// compiler never fuses.
+LOCKSTEP_COMPARE_AVX512 BlockSums block_avx512(const float* a, const float* b, uint32_t n,
+                                               const KeyParams& kp, BlockKeys& out) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  __m512d sa = _mm512_setzero_pd(), sb = sa, saa = sa, sbb = sa, sab = sa, sdd = sa;
+  __m512d md = _mm512_set1_pd(-1.0);
+  BlockSums s;
+  const __m512 scale = _mm512_set1_ps(kp.scale), offset = _mm512_set1_ps(kp.offset);
+  const __m512 top = _mm512_set1_ps(kp.top), fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
+  const __m512 fzero = _mm512_setzero_ps();
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), one = _mm512_set1_epi32(1);
+  const __m512i bins = _mm512_set1_epi32(kp.bins), dump0 = _mm512_set1_epi32(kp.dump0);
+  const __m512i dump1 = _mm512_set1_epi32(kp.dump1), dump_diff = _mm512_set1_epi32(kp.dump_diff);
+  const __m512i zero_key = _mm512_set1_epi32(kp.decades->zero());
+  const DecadeTable& dt = *kp.decades;
   const int32_t* decade_lo = dt.decade_lo;
   const float* threshold = dt.threshold;
-#pragma omp simd
-  for (uint64_t i = 0; i < n; ++i) {
-    const float x = a[i], y = b[i], d = y - x, ad = std::fabs(d);
-    const auto ba = static_cast<int32_t>(std::min(x * scale - offset, top));
-    const auto bb = static_cast<int32_t>(std::min(y * scale - offset, top));
-    out.bin_a[i] = ba * stride + bb * mix;
-    out.bin_b[i] = bb;
-    const auto e = static_cast<int32_t>(std::bit_cast<uint32_t>(ad) >> 23);
-    const int32_t k = decade_lo[e] + static_cast<int32_t>(ad >= threshold[e]) + 1;
-    const int32_t sign = (d > 0) - (d < 0);
-    out.diff[i] = zero + sign * k;
+  const bool by_decade = dt.by_decade;
+  const __m512i e_bias = _mm512_set1_epi32(127), k1233 = _mm512_set1_epi32(1233);
+  const __m512i j_lo = _mm512_set1_epi32(dt.min_decade - 1), j_hi = _mm512_set1_epi32(dt.max_decade);
+  const __m512 power_lo = _mm512_loadu_ps(dt.power), power_hi = _mm512_loadu_ps(dt.power + 16);
+  uint32_t paired = 0, agree = 0;
+  for (uint32_t i = 0; i < n; i += 16) {
+    const __mmask16 live = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512 va = _mm512_maskz_loadu_ps(live, a + i), vb = _mm512_maskz_loadu_ps(live, b + i);
+    const __m512 abs_a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(va), abs_mask));
+    const __m512 abs_b = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(vb), abs_mask));
+    const __mmask16 ok_a = _mm512_mask_cmp_ps_mask(live, abs_a, fmax, _CMP_LE_OQ);
+    const __mmask16 ok_b = _mm512_mask_cmp_ps_mask(live, abs_b, fmax, _CMP_LE_OQ);
+    const __mmask16 ok = ok_a & ok_b;
+
+    // std::min(t, top) is t unless top < t; _mm512_min_ps(t, top) is t if t < top: the same
+    // for every finite t.
+    const __m512 ta = _mm512_min_ps(_mm512_sub_ps(_mm512_mul_round_ps(va, scale, kRn), offset), top);
+    const __m512 tb = _mm512_min_ps(_mm512_sub_ps(_mm512_mul_round_ps(vb, scale, kRn), offset), top);
+    const __m512i ba = _mm512_cvttps_epi32(ta), bb = _mm512_cvttps_epi32(tb);
+    if (kp.joint) {
+      const __m512i key = _mm512_add_epi32(_mm512_mullo_epi32(ba, bins), bb);
+      _mm512_storeu_si512(out.key0 + i, _mm512_mask_blend_epi32(ok, dump0, key));
+    } else {
+      _mm512_storeu_si512(out.key0 + i, _mm512_mask_blend_epi32(ok_a, dump0, ba));
+      _mm512_storeu_si512(out.key1 + i, _mm512_mask_blend_epi32(ok_b, dump1, bb));
+    }
+
+    // DecadeTable::index: by decade_of when it holds (two-register permutes), else gathers,
+    // which cost more than the rest of the kernel together.
+    const __m512 df = _mm512_sub_ps(vb, va);
+    const __m512 ad = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(df), abs_mask));
+    const __m512i e = _mm512_srli_epi32(_mm512_castps_si512(ad), 23);
+    __m512i k;
+    if (by_decade) {
+      const __m512i oct = _mm512_srai_epi32(_mm512_mullo_epi32(_mm512_sub_epi32(e, e_bias), k1233), 12);
+      const __m512i j =
+          _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(oct, j_lo), j_hi), j_lo);
+      const __m512 thr = _mm512_permutex2var_ps(power_lo, j, power_hi);
+      const __mmask16 ge = _mm512_mask_cmp_ps_mask(ok, ad, thr, _CMP_GE_OQ);
+      k = _mm512_max_epi32(j, one);
+      k = _mm512_mask_add_epi32(k, ge, k, one);
+    } else {
+      const __m512i lo = _mm512_mask_i32gather_epi32(one, ok, e, decade_lo, 4);
+      const __m512 thr = _mm512_mask_i32gather_ps(fzero, ok, e, threshold, 4);
+      const __mmask16 ge = _mm512_mask_cmp_ps_mask(ok, ad, thr, _CMP_GE_OQ);
+      k = _mm512_add_epi32(lo, one);
+      k = _mm512_mask_add_epi32(k, ge, k, one);
+    }
+    const __mmask16 pos = _mm512_mask_cmp_ps_mask(ok, df, fzero, _CMP_GT_OQ);
+    const __mmask16 neg = _mm512_mask_cmp_ps_mask(ok, df, fzero, _CMP_LT_OQ);
+    __m512i key = _mm512_mask_blend_epi32(ok, dump_diff, zero_key);
+    key = _mm512_mask_add_epi32(key, pos, key, k);
+    key = _mm512_mask_sub_epi32(key, neg, key, k);
+    _mm512_storeu_si512(out.diff + i, key);
+
+    const __mmask16 gt_a = _mm512_cmp_ps_mask(va, fzero, _CMP_GT_OQ);
+    const __mmask16 lt_a = _mm512_cmp_ps_mask(va, fzero, _CMP_LT_OQ);
+    const __mmask16 gt_b = _mm512_cmp_ps_mask(vb, fzero, _CMP_GT_OQ);
+    const __mmask16 lt_b = _mm512_cmp_ps_mask(vb, fzero, _CMP_LT_OQ);
+    paired += static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(ok)));
+    agree += static_cast<uint32_t>(
+        std::popcount(static_cast<uint32_t>(ok & ~((gt_a ^ gt_b) | (lt_a ^ lt_b)) & 0xffff)));
+    if (ok != live) {
+      const __m512 inf = _mm512_set1_ps(kInfF), ninf = _mm512_set1_ps(-kInfF);
+      const __m512 v[2] = {va, vb};
+      __mmask16 neg_inf[2];
+      for (int side = 0; side < 2; ++side) {
+        auto count = [](__mmask16 m) {
+          return static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(m)));
+        };
+        s.nan[side] += count(_mm512_mask_cmp_ps_mask(live, v[side], v[side], _CMP_UNORD_Q));
+        s.pos_inf[side] += count(_mm512_mask_cmp_ps_mask(live, v[side], inf, _CMP_EQ_OQ));
+        neg_inf[side] = _mm512_mask_cmp_ps_mask(live, v[side], ninf, _CMP_EQ_OQ);
+        s.neg_inf[side] += count(neg_inf[side]);
+      }
+      s.masked += static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(neg_inf[0] & neg_inf[1])));
+      s.one_sided += static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(ok_a ^ ok_b)));
+    }
+
+    for (int h = 0; h < 2; ++h) {
+      const __mmask8 m = static_cast<__mmask8>(ok >> (8 * h));
+      const __m512d x = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(va, 1) : _mm512_castps512_ps256(va));
+      const __m512d y = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(vb, 1) : _mm512_castps512_ps256(vb));
+      const __m512d d = _mm512_sub_pd(y, x);
+      sa = _mm512_mask_add_pd(sa, m, sa, x);
+      sb = _mm512_mask_add_pd(sb, m, sb, y);
+      saa = _mm512_mask3_fmadd_pd(x, x, saa, m);
+      sbb = _mm512_mask3_fmadd_pd(y, y, sbb, m);
+      sab = _mm512_mask3_fmadd_pd(x, y, sab, m);
+      sdd = _mm512_mask_add_pd(sdd, m, sdd, _mm512_mul_round_pd(d, d, kRn));
+      md = _mm512_mask_max_pd(md, m, md, _mm512_abs_pd(d));
+    }
   }
+  s.sa = combine_lanes(sa);
+  s.sb = combine_lanes(sb);
+  s.saa = combine_lanes(saa);
+  s.sbb = combine_lanes(sbb);
+  s.sab = combine_lanes(sab);
+  s.sdd = combine_lanes(sdd);
+  s.max_abs_diff = _mm512_reduce_max_pd(md);
+  s.paired = paired;
+  s.agree = agree;
+  return s;
+}
+#endif
+
+// The block kernel for this comparison: AVX-512 where the CPU has it, unless LOCKSTEP_CPU_ISA
+// (cpu_kernels.h) asks for less; both give the same bits.
+BlockKernel pick_kernel() {
+#if defined(LOCKSTEP_HAVE_X86_KERNELS)
+  cpu::Isa isa = cpu::Isa::Scalar;
+  try {
+    isa = cpu::best_isa();
+  } catch (const Error&) {
+    isa = cpu::supported_isas().back();  // a bad LOCKSTEP_CPU_ISA is the cpu lane's error
+  }
+  if (isa == cpu::Isa::Avx512) return block_avx512;
+#endif
+  return block_portable;
 }
 
 // Up to this many value bins, a block counts both sides with one increment into a joint
 // [bins, bins] table (16 KiB at 64 bins, in L1), summed into the two histograms per chunk: the
 // increments, not the arithmetic, are what the histogram loop spends its time on.
 constexpr int kMaxJointBins = 64;
+// The diff histogram takes kDiffTables interleaved copies: its keys repeat (one or two decades
+// hold most differences), and consecutive increments of one counter would wait on each other.
+constexpr int kDiffTables = 4;
 
-// Per-chunk counters: a chunk holds < 2^32 elements.
+// Per-chunk counters: a chunk holds < 2^32 elements. Each table has a dump slot at its end.
 struct ChunkCounts {
-  std::vector<uint32_t> joint;           // [bins, bins] when bins <= kMaxJointBins
-  std::vector<uint32_t> hist_a, hist_b;  // [bins]
-  std::vector<uint32_t> diff;            // [2 · decades + 1]
+  std::vector<uint32_t> joint;           // [bins · bins + 1] when bins <= kMaxJointBins
+  std::vector<uint32_t> hist_a, hist_b;  // [bins + 1]
+  std::vector<uint32_t> diff;            // [kDiffTables, 2 · decades + 2]
 };
 
-// One piece [begin, end) of one segment, inside one chunk.
+// The positions of a block finite in one side only: that side's sums and count, in order (and,
+// with joint tables, its value bin).
+void one_sided_positions(const float* pa, const float* pb, uint64_t n, const Binning& bins,
+                         bool joint, ChunkAcc& acc, ChunkCounts& counts) {
+  for (uint64_t i = 0; i < n; ++i) {
+    const float fa = pa[i], fb = pb[i];
+    const bool ok_a = std::isfinite(fa), ok_b = std::isfinite(fb);
+    if (ok_a == ok_b) continue;
+    const float v = ok_a ? fa : fb;
+    SideAcc& side = ok_a ? acc.a : acc.b;
+    side.sum += v;
+    side.sum2 += static_cast<double>(v) * v;
+    ++side.finite;
+    if (joint) ++(ok_a ? counts.hist_a : counts.hist_b)[bins.value_bin(v)];
+  }
+}
+
+// One piece [begin, end) of one segment, inside one chunk: per block of kBlock, the kernel's
+// sums and keys (data in L1), the positions not paired, then the increments.
 void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t end,
-                      const Binning& bins, BlockKeys& keys, ChunkAcc& acc, ChunkCounts& counts,
-                      SegmentPartial& seg) {
-  const DecadeTable& dt = *bins.decades;
-  const bool joint = !counts.joint.empty();
-  uint32_t* hist_a = counts.hist_a.data();
-  uint32_t* hist_b = counts.hist_b.data();
-  uint32_t* pair_counts = counts.joint.data();
-  uint32_t* diff = counts.diff.data();
+                      const Binning& bins, const KeyParams& kp, BlockKeys& keys, ChunkAcc& acc,
+                      ChunkCounts& counts, SegmentPartial& seg) {
+  uint32_t* key0_table = kp.joint ? counts.joint.data() : counts.hist_a.data();
+  uint32_t* key1_table = counts.hist_b.data();
+  const size_t diff_stride = static_cast<size_t>(kp.dump_diff) + 1;
+  uint32_t* d0 = counts.diff.data();
+  uint32_t* d1 = d0 + diff_stride;
+  uint32_t* d2 = d1 + diff_stride;
+  uint32_t* d3 = d2 + diff_stride;
+  static_assert(kDiffTables == 4);
   for (uint64_t blk = begin; blk < end; blk += kBlock) {
-    const uint64_t n = std::min(kBlock, end - blk);
+    const auto n = static_cast<uint32_t>(std::min(kBlock, end - blk));
     const float* pa = a + blk;
     const float* pb = b + blk;
-    if (all_finite(pa, pb, n)) {
-      const BlockSums s = block_sums(pa, pb, n);
-      acc.a.sum += s.sa;
-      acc.b.sum += s.sb;
-      acc.a.sum2 += s.saa;
-      acc.b.sum2 += s.sbb;
-      acc.a.finite += n;
-      acc.b.finite += n;
-      acc.aa += s.saa;
-      acc.bb += s.sbb;
-      acc.ab += s.sab;
-      acc.dd += s.sdd;
-      acc.paired += n;
-      acc.sign_agree += s.agree;
-      seg.d2 += s.sdd;
-      seg.a2 += s.saa;
-      if (s.max_abs_diff > acc.max_abs_diff) {
-        for (uint64_t i = 0; i < n; ++i)
-          if (std::fabs(static_cast<double>(pb[i]) - static_cast<double>(pa[i])) ==
-              s.max_abs_diff) {
-            acc.max_abs_diff = s.max_abs_diff;
-            acc.max_index = blk + i;
-            break;
-          }
-      }
-      block_keys(pa, pb, n, bins, joint, keys);
-      if (joint) {
-        for (uint64_t i = 0; i < n; ++i) {
-          ++pair_counts[keys.bin_a[i]];
-          ++diff[keys.diff[i]];
+    const BlockSums s = bins.kernel(pa, pb, n, kp, keys);
+    acc.a.sum += s.sa;
+    acc.b.sum += s.sb;
+    acc.a.sum2 += s.saa;
+    acc.b.sum2 += s.sbb;
+    acc.a.finite += s.paired;
+    acc.b.finite += s.paired;
+    acc.aa += s.saa;
+    acc.bb += s.sbb;
+    acc.ab += s.sab;
+    acc.dd += s.sdd;
+    acc.paired += s.paired;
+    acc.sign_agree += s.agree;
+    seg.d2 += s.sdd;
+    seg.a2 += s.saa;
+    if (s.max_abs_diff > acc.max_abs_diff) {
+      for (uint32_t i = 0; i < n; ++i)
+        if (std::isfinite(pa[i]) && std::isfinite(pb[i]) &&
+            std::fabs(static_cast<double>(pb[i]) - static_cast<double>(pa[i])) ==
+                s.max_abs_diff) {
+          acc.max_abs_diff = s.max_abs_diff;
+          acc.max_index = blk + i;
+          break;
         }
-      } else {
-        for (uint64_t i = 0; i < n; ++i) {
-          ++hist_a[keys.bin_a[i]];
-          ++hist_b[keys.bin_b[i]];
-          ++diff[keys.diff[i]];
-        }
-      }
-      continue;
     }
-    for (uint64_t i = 0; i < n; ++i) {
-      const float fa = pa[i], fb = pb[i];
-      const bool ok_a = std::isfinite(fa), ok_b = std::isfinite(fb);
-      if (ok_a) {
-        acc.a.sum += fa;
-        acc.a.sum2 += static_cast<double>(fa) * fa;
-        ++acc.a.finite;
-        ++hist_a[bins.value_bin(fa)];
-      } else {
-        count_side(acc.a, fa);
+    if (s.paired < n) {
+      acc.masked += s.masked;
+      const uint32_t unpaired = n - s.paired - s.masked;
+      acc.unpaired += unpaired;
+      seg.unpaired = seg.unpaired || unpaired > 0;
+      if (s.nan[0] + s.nan[1] > 0) seg.nan = acc.nan = true;
+      SideAcc* side[2] = {&acc.a, &acc.b};
+      for (int t = 0; t < 2; ++t) {
+        side[t]->nan += s.nan[t];
+        side[t]->pos_inf += s.pos_inf[t];
+        side[t]->neg_inf += s.neg_inf[t];
       }
-      if (ok_b) {
-        acc.b.sum += fb;
-        acc.b.sum2 += static_cast<double>(fb) * fb;
-        ++acc.b.finite;
-        ++hist_b[bins.value_bin(fb)];
-      } else {
-        count_side(acc.b, fb);
+      if (s.one_sided) one_sided_positions(pa, pb, n, bins, kp.joint, acc, counts);
+    }
+    uint32_t i = 0;
+    if (kp.joint) {
+      for (; i + 4 <= n; i += 4) {
+        ++key0_table[keys.key0[i]];
+        ++d0[keys.diff[i]];
+        ++key0_table[keys.key0[i + 1]];
+        ++d1[keys.diff[i + 1]];
+        ++key0_table[keys.key0[i + 2]];
+        ++d2[keys.diff[i + 2]];
+        ++key0_table[keys.key0[i + 3]];
+        ++d3[keys.diff[i + 3]];
       }
-      if (!ok_a || !ok_b) {
-        if (std::isinf(fa) && fa < 0 && fa == fb) {
-          ++acc.masked;
-          continue;
+    } else {
+      for (; i + 4 <= n; i += 4) {
+        for (uint32_t j = 0; j < 4; ++j) {
+          ++key0_table[keys.key0[i + j]];
+          ++key1_table[keys.key1[i + j]];
         }
-        ++acc.unpaired;
-        seg.unpaired = true;
-        if (std::isnan(fa) || std::isnan(fb)) seg.nan = acc.nan = true;
-        continue;
+        ++d0[keys.diff[i]];
+        ++d1[keys.diff[i + 1]];
+        ++d2[keys.diff[i + 2]];
+        ++d3[keys.diff[i + 3]];
       }
-      const double x = fa, y = fb, d = y - x;
-      acc.aa += x * x;
-      acc.bb += y * y;
-      acc.ab += x * y;
-      acc.dd += d * d;
-      ++acc.paired;
-      acc.sign_agree += static_cast<uint64_t>(sign_of(x) == sign_of(y));
-      seg.d2 += d * d;
-      seg.a2 += x * x;
-      if (std::fabs(d) > acc.max_abs_diff) {
-        acc.max_abs_diff = std::fabs(d);
-        acc.max_index = blk + i;
-      }
-      ++diff[dt.index(fb - fa)];
+    }
+    for (; i < n; ++i) {
+      ++key0_table[keys.key0[i]];
+      if (!kp.joint) ++key1_table[keys.key1[i]];
+      ++d0[keys.diff[i]];
     }
   }
 }
@@ -451,27 +639,40 @@ void compare_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
                    const Layout& layout, const Binning& bins, ChunkAcc& acc) {
   const size_t nb = static_cast<size_t>(bins.bins);
   const size_t nd = static_cast<size_t>(2 * bins.decades->zero() + 1);
+  const bool joint = nb <= kMaxJointBins;
   // Per-thread scratch, reused from chunk to chunk.
   thread_local ChunkCounts counts;
   thread_local std::unique_ptr<BlockKeys> keys;
   if (!keys) keys = std::make_unique<BlockKeys>();
-  counts.joint.assign(nb <= kMaxJointBins ? nb * nb : 0, 0);
-  counts.hist_a.assign(nb, 0);
-  counts.hist_b.assign(nb, 0);
-  counts.diff.assign(nd, 0);
+  counts.joint.assign(joint ? nb * nb + 1 : 0, 0);
+  counts.hist_a.assign(nb + 1, 0);
+  counts.hist_b.assign(nb + 1, 0);
+  counts.diff.assign(kDiffTables * (nd + 1), 0);
+  KeyParams kp;
+  kp.scale = bins.scale;
+  kp.offset = bins.offset;
+  kp.top = static_cast<float>(bins.bins - 1);
+  kp.bins = bins.bins;
+  kp.joint = joint;
+  kp.dump0 = static_cast<int32_t>(joint ? nb * nb : nb);
+  kp.dump1 = static_cast<int32_t>(nb);
+  kp.dump_diff = static_cast<int32_t>(nd);
+  kp.decades = bins.decades;
   for (uint64_t i = begin; i < end;) {
     const uint64_t s = i / layout.segment_len;
     const uint64_t piece_end = std::min(end, (s + 1) * layout.segment_len);
     SegmentPartial seg;
     seg.segment = s;
-    accumulate_piece(a, b, i, piece_end, bins, *keys, acc, counts, seg);
+    accumulate_piece(a, b, i, piece_end, bins, kp, *keys, acc, counts, seg);
     acc.segments.push_back(seg);
     i = piece_end;
   }
-  acc.hist_a = counts.hist_a;
-  acc.hist_b = counts.hist_b;
-  acc.diff = counts.diff;
-  if (!counts.joint.empty())
+  acc.hist_a.assign(counts.hist_a.begin(), counts.hist_a.begin() + nb);
+  acc.hist_b.assign(counts.hist_b.begin(), counts.hist_b.begin() + nb);
+  acc.diff.assign(nd, 0);
+  for (size_t t = 0; t < kDiffTables; ++t)
+    for (size_t j = 0; j < nd; ++j) acc.diff[j] += counts.diff[t * (nd + 1) + j];
+  if (joint)
     for (size_t i = 0; i < nb; ++i)
       for (size_t j = 0; j < nb; ++j) {
         acc.hist_a[i] += counts.joint[i * nb + j];
@@ -596,7 +797,7 @@ struct CellJob {
 
 // Checks shapes and sizes the job; false when there is nothing to compute (a mismatch).
 bool prepare_job(CellJob& job, const Cell& cell, const Tensor& a, const Tensor& b,
-                 const CompareOptions& options, const DecadeTable& decades) {
+                 const CompareOptions& options, const DecadeTable& decades, BlockKernel kernel) {
   job.a = &a;
   job.b = &b;
   job.options = &options;
@@ -632,6 +833,7 @@ bool prepare_job(CellJob& job, const Cell& cell, const Tensor& a, const Tensor& 
   job.work_left = job.chunks + job.logit_items;
   job.bins.bins = static_cast<int>(options.value_bins);
   job.bins.decades = &decades;
+  job.bins.kernel = kernel;
   return true;
 }
 
@@ -944,7 +1146,7 @@ CellComparison compare_cell(const Cell& cell, const Tensor& a, const Tensor& b,
   const DecadeTable decades(options.diff_min_decade, options.diff_max_decade);
   std::vector<std::unique_ptr<CellJob>> jobs;
   jobs.push_back(std::make_unique<CellJob>());
-  prepare_job(*jobs[0], cell, a, b, options, decades);
+  prepare_job(*jobs[0], cell, a, b, options, decades, pick_kernel());
   run_jobs(jobs, resolve_threads(options.threads), nullptr, {});
   return std::move(jobs[0]->result);
 }
@@ -961,6 +1163,7 @@ TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOpti
     if (!out.options.head_dim) out.options.head_dim = derive_head_dim(b);
   }
   const DecadeTable decades(options.diff_min_decade, options.diff_max_decade);
+  const BlockKernel kernel = pick_kernel();
   std::vector<std::unique_ptr<CellJob>> jobs;
   for (const auto& [cell, t] : a.cells()) {
     const Tensor* u = b.find(cell);
@@ -969,7 +1172,7 @@ TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOpti
       continue;
     }
     jobs.push_back(std::make_unique<CellJob>());
-    prepare_job(*jobs.back(), cell, t, *u, out.options, decades);
+    prepare_job(*jobs.back(), cell, t, *u, out.options, decades, kernel);
   }
   for (const auto& [cell, t] : b.cells())
     if (!a.find(cell)) out.only_in_b.push_back(cell);
