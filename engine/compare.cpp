@@ -1,6 +1,7 @@
 #include "engine/compare.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <system_error>
 #include <thread>
 
@@ -217,52 +219,66 @@ T rounded(T x) {
   return x;
 }
 
-// Per block of kBlock elements: the histogram keys, one per element. key0 is the joint key
-// bin_a · bins + bin_b (joint tables) or bin_a, key1 is bin_b (separate tables only), diff the
-// index into [negative | zero | positive]. A position a table does not count goes to a dump
-// slot just past the end of that table.
+// Per block of kBlock elements, the histogram keys, one per element; a position a table does
+// not count goes to a dump slot just past the end of that table. diff (first pass): the index
+// into [negative | zero | positive]; key0 (value pass): bin_a · bins + bin_b with the joint
+// table, else bin_a; key1: bin_b (separate tables only).
 struct BlockKeys {
   int32_t key0[kBlock], key1[kBlock], diff[kBlock];
 };
 
 // Sums over the paired positions of one block, in kLanes fixed lanes: element i of the block
 // goes to lane i % kLanes, each lane is summed in order, and the lanes are combined by a fixed
-// tree (combine_lanes). The same bits from every kernel and whatever the thread count.
+// tree (combine_lanes). The finite range of each side likewise, in kRangeLanes float lanes
+// with the rule of the min/max instructions (lo = lo < x ? lo : x; hi = hi > x ? hi : x), which
+// decides between −0 and +0. The same bits from every kernel and whatever the thread count.
 constexpr int kLanes = 8;
+constexpr int kRangeLanes = 16;
 
 struct BlockSums {
   double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0, sdd = 0;
   double max_abs_diff = -1;  // -1 when nothing is paired
+  float lo[2] = {kInfF, kInfF}, hi[2] = {-kInfF, -kInfF};  // finite values of a, b
   uint32_t paired = 0, agree = 0;
   // Positions not paired: both -inf, finite in one side only; per side NaN, +inf, -inf.
   uint32_t masked = 0, one_sided = 0;
   uint32_t nan[2] = {}, pos_inf[2] = {}, neg_inf[2] = {};
 };
 
-// What a block kernel needs besides the data, fixed per chunk.
-struct KeyParams {
-  float scale = 0, offset = 0, top = 0;  // Binning's
+float range_lo(float lo, float x) {
+  return lo < x ? lo : x;
+}
+float range_hi(float hi, float x) {
+  return hi > x ? hi : x;
+}
+
+// What the value pass needs, fixed once the cell's range is known.
+struct ValueParams {
+  // value bin = x · scale − offset in float (offset = lo · scale; no overflow even for a
+  // range of ±3e38), truncated and clamped to bins − 1 = top; x ≥ lo keeps it ≥ 0.
+  float scale = 0, offset = 0, top = 0;
   int32_t bins = 1;
   bool joint = false;
-  int32_t dump0 = 0, dump1 = 0, dump_diff = 0;
-  const DecadeTable* decades = nullptr;
+  int32_t dump0 = 0, dump1 = 0;
+
+  int32_t value_bin(float x) const {
+    return static_cast<int32_t>(std::min(rounded(x * scale) - offset, top));
+  }
 };
 
-using BlockKernel = BlockSums (*)(const float* a, const float* b, uint32_t n, const KeyParams& kp,
-                                  BlockKeys& out);
-
-// What every chunk of one cell needs, fixed before the main pass.
-struct Binning {
-  // value bin = x · scale − offset in float (offset = lo · scale; no overflow even for a
-  // range of ±3e38), truncated and clamped to bins − 1; x ≥ lo keeps it ≥ 0.
-  float scale = 0, offset = 0;
-  int bins = 1;
-  const DecadeTable* decades = nullptr;
-  BlockKernel kernel = nullptr;
-
-  int value_bin(float x) const {
-    return static_cast<int>(std::min(rounded(x * scale) - offset, static_cast<float>(bins - 1)));
-  }
+// First pass over a block: sums, counts, ranges and diff keys.
+using FirstKernel = BlockSums (*)(const float* a, const float* b, uint32_t n,
+                                  const DecadeTable& dt, int32_t* diff);
+// Value pass over a block: key0 (and key1); true when a position is finite in one side only,
+// which the joint table does not count.
+using ValueKernel = bool (*)(const float* a, const float* b, uint32_t n, const ValueParams& vp,
+                             BlockKeys& out);
+struct LogitSums;
+using LogitKernel = LogitSums (*)(const float* a, const float* b, size_t n, double ma, double mb);
+struct Kernels {
+  FirstKernel first = nullptr;
+  ValueKernel value = nullptr;
+  LogitKernel logit = nullptr;
 };
 
 // Relative RMS from partial sums, with metrics.h's convention.
@@ -271,22 +287,6 @@ double relative_from(double d2, double a2, bool nan, bool unpaired) {
   if (unpaired) return kInf;
   if (d2 == 0.0) return 0.0;
   return a2 == 0.0 ? kInf : std::sqrt(d2 / a2);
-}
-
-// Finite range of one side: branch-free so it vectorises.
-[[gnu::target_clones("avx2", "default")]] void finite_range(const float* x, uint64_t n, float& lo,
-                                                            float& hi) {
-  constexpr float kMax = std::numeric_limits<float>::max();
-  float mn = kInfF, mx = -kInfF;
-#pragma omp simd reduction(min : mn) reduction(max : mx)
-  for (uint64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    const bool fin = std::fabs(v) <= kMax;
-    mn = std::min(mn, fin ? v : kInfF);
-    mx = std::max(mx, fin ? v : -kInfF);
-  }
-  lo = std::min(lo, mn);
-  hi = std::max(hi, mx);
 }
 
 void merge_side(SideAcc& s, const SideAcc& p) {
@@ -299,7 +299,7 @@ void merge_side(SideAcc& s, const SideAcc& p) {
 }
 
 // Lanes combined: (l, l + 4), then (l, l + 2), then (0, 1); the AVX-512 kernel halves its
-// register in that order.
+// register in that order. Range lanes: (l, l + 8), (l, l + 4), (l, l + 2), (0, 1).
 double combine_lanes(const double* l) {
   double v[4];
   for (int j = 0; j < 4; ++j) v[j] = l[j] + l[j + 4];
@@ -307,44 +307,51 @@ double combine_lanes(const double* l) {
   return v[0] + v[1];
 }
 
+template <class Pick>
+float combine_range(const float* l, Pick pick) {
+  float v[8];
+  for (int j = 0; j < 8; ++j) v[j] = pick(l[j], l[j + 8]);
+  for (int j = 0; j < 4; ++j) v[j] = pick(v[j], v[j + 4]);
+  for (int j = 0; j < 2; ++j) v[j] = pick(v[j], v[j + 2]);
+  return pick(v[0], v[1]);
+}
+
 int32_t sign_of(float x) {
   return (x > 0) - (x < 0);
 }
 
-// The portable kernel, element by element; the reference the SIMD kernel must match bit for bit.
-BlockSums block_portable(const float* a, const float* b, uint32_t n, const KeyParams& kp,
-                         BlockKeys& out) {
+// The portable kernels, element by element: the reference the SIMD kernels match bit for bit.
+BlockSums first_portable(const float* a, const float* b, uint32_t n, const DecadeTable& dt,
+                         int32_t* diff) {
   double lanes[6][kLanes] = {};
+  float lo[2][kRangeLanes], hi[2][kRangeLanes];
+  std::fill_n(&lo[0][0], 2 * kRangeLanes, kInfF);
+  std::fill_n(&hi[0][0], 2 * kRangeLanes, -kInfF);
   BlockSums s;
-  const DecadeTable& dt = *kp.decades;
-  auto bin = [&](float x) {
-    return static_cast<int32_t>(std::min(rounded(x * kp.scale) - kp.offset, kp.top));
-  };
+  const int32_t dump_diff = 2 * dt.zero() + 1;
   for (uint32_t i = 0; i < n; ++i) {
-    const float fa = a[i], fb = b[i];
-    const bool ok_a = std::isfinite(fa), ok_b = std::isfinite(fb), ok = ok_a && ok_b;
-    const int32_t ba = ok_a ? bin(fa) : 0, bb = ok_b ? bin(fb) : 0;
-    if (kp.joint) {
-      out.key0[i] = ok ? ba * kp.bins + bb : kp.dump0;
-    } else {
-      out.key0[i] = ok_a ? ba : kp.dump0;
-      out.key1[i] = ok_b ? bb : kp.dump1;
+    const float f[2] = {a[i], b[i]};
+    const bool ok_a = std::isfinite(f[0]), ok_b = std::isfinite(f[1]), ok = ok_a && ok_b;
+    const uint32_t r = i % kRangeLanes;
+    for (int side = 0; side < 2; ++side) {
+      if (!std::isfinite(f[side])) continue;
+      lo[side][r] = range_lo(lo[side][r], f[side]);
+      hi[side][r] = range_hi(hi[side][r], f[side]);
     }
     if (!ok) {
-      out.diff[i] = kp.dump_diff;
-      const float f[2] = {fa, fb};
+      diff[i] = dump_diff;
       for (int side = 0; side < 2; ++side) {
         s.nan[side] += std::isnan(f[side]);
         s.pos_inf[side] += f[side] == kInfF;
         s.neg_inf[side] += f[side] == -kInfF;
       }
-      s.masked += fa == -kInfF && fb == -kInfF;
+      s.masked += f[0] == -kInfF && f[1] == -kInfF;
       s.one_sided += ok_a || ok_b;
       continue;
     }
-    out.diff[i] = dt.index(fb - fa);
-    const int j = static_cast<int>(i % kLanes);
-    const double x = fa, y = fb, d = y - x;
+    diff[i] = dt.index(f[1] - f[0]);
+    const uint32_t j = i % kLanes;
+    const double x = f[0], y = f[1], d = y - x;
     // x·x, y·y and x·y are exact in double (24-bit significands): fused or not, the same.
     lanes[0][j] += x;
     lanes[1][j] += y;
@@ -354,7 +361,7 @@ BlockSums block_portable(const float* a, const float* b, uint32_t n, const KeyPa
     lanes[5][j] += rounded(d * d);
     s.max_abs_diff = std::max(s.max_abs_diff, std::fabs(d));
     ++s.paired;
-    s.agree += sign_of(fa) == sign_of(fb);
+    s.agree += sign_of(f[0]) == sign_of(f[1]);
   }
   s.sa = combine_lanes(lanes[0]);
   s.sb = combine_lanes(lanes[1]);
@@ -362,7 +369,74 @@ BlockSums block_portable(const float* a, const float* b, uint32_t n, const KeyPa
   s.sbb = combine_lanes(lanes[3]);
   s.sab = combine_lanes(lanes[4]);
   s.sdd = combine_lanes(lanes[5]);
+  for (int side = 0; side < 2; ++side) {
+    s.lo[side] = combine_range(lo[side], range_lo);
+    s.hi[side] = combine_range(hi[side], range_hi);
+  }
   return s;
+}
+
+bool values_portable(const float* a, const float* b, uint32_t n, const ValueParams& vp,
+                     BlockKeys& out) {
+  bool one_sided = false;
+  for (uint32_t i = 0; i < n; ++i) {
+    const float fa = a[i], fb = b[i];
+    const bool ok_a = std::isfinite(fa), ok_b = std::isfinite(fb);
+    const int32_t ba = ok_a ? vp.value_bin(fa) : 0, bb = ok_b ? vp.value_bin(fb) : 0;
+    if (vp.joint) {
+      out.key0[i] = ok_a && ok_b ? ba * vp.bins + bb : vp.dump0;
+    } else {
+      out.key0[i] = ok_a ? ba : vp.dump0;
+      out.key1[i] = ok_b ? bb : vp.dump1;
+    }
+    one_sided = one_sided || ok_a != ok_b;
+  }
+  return one_sided;
+}
+
+// e^x for x <= 0 (NaN, -inf and x < -745 give 0), to a few ulp: x = n·ln2 + r, |r| <= ln2/2,
+// e^r by Taylor to degree 13 (error below 1e-17), times 2^n in two steps so that subnormal
+// results come out. Every product is rounded before its add, so exp_avx512 gives the same bits.
+constexpr double kLog2e = 1.4426950408889634074, kLn2Hi = 6.93147180369123816490e-01,
+                 kLn2Lo = 1.90821492927058770002e-10, kExpMin = -745.0;
+constexpr std::array<double, 14> kExpTaylor = [] {
+  std::array<double, 14> c{};
+  double f = 1;
+  for (int k = 0; k < 14; ++k) {
+    if (k > 0) f *= k;
+    c[static_cast<size_t>(k)] = 1.0 / f;
+  }
+  return c;
+}();
+
+double exp_nonpositive(double x) {
+  if (!(x >= kExpMin)) return 0.0;
+  const double n = std::nearbyint(rounded(x * kLog2e));
+  const double r = (x - rounded(n * kLn2Hi)) - rounded(n * kLn2Lo);
+  double p = kExpTaylor[13];
+  for (int k = 12; k >= 0; --k) p = rounded(p * r) + kExpTaylor[static_cast<size_t>(k)];
+  const auto ni = static_cast<int64_t>(n), h = ni >> 1;
+  const double s1 = std::bit_cast<double>(static_cast<uint64_t>(h + 1023) << 52);
+  const double s2 = std::bit_cast<double>(static_cast<uint64_t>(ni - h + 1023) << 52);
+  return rounded(p * s1) * s2;
+}
+
+// The sums of row_kl, in kLanes fixed lanes (element i in lane i % kLanes, combine_lanes):
+// Za = Σ e^(a−ma), Zb = Σ e^(b−mb), S = Σ e^(a−ma)·(a − b) over e^(a−ma) > 0.
+struct LogitSums {
+  double za = 0, zb = 0, s = 0;
+};
+
+LogitSums logit_sums_portable(const float* a, const float* b, size_t n, double ma, double mb) {
+  double za[kLanes] = {}, zb[kLanes] = {}, s[kLanes] = {};
+  for (size_t i = 0; i < n; ++i) {
+    const size_t j = i % kLanes;
+    const double x = a[i], y = b[i], ea = exp_nonpositive(x - ma);
+    za[j] += ea;
+    zb[j] += exp_nonpositive(y - mb);
+    if (ea > 0) s[j] += rounded(ea * (x - y));
+  }
+  return {combine_lanes(za), combine_lanes(zb), combine_lanes(s)};
 }
 
 #if defined(LOCKSTEP_HAVE_X86_KERNELS)
@@ -374,61 +448,73 @@ LOCKSTEP_COMPARE_AVX512 double combine_lanes(__m512d v) {
   return _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
 }
 
-// block_portable, 16 elements at a time, each half added in turn to the one register of lanes.
-// Masked adds leave a lane as it is where the position is not paired, as the portable kernel
-// skips it; products whose rounding matters use the explicit-rounding forms, which the
-// compiler never fuses.
-LOCKSTEP_COMPARE_AVX512 BlockSums block_avx512(const float* a, const float* b, uint32_t n,
-                                               const KeyParams& kp, BlockKeys& out) {
+// min/max instructions keep their second operand unless the first is smaller (larger):
+// range_lo / range_hi with the lanes as first operand.
+LOCKSTEP_COMPARE_AVX512 float combine_lo(__m512 v) {
+  const __m256 w = _mm256_min_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  const __m128 u = _mm_min_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
+  const __m128 t = _mm_min_ps(u, _mm_movehl_ps(u, u));
+  return _mm_cvtss_f32(_mm_min_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+LOCKSTEP_COMPARE_AVX512 float combine_hi(__m512 v) {
+  const __m256 w = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  const __m128 u = _mm_max_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
+  const __m128 t = _mm_max_ps(u, _mm_movehl_ps(u, u));
+  return _mm_cvtss_f32(_mm_max_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+LOCKSTEP_COMPARE_AVX512 __mmask16 finite_mask(__mmask16 live, __m512 v) {
+  const __m512 av = _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
+  return _mm512_mask_cmp_ps_mask(live, av, _mm512_set1_ps(std::numeric_limits<float>::max()),
+                                 _CMP_LE_OQ);
+}
+
+LOCKSTEP_COMPARE_AVX512 uint32_t count(__mmask16 m) {
+  return static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(m)));
+}
+
+// first_portable, 16 elements at a time, each half added in turn to the one register of
+// lanes. Masked operations leave a lane as it is where the position does not count, as the
+// portable kernel skips it; products whose rounding matters use the explicit-rounding forms,
+// which the compiler never fuses.
+LOCKSTEP_COMPARE_AVX512 BlockSums first_avx512(const float* a, const float* b, uint32_t n,
+                                               const DecadeTable& dt, int32_t* diff) {
   constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   __m512d sa = _mm512_setzero_pd(), sb = sa, saa = sa, sbb = sa, sab = sa, sdd = sa;
   __m512d md = _mm512_set1_pd(-1.0);
+  __m512 lo_a = _mm512_set1_ps(kInfF), lo_b = lo_a;
+  __m512 hi_a = _mm512_set1_ps(-kInfF), hi_b = hi_a;
   BlockSums s;
-  const __m512 scale = _mm512_set1_ps(kp.scale), offset = _mm512_set1_ps(kp.offset);
-  const __m512 top = _mm512_set1_ps(kp.top), fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
   const __m512 fzero = _mm512_setzero_ps();
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), one = _mm512_set1_epi32(1);
-  const __m512i bins = _mm512_set1_epi32(kp.bins), dump0 = _mm512_set1_epi32(kp.dump0);
-  const __m512i dump1 = _mm512_set1_epi32(kp.dump1), dump_diff = _mm512_set1_epi32(kp.dump_diff);
-  const __m512i zero_key = _mm512_set1_epi32(kp.decades->zero());
-  const DecadeTable& dt = *kp.decades;
-  const int32_t* decade_lo = dt.decade_lo;
-  const float* threshold = dt.threshold;
+  const __m512i dump_diff = _mm512_set1_epi32(2 * dt.zero() + 1);
+  const __m512i zero_key = _mm512_set1_epi32(dt.zero());
   const bool by_decade = dt.by_decade;
   const __m512i e_bias = _mm512_set1_epi32(127), k1233 = _mm512_set1_epi32(1233);
-  const __m512i j_lo = _mm512_set1_epi32(dt.min_decade - 1), j_hi = _mm512_set1_epi32(dt.max_decade);
+  const __m512i j_lo = _mm512_set1_epi32(dt.min_decade - 1);
+  const __m512i j_hi = _mm512_set1_epi32(dt.max_decade);
   const __m512 power_lo = _mm512_loadu_ps(dt.power), power_hi = _mm512_loadu_ps(dt.power + 16);
   uint32_t paired = 0, agree = 0;
   for (uint32_t i = 0; i < n; i += 16) {
     const __mmask16 live = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
     const __m512 va = _mm512_maskz_loadu_ps(live, a + i), vb = _mm512_maskz_loadu_ps(live, b + i);
-    const __m512 abs_a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(va), abs_mask));
-    const __m512 abs_b = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(vb), abs_mask));
-    const __mmask16 ok_a = _mm512_mask_cmp_ps_mask(live, abs_a, fmax, _CMP_LE_OQ);
-    const __mmask16 ok_b = _mm512_mask_cmp_ps_mask(live, abs_b, fmax, _CMP_LE_OQ);
+    const __mmask16 ok_a = finite_mask(live, va), ok_b = finite_mask(live, vb);
     const __mmask16 ok = ok_a & ok_b;
+    lo_a = _mm512_mask_min_ps(lo_a, ok_a, lo_a, va);
+    hi_a = _mm512_mask_max_ps(hi_a, ok_a, hi_a, va);
+    lo_b = _mm512_mask_min_ps(lo_b, ok_b, lo_b, vb);
+    hi_b = _mm512_mask_max_ps(hi_b, ok_b, hi_b, vb);
 
-    // std::min(t, top) is t unless top < t; _mm512_min_ps(t, top) is t if t < top: the same
-    // for every finite t.
-    const __m512 ta = _mm512_min_ps(_mm512_sub_ps(_mm512_mul_round_ps(va, scale, kRn), offset), top);
-    const __m512 tb = _mm512_min_ps(_mm512_sub_ps(_mm512_mul_round_ps(vb, scale, kRn), offset), top);
-    const __m512i ba = _mm512_cvttps_epi32(ta), bb = _mm512_cvttps_epi32(tb);
-    if (kp.joint) {
-      const __m512i key = _mm512_add_epi32(_mm512_mullo_epi32(ba, bins), bb);
-      _mm512_storeu_si512(out.key0 + i, _mm512_mask_blend_epi32(ok, dump0, key));
-    } else {
-      _mm512_storeu_si512(out.key0 + i, _mm512_mask_blend_epi32(ok_a, dump0, ba));
-      _mm512_storeu_si512(out.key1 + i, _mm512_mask_blend_epi32(ok_b, dump1, bb));
-    }
-
-    // DecadeTable::index: by decade_of when it holds (two-register permutes), else gathers,
+    // DecadeTable::index: by decade_of where it holds (two-register permutes), else gathers,
     // which cost more than the rest of the kernel together.
     const __m512 df = _mm512_sub_ps(vb, va);
     const __m512 ad = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(df), abs_mask));
     const __m512i e = _mm512_srli_epi32(_mm512_castps_si512(ad), 23);
     __m512i k;
     if (by_decade) {
-      const __m512i oct = _mm512_srai_epi32(_mm512_mullo_epi32(_mm512_sub_epi32(e, e_bias), k1233), 12);
+      const __m512i oct =
+          _mm512_srai_epi32(_mm512_mullo_epi32(_mm512_sub_epi32(e, e_bias), k1233), 12);
       const __m512i j =
           _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(oct, j_lo), j_hi), j_lo);
       const __m512 thr = _mm512_permutex2var_ps(power_lo, j, power_hi);
@@ -436,8 +522,8 @@ LOCKSTEP_COMPARE_AVX512 BlockSums block_avx512(const float* a, const float* b, u
       k = _mm512_max_epi32(j, one);
       k = _mm512_mask_add_epi32(k, ge, k, one);
     } else {
-      const __m512i lo = _mm512_mask_i32gather_epi32(one, ok, e, decade_lo, 4);
-      const __m512 thr = _mm512_mask_i32gather_ps(fzero, ok, e, threshold, 4);
+      const __m512i lo = _mm512_mask_i32gather_epi32(one, ok, e, dt.decade_lo, 4);
+      const __m512 thr = _mm512_mask_i32gather_ps(fzero, ok, e, dt.threshold, 4);
       const __mmask16 ge = _mm512_mask_cmp_ps_mask(ok, ad, thr, _CMP_GE_OQ);
       k = _mm512_add_epi32(lo, one);
       k = _mm512_mask_add_epi32(k, ge, k, one);
@@ -447,36 +533,34 @@ LOCKSTEP_COMPARE_AVX512 BlockSums block_avx512(const float* a, const float* b, u
     __m512i key = _mm512_mask_blend_epi32(ok, dump_diff, zero_key);
     key = _mm512_mask_add_epi32(key, pos, key, k);
     key = _mm512_mask_sub_epi32(key, neg, key, k);
-    _mm512_storeu_si512(out.diff + i, key);
+    _mm512_storeu_si512(diff + i, key);
 
     const __mmask16 gt_a = _mm512_cmp_ps_mask(va, fzero, _CMP_GT_OQ);
     const __mmask16 lt_a = _mm512_cmp_ps_mask(va, fzero, _CMP_LT_OQ);
     const __mmask16 gt_b = _mm512_cmp_ps_mask(vb, fzero, _CMP_GT_OQ);
     const __mmask16 lt_b = _mm512_cmp_ps_mask(vb, fzero, _CMP_LT_OQ);
-    paired += static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(ok)));
-    agree += static_cast<uint32_t>(
-        std::popcount(static_cast<uint32_t>(ok & ~((gt_a ^ gt_b) | (lt_a ^ lt_b)) & 0xffff)));
+    paired += count(ok);
+    agree += count(ok & ~((gt_a ^ gt_b) | (lt_a ^ lt_b)));
     if (ok != live) {
       const __m512 inf = _mm512_set1_ps(kInfF), ninf = _mm512_set1_ps(-kInfF);
       const __m512 v[2] = {va, vb};
       __mmask16 neg_inf[2];
       for (int side = 0; side < 2; ++side) {
-        auto count = [](__mmask16 m) {
-          return static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(m)));
-        };
         s.nan[side] += count(_mm512_mask_cmp_ps_mask(live, v[side], v[side], _CMP_UNORD_Q));
         s.pos_inf[side] += count(_mm512_mask_cmp_ps_mask(live, v[side], inf, _CMP_EQ_OQ));
         neg_inf[side] = _mm512_mask_cmp_ps_mask(live, v[side], ninf, _CMP_EQ_OQ);
         s.neg_inf[side] += count(neg_inf[side]);
       }
-      s.masked += static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(neg_inf[0] & neg_inf[1])));
-      s.one_sided += static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(ok_a ^ ok_b)));
+      s.masked += count(neg_inf[0] & neg_inf[1]);
+      s.one_sided += count(ok_a ^ ok_b);
     }
 
     for (int h = 0; h < 2; ++h) {
       const __mmask8 m = static_cast<__mmask8>(ok >> (8 * h));
-      const __m512d x = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(va, 1) : _mm512_castps512_ps256(va));
-      const __m512d y = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(vb, 1) : _mm512_castps512_ps256(vb));
+      const __m512d x =
+          _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(va, 1) : _mm512_castps512_ps256(va));
+      const __m512d y =
+          _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(vb, 1) : _mm512_castps512_ps256(vb));
       const __m512d d = _mm512_sub_pd(y, x);
       sa = _mm512_mask_add_pd(sa, m, sa, x);
       sb = _mm512_mask_add_pd(sb, m, sb, y);
@@ -494,15 +578,88 @@ LOCKSTEP_COMPARE_AVX512 BlockSums block_avx512(const float* a, const float* b, u
   s.sab = combine_lanes(sab);
   s.sdd = combine_lanes(sdd);
   s.max_abs_diff = _mm512_reduce_max_pd(md);
+  s.lo[0] = combine_lo(lo_a);
+  s.lo[1] = combine_lo(lo_b);
+  s.hi[0] = combine_hi(hi_a);
+  s.hi[1] = combine_hi(hi_b);
   s.paired = paired;
   s.agree = agree;
   return s;
 }
+
+LOCKSTEP_COMPARE_AVX512 bool values_avx512(const float* a, const float* b, uint32_t n,
+                                           const ValueParams& vp, BlockKeys& out) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m512 scale = _mm512_set1_ps(vp.scale), offset = _mm512_set1_ps(vp.offset);
+  const __m512 top = _mm512_set1_ps(vp.top);
+  const __m512i bins = _mm512_set1_epi32(vp.bins), dump0 = _mm512_set1_epi32(vp.dump0);
+  const __m512i dump1 = _mm512_set1_epi32(vp.dump1);
+  __mmask16 one_sided = 0;
+  for (uint32_t i = 0; i < n; i += 16) {
+    const __mmask16 live = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512 va = _mm512_maskz_loadu_ps(live, a + i), vb = _mm512_maskz_loadu_ps(live, b + i);
+    const __mmask16 ok_a = finite_mask(live, va), ok_b = finite_mask(live, vb);
+    one_sided |= ok_a ^ ok_b;
+    // std::min(t, top) is t unless top < t; _mm512_min_ps(t, top) is t if t < top: the same
+    // for every finite t.
+    const __m512 ta =
+        _mm512_min_ps(_mm512_sub_ps(_mm512_mul_round_ps(va, scale, kRn), offset), top);
+    const __m512 tb =
+        _mm512_min_ps(_mm512_sub_ps(_mm512_mul_round_ps(vb, scale, kRn), offset), top);
+    const __m512i ba = _mm512_cvttps_epi32(ta), bb = _mm512_cvttps_epi32(tb);
+    if (vp.joint) {
+      const __m512i key = _mm512_add_epi32(_mm512_mullo_epi32(ba, bins), bb);
+      _mm512_storeu_si512(out.key0 + i, _mm512_mask_blend_epi32(ok_a & ok_b, dump0, key));
+    } else {
+      _mm512_storeu_si512(out.key0 + i, _mm512_mask_blend_epi32(ok_a, dump0, ba));
+      _mm512_storeu_si512(out.key1 + i, _mm512_mask_blend_epi32(ok_b, dump1, bb));
+    }
+  }
+  return one_sided != 0;
+}
+
+LOCKSTEP_COMPARE_AVX512 __m512d exp_avx512(__m512d x) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __mmask8 in = _mm512_cmp_pd_mask(x, _mm512_set1_pd(kExpMin), _CMP_GE_OQ);
+  x = _mm512_maskz_mov_pd(in, x);
+  const __m512d n = _mm512_roundscale_pd(_mm512_mul_round_pd(x, _mm512_set1_pd(kLog2e), kRn), kRn);
+  const __m512d r =
+      _mm512_sub_pd(_mm512_sub_pd(x, _mm512_mul_round_pd(n, _mm512_set1_pd(kLn2Hi), kRn)),
+                    _mm512_mul_round_pd(n, _mm512_set1_pd(kLn2Lo), kRn));
+  __m512d p = _mm512_set1_pd(kExpTaylor[13]);
+  for (int k = 12; k >= 0; --k)
+    p = _mm512_add_pd(_mm512_mul_round_pd(p, r, kRn),
+                      _mm512_set1_pd(kExpTaylor[static_cast<size_t>(k)]));
+  const __m512i ni = _mm512_cvtpd_epi64(n), h = _mm512_srai_epi64(ni, 1);
+  const __m512i bias = _mm512_set1_epi64(1023);
+  const __m512d s1 = _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(h, bias), 52));
+  const __m512d s2 = _mm512_castsi512_pd(
+      _mm512_slli_epi64(_mm512_add_epi64(_mm512_sub_epi64(ni, h), bias), 52));
+  return _mm512_maskz_mov_pd(in, _mm512_mul_pd(_mm512_mul_round_pd(p, s1, kRn), s2));
+}
+
+LOCKSTEP_COMPARE_AVX512 LogitSums logit_sums_avx512(const float* a, const float* b, size_t n,
+                                                    double ma, double mb) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  __m512d za = _mm512_setzero_pd(), zb = za, s = za;
+  const __m512d vma = _mm512_set1_pd(ma), vmb = _mm512_set1_pd(mb);
+  for (size_t i = 0; i < n; i += 8) {
+    const __mmask8 live = n - i >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - i)) - 1);
+    const __m512d x = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(live, a + i));
+    const __m512d y = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(live, b + i));
+    const __m512d ea = exp_avx512(_mm512_sub_pd(x, vma)), eb = exp_avx512(_mm512_sub_pd(y, vmb));
+    za = _mm512_mask_add_pd(za, live, za, ea);
+    zb = _mm512_mask_add_pd(zb, live, zb, eb);
+    const __mmask8 pos = _mm512_mask_cmp_pd_mask(live, ea, _mm512_setzero_pd(), _CMP_GT_OQ);
+    s = _mm512_mask_add_pd(s, pos, s, _mm512_mul_round_pd(ea, _mm512_sub_pd(x, y), kRn));
+  }
+  return {combine_lanes(za), combine_lanes(zb), combine_lanes(s)};
+}
 #endif
 
-// The block kernel for this comparison: AVX-512 where the CPU has it, unless LOCKSTEP_CPU_ISA
+// The kernels for this comparison: AVX-512 where the CPU has it, unless LOCKSTEP_CPU_ISA
 // (cpu_kernels.h) asks for less; both give the same bits.
-BlockKernel pick_kernel() {
+Kernels pick_kernels() {
 #if defined(LOCKSTEP_HAVE_X86_KERNELS)
   cpu::Isa isa = cpu::Isa::Scalar;
   try {
@@ -510,9 +667,9 @@ BlockKernel pick_kernel() {
   } catch (const Error&) {
     isa = cpu::supported_isas().back();  // a bad LOCKSTEP_CPU_ISA is the cpu lane's error
   }
-  if (isa == cpu::Isa::Avx512) return block_avx512;
+  if (isa == cpu::Isa::Avx512) return {first_avx512, values_avx512, logit_sums_avx512};
 #endif
-  return block_portable;
+  return {first_portable, values_portable, logit_sums_portable};
 }
 
 // Up to this many value bins, a block counts both sides with one increment into a joint
@@ -523,17 +680,8 @@ constexpr int kMaxJointBins = 64;
 // hold most differences), and consecutive increments of one counter would wait on each other.
 constexpr int kDiffTables = 4;
 
-// Per-chunk counters: a chunk holds < 2^32 elements. Each table has a dump slot at its end.
-struct ChunkCounts {
-  std::vector<uint32_t> joint;           // [bins · bins + 1] when bins <= kMaxJointBins
-  std::vector<uint32_t> hist_a, hist_b;  // [bins + 1]
-  std::vector<uint32_t> diff;            // [kDiffTables, 2 · decades + 2]
-};
-
-// The positions of a block finite in one side only: that side's sums and count, in order (and,
-// with joint tables, its value bin).
-void one_sided_positions(const float* pa, const float* pb, uint64_t n, const Binning& bins,
-                         bool joint, ChunkAcc& acc, ChunkCounts& counts) {
+// The positions of a block finite in one side only: that side's sums and count, in order.
+void one_sided_sums(const float* pa, const float* pb, uint64_t n, ChunkAcc& acc) {
   for (uint64_t i = 0; i < n; ++i) {
     const float fa = pa[i], fb = pb[i];
     const bool ok_a = std::isfinite(fa), ok_b = std::isfinite(fb);
@@ -543,28 +691,25 @@ void one_sided_positions(const float* pa, const float* pb, uint64_t n, const Bin
     side.sum += v;
     side.sum2 += static_cast<double>(v) * v;
     ++side.finite;
-    if (joint) ++(ok_a ? counts.hist_a : counts.hist_b)[bins.value_bin(v)];
   }
 }
 
-// One piece [begin, end) of one segment, inside one chunk: per block of kBlock, the kernel's
-// sums and keys (data in L1), the positions not paired, then the increments.
-void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t end,
-                      const Binning& bins, const KeyParams& kp, BlockKeys& keys, ChunkAcc& acc,
-                      ChunkCounts& counts, SegmentPartial& seg) {
-  uint32_t* key0_table = kp.joint ? counts.joint.data() : counts.hist_a.data();
-  uint32_t* key1_table = counts.hist_b.data();
-  const size_t diff_stride = static_cast<size_t>(kp.dump_diff) + 1;
-  uint32_t* d0 = counts.diff.data();
-  uint32_t* d1 = d0 + diff_stride;
-  uint32_t* d2 = d1 + diff_stride;
-  uint32_t* d3 = d2 + diff_stride;
+// First pass over one piece [begin, end) of one segment, inside one chunk: per block of
+// kBlock, the kernel's sums and diff keys, the positions not paired, then the increments.
+void first_pass_piece(const float* a, const float* b, uint64_t begin, uint64_t end,
+                      const DecadeTable& dt, FirstKernel kernel, int32_t* keys, uint32_t* diff,
+                      ChunkAcc& acc, float (&lo)[2], float (&hi)[2], SegmentPartial& seg) {
+  const size_t stride = static_cast<size_t>(2 * dt.zero() + 2);
+  uint32_t* d0 = diff;
+  uint32_t* d1 = d0 + stride;
+  uint32_t* d2 = d1 + stride;
+  uint32_t* d3 = d2 + stride;
   static_assert(kDiffTables == 4);
   for (uint64_t blk = begin; blk < end; blk += kBlock) {
     const auto n = static_cast<uint32_t>(std::min(kBlock, end - blk));
     const float* pa = a + blk;
     const float* pb = b + blk;
-    const BlockSums s = bins.kernel(pa, pb, n, kp, keys);
+    const BlockSums s = kernel(pa, pb, n, dt, keys);
     acc.a.sum += s.sa;
     acc.b.sum += s.sb;
     acc.a.sum2 += s.saa;
@@ -579,6 +724,10 @@ void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t e
     acc.sign_agree += s.agree;
     seg.d2 += s.sdd;
     seg.a2 += s.saa;
+    for (int side = 0; side < 2; ++side) {
+      lo[side] = range_lo(lo[side], s.lo[side]);
+      hi[side] = range_hi(hi[side], s.hi[side]);
+    }
     if (s.max_abs_diff > acc.max_abs_diff) {
       for (uint32_t i = 0; i < n; ++i)
         if (std::isfinite(pa[i]) && std::isfinite(pb[i]) &&
@@ -601,82 +750,85 @@ void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t e
         side[t]->pos_inf += s.pos_inf[t];
         side[t]->neg_inf += s.neg_inf[t];
       }
-      if (s.one_sided) one_sided_positions(pa, pb, n, bins, kp.joint, acc, counts);
+      if (s.one_sided) one_sided_sums(pa, pb, n, acc);
     }
     uint32_t i = 0;
-    if (kp.joint) {
-      for (; i + 4 <= n; i += 4) {
-        ++key0_table[keys.key0[i]];
-        ++d0[keys.diff[i]];
-        ++key0_table[keys.key0[i + 1]];
-        ++d1[keys.diff[i + 1]];
-        ++key0_table[keys.key0[i + 2]];
-        ++d2[keys.diff[i + 2]];
-        ++key0_table[keys.key0[i + 3]];
-        ++d3[keys.diff[i + 3]];
-      }
-    } else {
-      for (; i + 4 <= n; i += 4) {
-        for (uint32_t j = 0; j < 4; ++j) {
-          ++key0_table[keys.key0[i + j]];
-          ++key1_table[keys.key1[i + j]];
-        }
-        ++d0[keys.diff[i]];
-        ++d1[keys.diff[i + 1]];
-        ++d2[keys.diff[i + 2]];
-        ++d3[keys.diff[i + 3]];
-      }
+    for (; i + 4 <= n; i += 4) {
+      ++d0[keys[i]];
+      ++d1[keys[i + 1]];
+      ++d2[keys[i + 2]];
+      ++d3[keys[i + 3]];
     }
-    for (; i < n; ++i) {
-      ++key0_table[keys.key0[i]];
-      if (!kp.joint) ++key1_table[keys.key1[i]];
-      ++d0[keys.diff[i]];
-    }
+    for (; i < n; ++i) ++d0[keys[i]];
   }
 }
 
-void compare_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
-                   const Layout& layout, const Binning& bins, ChunkAcc& acc) {
-  const size_t nb = static_cast<size_t>(bins.bins);
-  const size_t nd = static_cast<size_t>(2 * bins.decades->zero() + 1);
-  const bool joint = nb <= kMaxJointBins;
+// The first pass over a chunk: everything but the value histogram, and the finite range of
+// each side, which the value pass waits for.
+void first_pass_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
+                      const Layout& layout, const DecadeTable& dt, FirstKernel kernel,
+                      ChunkAcc& acc, float (&lo)[2], float (&hi)[2]) {
+  const size_t nd = static_cast<size_t>(2 * dt.zero() + 1);
   // Per-thread scratch, reused from chunk to chunk.
-  thread_local ChunkCounts counts;
+  thread_local std::vector<uint32_t> diff;  // [kDiffTables, nd + 1]
   thread_local std::unique_ptr<BlockKeys> keys;
   if (!keys) keys = std::make_unique<BlockKeys>();
-  counts.joint.assign(joint ? nb * nb + 1 : 0, 0);
-  counts.hist_a.assign(nb + 1, 0);
-  counts.hist_b.assign(nb + 1, 0);
-  counts.diff.assign(kDiffTables * (nd + 1), 0);
-  KeyParams kp;
-  kp.scale = bins.scale;
-  kp.offset = bins.offset;
-  kp.top = static_cast<float>(bins.bins - 1);
-  kp.bins = bins.bins;
-  kp.joint = joint;
-  kp.dump0 = static_cast<int32_t>(joint ? nb * nb : nb);
-  kp.dump1 = static_cast<int32_t>(nb);
-  kp.dump_diff = static_cast<int32_t>(nd);
-  kp.decades = bins.decades;
+  diff.assign(kDiffTables * (nd + 1), 0);
+  lo[0] = lo[1] = kInfF;
+  hi[0] = hi[1] = -kInfF;
   for (uint64_t i = begin; i < end;) {
     const uint64_t s = i / layout.segment_len;
     const uint64_t piece_end = std::min(end, (s + 1) * layout.segment_len);
     SegmentPartial seg;
     seg.segment = s;
-    accumulate_piece(a, b, i, piece_end, bins, kp, *keys, acc, counts, seg);
+    first_pass_piece(a, b, i, piece_end, dt, kernel, keys->diff, diff.data(), acc, lo, hi, seg);
     acc.segments.push_back(seg);
     i = piece_end;
   }
-  acc.hist_a.assign(counts.hist_a.begin(), counts.hist_a.begin() + nb);
-  acc.hist_b.assign(counts.hist_b.begin(), counts.hist_b.begin() + nb);
   acc.diff.assign(nd, 0);
   for (size_t t = 0; t < kDiffTables; ++t)
-    for (size_t j = 0; j < nd; ++j) acc.diff[j] += counts.diff[t * (nd + 1) + j];
-  if (joint)
+    for (size_t j = 0; j < nd; ++j) acc.diff[j] += diff[t * (nd + 1) + j];
+}
+
+// The value pass over a chunk: both value histograms.
+void value_pass_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
+                      const ValueParams& vp, ValueKernel kernel, ChunkAcc& acc) {
+  const auto nb = static_cast<size_t>(vp.bins);
+  thread_local std::vector<uint32_t> joint;           // [bins · bins + 1] with the joint table
+  thread_local std::vector<uint32_t> hist_a, hist_b;  // [bins + 1]
+  thread_local std::unique_ptr<BlockKeys> keys;
+  if (!keys) keys = std::make_unique<BlockKeys>();
+  joint.assign(vp.joint ? nb * nb + 1 : 0, 0);
+  hist_a.assign(nb + 1, 0);
+  hist_b.assign(nb + 1, 0);
+  uint32_t* key0_table = vp.joint ? joint.data() : hist_a.data();
+  uint32_t* key1_table = hist_b.data();
+  for (uint64_t blk = begin; blk < end; blk += kBlock) {
+    const auto n = static_cast<uint32_t>(std::min(kBlock, end - blk));
+    const float* pa = a + blk;
+    const float* pb = b + blk;
+    const bool one_sided = kernel(pa, pb, n, vp, *keys);
+    if (vp.joint) {
+      for (uint32_t i = 0; i < n; ++i) ++key0_table[keys->key0[i]];
+      if (one_sided)
+        for (uint32_t i = 0; i < n; ++i) {
+          const bool ok_a = std::isfinite(pa[i]), ok_b = std::isfinite(pb[i]);
+          if (ok_a != ok_b) ++(ok_a ? hist_a : hist_b)[vp.value_bin(ok_a ? pa[i] : pb[i])];
+        }
+    } else {
+      for (uint32_t i = 0; i < n; ++i) {
+        ++key0_table[keys->key0[i]];
+        ++key1_table[keys->key1[i]];
+      }
+    }
+  }
+  acc.hist_a.assign(hist_a.begin(), hist_a.begin() + static_cast<ptrdiff_t>(nb));
+  acc.hist_b.assign(hist_b.begin(), hist_b.begin() + static_cast<ptrdiff_t>(nb));
+  if (vp.joint)
     for (size_t i = 0; i < nb; ++i)
       for (size_t j = 0; j < nb; ++j) {
-        acc.hist_a[i] += counts.joint[i * nb + j];
-        acc.hist_b[j] += counts.joint[i * nb + j];
+        acc.hist_a[i] += joint[i * nb + j];
+        acc.hist_b[j] += joint[i * nb + j];
       }
 }
 
@@ -699,31 +851,44 @@ std::vector<uint32_t> top_indices(std::span<const float> row, uint32_t k) {
     return top;
   }
   top.reserve(k + 1);
-  for (uint32_t i = 0; i < row.size(); ++i) {
-    if (top.size() == k && !better(i, top.back())) continue;
-    top.insert(std::upper_bound(top.begin(), top.end(), i, better), i);
-    if (top.size() > k) top.pop_back();
+  const auto n = static_cast<uint32_t>(row.size());
+  for (uint32_t i = 0; i < n;) {
+    // Once the buffer is full, a later index must be strictly larger than its last to enter:
+    // blocks of 16 with none such (NaN never is) are skipped with one vectorised test.
+    if (top.size() == k && n - i >= 16) {
+      const float bar = std::isnan(row[top.back()]) ? -kInfF : row[top.back()];
+      bool any = false;
+#pragma omp simd reduction(|| : any)
+      for (uint32_t j = 0; j < 16; ++j) any = any || row[i + j] > bar;
+      if (!any) {
+        i += 16;
+        continue;
+      }
+    }
+    const uint32_t stop = std::min(n, i + 16);
+    for (; i < stop; ++i) {
+      if (top.size() == k && !better(i, top.back())) continue;
+      top.insert(std::upper_bound(top.begin(), top.end(), i, better), i);
+      if (top.size() > k) top.pop_back();
+    }
   }
   return top;
 }
 
 // KL(softmax(a) ‖ softmax(b)) in nats, as metrics.h's kl_divergence but without its two
 // vocab-sized buffers: with p = e^(a−ma)/Za, KL = Σ p·(a − b) − (ma + ln Za) + (mb + ln Zb).
-double row_kl(std::span<const float> a, std::span<const float> b) {
-  double ma = -kInf, mb = -kInf;
+double row_kl(std::span<const float> a, std::span<const float> b, LogitKernel kernel) {
+  float ma = -kInfF, mb = -kInfF;
+  bool nan = false;
+#pragma omp simd reduction(max : ma, mb) reduction(|| : nan)
   for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i]) || std::isnan(b[i])) return kNaN;
-    ma = std::max(ma, static_cast<double>(a[i]));
-    mb = std::max(mb, static_cast<double>(b[i]));
+    nan = nan || a[i] != a[i] || b[i] != b[i];
+    ma = std::max(ma, a[i]);
+    mb = std::max(mb, b[i]);
   }
-  double za = 0, zb = 0, s = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double x = a[i], y = b[i], ea = std::exp(x - ma);
-    za += ea;
-    zb += std::exp(y - mb);
-    if (ea > 0) s += ea * (x - y);
-  }
-  return s / za - (ma + std::log(za)) + (mb + std::log(zb));
+  if (nan) return kNaN;
+  const LogitSums z = kernel(a.data(), b.data(), a.size(), ma, mb);
+  return z.s / z.za - (ma + std::log(z.za)) + (mb + std::log(z.zb));
 }
 
 struct LogitRows {
@@ -732,11 +897,12 @@ struct LogitRows {
   std::vector<uint32_t> overlap;
 };
 
-void compare_logit_row(const Tensor& a, const Tensor& b, uint64_t t, uint32_t k, LogitRows& out) {
+void compare_logit_row(const Tensor& a, const Tensor& b, uint64_t t, uint32_t k,
+                       LogitKernel kernel, LogitRows& out) {
   const uint64_t vocab = a.shape[1];
   std::span<const float> ra(a.data.data() + t * vocab, vocab);
   std::span<const float> rb(b.data.data() + t * vocab, vocab);
-  out.kl[t] = row_kl(ra, rb);
+  out.kl[t] = row_kl(ra, rb, kernel);
   std::vector<uint32_t> ta = top_indices(ra, k), tb = top_indices(rb, k);
   out.top1[t] = ta[0] == tb[0];
   std::sort(ta.begin(), ta.end());
@@ -784,8 +950,10 @@ struct CellJob {
 
   std::vector<std::pair<float, float>> range_a, range_b;  // per chunk
   std::atomic<uint64_t> ranges_left{0};
-  std::atomic<bool> binned{false};  // set (and notified) once bins is final
-  Binning bins;
+  std::atomic<bool> binned{false};  // set (and notified) once values is final
+  ValueParams values;
+  const DecadeTable* decades = nullptr;
+  Kernels kernels;
   float lo_a = kInfF, hi_a = -kInfF, lo_b = kInfF, hi_b = -kInfF;
 
   std::vector<ChunkAcc> acc;  // per chunk
@@ -797,7 +965,7 @@ struct CellJob {
 
 // Checks shapes and sizes the job; false when there is nothing to compute (a mismatch).
 bool prepare_job(CellJob& job, const Cell& cell, const Tensor& a, const Tensor& b,
-                 const CompareOptions& options, const DecadeTable& decades, BlockKernel kernel) {
+                 const CompareOptions& options, const DecadeTable& decades, Kernels kernels) {
   job.a = &a;
   job.b = &b;
   job.options = &options;
@@ -831,9 +999,14 @@ bool prepare_job(CellJob& job, const Cell& cell, const Tensor& a, const Tensor& 
   job.acc.resize(job.chunks);
   job.ranges_left = job.chunks;
   job.work_left = job.chunks + job.logit_items;
-  job.bins.bins = static_cast<int>(options.value_bins);
-  job.bins.decades = &decades;
-  job.bins.kernel = kernel;
+  const auto nb = static_cast<int32_t>(options.value_bins);
+  job.values.bins = nb;
+  job.values.top = static_cast<float>(nb - 1);
+  job.values.joint = nb <= kMaxJointBins;
+  job.values.dump0 = job.values.joint ? nb * nb : nb;
+  job.values.dump1 = nb;
+  job.decades = &decades;
+  job.kernels = kernels;
   return true;
 }
 
@@ -848,8 +1021,8 @@ void set_bins(CellJob& job) {
   if (lo <= hi) {
     // In double, then rounded: hi − lo may overflow float (−3e38 .. 3e38).
     const double width = static_cast<double>(hi) - lo;
-    job.bins.scale = width > 0 ? static_cast<float>(job.bins.bins / width) : 0.0f;
-    job.bins.offset = lo * job.bins.scale;
+    job.values.scale = width > 0 ? static_cast<float>(job.values.bins / width) : 0.0f;
+    job.values.offset = lo * job.values.scale;
     job.result.value_histogram.min = lo;
     job.result.value_histogram.max = hi;
   }
@@ -977,13 +1150,12 @@ void run_item(CellJob& job, const Item& it) {
   const float* a = job.a->data.data();
   const float* b = job.b->data.data();
   if (it.kind == ItemKind::Range) {
-    const uint64_t begin = it.index * kCompareChunk, len = std::min(kCompareChunk, job.n - begin);
-    float lo = kInfF, hi = -kInfF;
-    finite_range(a + begin, len, lo, hi);
-    job.range_a[it.index] = {lo, hi};
-    lo = kInfF, hi = -kInfF;
-    finite_range(b + begin, len, lo, hi);
-    job.range_b[it.index] = {lo, hi};
+    const uint64_t begin = it.index * kCompareChunk, end = std::min(job.n, begin + kCompareChunk);
+    float lo[2], hi[2];
+    first_pass_chunk(a, b, begin, end, job.layout, *job.decades, job.kernels.first,
+                     job.acc[it.index], lo, hi);
+    job.range_a[it.index] = {lo[0], hi[0]};
+    job.range_b[it.index] = {lo[1], hi[1]};
     if (job.ranges_left.fetch_sub(1) == 1) set_bins(job);
     return;
   }
@@ -993,13 +1165,13 @@ void run_item(CellJob& job, const Item& it) {
     job.binned.wait(false);
     if (job.aborted.load()) return;
     const uint64_t begin = it.index * kCompareChunk, end = std::min(job.n, begin + kCompareChunk);
-    compare_chunk(a, b, begin, end, job.layout, job.bins, job.acc[it.index]);
+    value_pass_chunk(a, b, begin, end, job.values, job.kernels.value, job.acc[it.index]);
   } else {
     const uint32_t k =
         static_cast<uint32_t>(std::min<uint64_t>(job.options->topk, job.layout.width));
     const uint64_t first = it.index * job.rows_per_item;
     const uint64_t last = std::min(job.layout.tokens, first + job.rows_per_item);
-    for (uint64_t t = first; t < last; ++t) compare_logit_row(*job.a, *job.b, t, k, job.rows);
+    for (uint64_t t = first; t < last; ++t) compare_logit_row(*job.a, *job.b, t, k, job.kernels.logit, job.rows);
   }
   if (job.work_left.fetch_sub(1) == 1) finish_job(job);
 }
@@ -1013,14 +1185,22 @@ unsigned resolve_threads(unsigned t) {
 // out in order. `on_item` runs on the calling thread after each of its items.
 void run_jobs(std::vector<std::unique_ptr<CellJob>>& jobs, unsigned threads,
               const std::atomic<bool>* cancel, const std::function<void()>& on_item) {
+  // A cell's value and logit items go after the next cell's first-pass items: a thread that
+  // reaches them seldom has to wait for the other threads to finish the first pass they need.
   std::vector<Item> items;
+  auto second_pass = [&](uint32_t j) {
+    for (uint64_t c = 0; c < jobs[j]->chunks; ++c) items.push_back({j, ItemKind::Main, c});
+    for (uint64_t c = 0; c < jobs[j]->logit_items; ++c) items.push_back({j, ItemKind::Logits, c});
+  };
+  std::optional<uint32_t> pending;
   for (uint32_t j = 0; j < jobs.size(); ++j) {
     const CellJob& job = *jobs[j];
     if (job.done) continue;
     for (uint64_t c = 0; c < job.chunks; ++c) items.push_back({j, ItemKind::Range, c});
-    for (uint64_t c = 0; c < job.chunks; ++c) items.push_back({j, ItemKind::Main, c});
-    for (uint64_t c = 0; c < job.logit_items; ++c) items.push_back({j, ItemKind::Logits, c});
+    if (pending) second_pass(*pending);
+    pending = j;
   }
+  if (pending) second_pass(*pending);
   // Cells with no elements have no items: finish them now.
   for (auto& job : jobs)
     if (!job->done && job->chunks == 0 && job->logit_items == 0) {
@@ -1146,7 +1326,7 @@ CellComparison compare_cell(const Cell& cell, const Tensor& a, const Tensor& b,
   const DecadeTable decades(options.diff_min_decade, options.diff_max_decade);
   std::vector<std::unique_ptr<CellJob>> jobs;
   jobs.push_back(std::make_unique<CellJob>());
-  prepare_job(*jobs[0], cell, a, b, options, decades, pick_kernel());
+  prepare_job(*jobs[0], cell, a, b, options, decades, pick_kernels());
   run_jobs(jobs, resolve_threads(options.threads), nullptr, {});
   return std::move(jobs[0]->result);
 }
@@ -1163,7 +1343,7 @@ TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOpti
     if (!out.options.head_dim) out.options.head_dim = derive_head_dim(b);
   }
   const DecadeTable decades(options.diff_min_decade, options.diff_max_decade);
-  const BlockKernel kernel = pick_kernel();
+  const Kernels kernels = pick_kernels();
   std::vector<std::unique_ptr<CellJob>> jobs;
   for (const auto& [cell, t] : a.cells()) {
     const Tensor* u = b.find(cell);
@@ -1172,7 +1352,7 @@ TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOpti
       continue;
     }
     jobs.push_back(std::make_unique<CellJob>());
-    prepare_job(*jobs.back(), cell, t, *u, out.options, decades, kernel);
+    prepare_job(*jobs.back(), cell, t, *u, out.options, decades, kernels);
   }
   for (const auto& [cell, t] : b.cells())
     if (!a.find(cell)) out.only_in_b.push_back(cell);
