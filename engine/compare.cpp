@@ -266,9 +266,12 @@ struct ValueParams {
   }
 };
 
-// First pass over a block: sums, counts, ranges and diff keys.
+// First pass over a block: sums, counts and ranges, and the diff histogram counted into
+// diff[2 · decades + 1]. `window` is the kernel's own state between blocks (the AVX-512 kernel
+// counts four decades of both signs in registers, and starts each block with the four that
+// held the most in the last one); it changes the speed, never the counts.
 using FirstKernel = BlockSums (*)(const float* a, const float* b, uint32_t n,
-                                  const DecadeTable& dt, int32_t* diff);
+                                  const DecadeTable& dt, uint32_t* diff, int32_t& window);
 // Value pass over a block: key0 (and key1); true when a position is finite in one side only,
 // which the joint table does not count.
 using ValueKernel = bool (*)(const float* a, const float* b, uint32_t n, const ValueParams& vp,
@@ -322,13 +325,12 @@ int32_t sign_of(float x) {
 
 // The portable kernels, element by element: the reference the SIMD kernels match bit for bit.
 BlockSums first_portable(const float* a, const float* b, uint32_t n, const DecadeTable& dt,
-                         int32_t* diff) {
+                         uint32_t* diff, int32_t& /*window*/) {
   double lanes[6][kLanes] = {};
   float lo[2][kRangeLanes], hi[2][kRangeLanes];
   std::fill_n(&lo[0][0], 2 * kRangeLanes, kInfF);
   std::fill_n(&hi[0][0], 2 * kRangeLanes, -kInfF);
   BlockSums s;
-  const int32_t dump_diff = 2 * dt.zero() + 1;
   for (uint32_t i = 0; i < n; ++i) {
     const float f[2] = {a[i], b[i]};
     const bool ok_a = std::isfinite(f[0]), ok_b = std::isfinite(f[1]), ok = ok_a && ok_b;
@@ -339,7 +341,6 @@ BlockSums first_portable(const float* a, const float* b, uint32_t n, const Decad
       hi[side][r] = range_hi(hi[side][r], f[side]);
     }
     if (!ok) {
-      diff[i] = dump_diff;
       for (int side = 0; side < 2; ++side) {
         s.nan[side] += std::isnan(f[side]);
         s.pos_inf[side] += f[side] == kInfF;
@@ -349,7 +350,7 @@ BlockSums first_portable(const float* a, const float* b, uint32_t n, const Decad
       s.one_sided += ok_a || ok_b;
       continue;
     }
-    diff[i] = dt.index(f[1] - f[0]);
+    ++diff[dt.index(f[1] - f[0])];
     const uint32_t j = i % kLanes;
     const double x = f[0], y = f[1], d = y - x;
     // x·x, y·y and x·y are exact in double (24-bit significands): fused or not, the same.
@@ -474,12 +475,21 @@ LOCKSTEP_COMPARE_AVX512 uint32_t count(__mmask16 m) {
   return static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(m)));
 }
 
+LOCKSTEP_COMPARE_AVX512 void flush_nibbles(__m512i& nibbles, __m512i* wide) {
+  for (int t = 0; t < 8; ++t)
+    wide[t] = _mm512_add_epi32(
+        wide[t], _mm512_and_si512(_mm512_srli_epi32(nibbles, static_cast<unsigned>(4 * t)),
+                                  _mm512_set1_epi32(15)));
+  nibbles = _mm512_setzero_si512();
+}
+
 // first_portable, 16 elements at a time, each half added in turn to the one register of
 // lanes. Masked operations leave a lane as it is where the position does not count, as the
 // portable kernel skips it; products whose rounding matters use the explicit-rounding forms,
 // which the compiler never fuses.
 LOCKSTEP_COMPARE_AVX512 BlockSums first_avx512(const float* a, const float* b, uint32_t n,
-                                               const DecadeTable& dt, int32_t* diff) {
+                                               const DecadeTable& dt, uint32_t* diff,
+                                               int32_t& window) {
   constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   __m512d sa = _mm512_setzero_pd(), sb = sa, saa = sa, sbb = sa, sab = sa, sdd = sa;
   __m512d md = _mm512_set1_pd(-1.0);
@@ -488,8 +498,21 @@ LOCKSTEP_COMPARE_AVX512 BlockSums first_avx512(const float* a, const float* b, u
   BlockSums s;
   const __m512 fzero = _mm512_setzero_ps();
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), one = _mm512_set1_epi32(1);
-  const __m512i dump_diff = _mm512_set1_epi32(2 * dt.zero() + 1);
-  const __m512i zero_key = _mm512_set1_epi32(dt.zero());
+  const int32_t zero = dt.zero();
+  const __m512i zero_key = _mm512_set1_epi32(zero);
+  // The diff histogram: a nonzero difference of decade index k (1..decades) in the window
+  // [window, window + 3] adds 1 to the nibble 4·(k − window + 4·negative) of its lane in
+  // `nibbles` (flushed into `wide` before a nibble can pass 15); others go to `side` and are
+  // counted one by one.
+  const int32_t decades = dt.zero();  // [negative | zero | positive]: zero is at `decades`
+  const int32_t w = std::clamp(window, 1, std::max(1, decades - 3));
+  const __m512i win = _mm512_set1_epi32(w), four = _mm512_set1_epi32(4);
+  __m512i nibbles = _mm512_setzero_si512();
+  __m512i wide[8];
+  for (auto& x : wide) x = _mm512_setzero_si512();
+  int nibble_vectors = 0;
+  uint32_t zeros = 0, outside_n = 0;
+  alignas(64) int32_t outside[kBlock + 16];
   const bool by_decade = dt.by_decade;
   const __m512i e_bias = _mm512_set1_epi32(127), k1233 = _mm512_set1_epi32(1233);
   const __m512i j_lo = _mm512_set1_epi32(dt.min_decade - 1);
@@ -530,10 +553,24 @@ LOCKSTEP_COMPARE_AVX512 BlockSums first_avx512(const float* a, const float* b, u
     }
     const __mmask16 pos = _mm512_mask_cmp_ps_mask(ok, df, fzero, _CMP_GT_OQ);
     const __mmask16 neg = _mm512_mask_cmp_ps_mask(ok, df, fzero, _CMP_LT_OQ);
-    __m512i key = _mm512_mask_blend_epi32(ok, dump_diff, zero_key);
-    key = _mm512_mask_add_epi32(key, pos, key, k);
-    key = _mm512_mask_sub_epi32(key, neg, key, k);
-    _mm512_storeu_si512(diff + i, key);
+    const __mmask16 nonzero = pos | neg;
+    zeros += count(ok & ~nonzero);
+    const __m512i rel = _mm512_sub_epi32(k, win);
+    const __mmask16 in = _mm512_mask_cmplt_epu32_mask(nonzero, rel, four);
+    const __m512i slot = _mm512_mask_add_epi32(rel, neg, rel, four);
+    nibbles = _mm512_mask_add_epi32(nibbles, in, nibbles,
+                                    _mm512_sllv_epi32(one, _mm512_slli_epi32(slot, 2)));
+    if (++nibble_vectors == 15) {
+      flush_nibbles(nibbles, wide);
+      nibble_vectors = 0;
+    }
+    const __mmask16 out = nonzero & ~in;
+    if (out) {
+      __m512i key = _mm512_mask_add_epi32(zero_key, pos, zero_key, k);
+      key = _mm512_mask_sub_epi32(key, neg, key, k);
+      _mm512_storeu_si512(outside + outside_n, _mm512_maskz_compress_epi32(out, key));
+      outside_n += count(out);
+    }
 
     const __mmask16 gt_a = _mm512_cmp_ps_mask(va, fzero, _CMP_GT_OQ);
     const __mmask16 lt_a = _mm512_cmp_ps_mask(va, fzero, _CMP_LT_OQ);
@@ -570,6 +607,26 @@ LOCKSTEP_COMPARE_AVX512 BlockSums first_avx512(const float* a, const float* b, u
       sdd = _mm512_mask_add_pd(sdd, m, sdd, _mm512_mul_round_pd(d, d, kRn));
       md = _mm512_mask_max_pd(md, m, md, _mm512_abs_pd(d));
     }
+  }
+  flush_nibbles(nibbles, wide);
+  uint32_t per_decade[102] = {};  // this block's nonzero differences by decade index (<= 101)
+  for (int t = 0; t < 4; ++t) {
+    const auto p = static_cast<uint32_t>(_mm512_reduce_add_epi32(wide[t]));
+    const auto m = static_cast<uint32_t>(_mm512_reduce_add_epi32(wide[t + 4]));
+    if (w + t > decades) continue;  // no k reaches past the last decade
+    diff[zero + w + t] += p;
+    diff[zero - w - t] += m;
+    per_decade[w + t] += p + m;
+  }
+  diff[zero] += zeros;
+  for (uint32_t j = 0; j < outside_n; ++j) {
+    ++diff[outside[j]];
+    ++per_decade[std::abs(outside[j] - zero)];
+  }
+  uint32_t best = 0;
+  for (int32_t v = 1; v + 3 <= std::max(4, decades); ++v) {
+    const uint32_t held = per_decade[v] + per_decade[v + 1] + per_decade[v + 2] + per_decade[v + 3];
+    if (held > best) best = held, window = v;
   }
   s.sa = combine_lanes(sa);
   s.sb = combine_lanes(sb);
@@ -676,9 +733,6 @@ Kernels pick_kernels() {
 // [bins, bins] table (16 KiB at 64 bins, in L1), summed into the two histograms per chunk: the
 // increments, not the arithmetic, are what the histogram loop spends its time on.
 constexpr int kMaxJointBins = 64;
-// The diff histogram takes kDiffTables interleaved copies: its keys repeat (one or two decades
-// hold most differences), and consecutive increments of one counter would wait on each other.
-constexpr int kDiffTables = 4;
 
 // The positions of a block finite in one side only: that side's sums and count, in order.
 void one_sided_sums(const float* pa, const float* pb, uint64_t n, ChunkAcc& acc) {
@@ -697,19 +751,13 @@ void one_sided_sums(const float* pa, const float* pb, uint64_t n, ChunkAcc& acc)
 // First pass over one piece [begin, end) of one segment, inside one chunk: per block of
 // kBlock, the kernel's sums and diff keys, the positions not paired, then the increments.
 void first_pass_piece(const float* a, const float* b, uint64_t begin, uint64_t end,
-                      const DecadeTable& dt, FirstKernel kernel, int32_t* keys, uint32_t* diff,
+                      const DecadeTable& dt, FirstKernel kernel, uint32_t* diff, int32_t& window,
                       ChunkAcc& acc, float (&lo)[2], float (&hi)[2], SegmentPartial& seg) {
-  const size_t stride = static_cast<size_t>(2 * dt.zero() + 2);
-  uint32_t* d0 = diff;
-  uint32_t* d1 = d0 + stride;
-  uint32_t* d2 = d1 + stride;
-  uint32_t* d3 = d2 + stride;
-  static_assert(kDiffTables == 4);
   for (uint64_t blk = begin; blk < end; blk += kBlock) {
     const auto n = static_cast<uint32_t>(std::min(kBlock, end - blk));
     const float* pa = a + blk;
     const float* pb = b + blk;
-    const BlockSums s = kernel(pa, pb, n, dt, keys);
+    const BlockSums s = kernel(pa, pb, n, dt, diff, window);
     acc.a.sum += s.sa;
     acc.b.sum += s.sb;
     acc.a.sum2 += s.saa;
@@ -752,14 +800,6 @@ void first_pass_piece(const float* a, const float* b, uint64_t begin, uint64_t e
       }
       if (s.one_sided) one_sided_sums(pa, pb, n, acc);
     }
-    uint32_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-      ++d0[keys[i]];
-      ++d1[keys[i + 1]];
-      ++d2[keys[i + 2]];
-      ++d3[keys[i + 3]];
-    }
-    for (; i < n; ++i) ++d0[keys[i]];
   }
 }
 
@@ -769,11 +809,8 @@ void first_pass_chunk(const float* a, const float* b, uint64_t begin, uint64_t e
                       const Layout& layout, const DecadeTable& dt, FirstKernel kernel,
                       ChunkAcc& acc, float (&lo)[2], float (&hi)[2]) {
   const size_t nd = static_cast<size_t>(2 * dt.zero() + 1);
-  // Per-thread scratch, reused from chunk to chunk.
-  thread_local std::vector<uint32_t> diff;  // [kDiffTables, nd + 1]
-  thread_local std::unique_ptr<BlockKeys> keys;
-  if (!keys) keys = std::make_unique<BlockKeys>();
-  diff.assign(kDiffTables * (nd + 1), 0);
+  acc.diff.assign(nd, 0);
+  thread_local int32_t window = 1;  // the kernel's, carried from chunk to chunk
   lo[0] = lo[1] = kInfF;
   hi[0] = hi[1] = -kInfF;
   for (uint64_t i = begin; i < end;) {
@@ -781,13 +818,10 @@ void first_pass_chunk(const float* a, const float* b, uint64_t begin, uint64_t e
     const uint64_t piece_end = std::min(end, (s + 1) * layout.segment_len);
     SegmentPartial seg;
     seg.segment = s;
-    first_pass_piece(a, b, i, piece_end, dt, kernel, keys->diff, diff.data(), acc, lo, hi, seg);
+    first_pass_piece(a, b, i, piece_end, dt, kernel, acc.diff.data(), window, acc, lo, hi, seg);
     acc.segments.push_back(seg);
     i = piece_end;
   }
-  acc.diff.assign(nd, 0);
-  for (size_t t = 0; t < kDiffTables; ++t)
-    for (size_t j = 0; j < nd; ++j) acc.diff[j] += diff[t * (nd + 1) + j];
 }
 
 // The value pass over a chunk: both value histograms.
@@ -1200,22 +1234,25 @@ unsigned resolve_threads(unsigned t) {
 // out in order. `on_item` runs on the calling thread after each of its items.
 void run_jobs(std::vector<std::unique_ptr<CellJob>>& jobs, unsigned threads,
               const std::atomic<bool>* cancel, const std::function<void()>& on_item) {
-  // A cell's value and logit items go after the next cell's first-pass items: a thread that
-  // reaches them seldom has to wait for the other threads to finish the first pass they need.
+  // A cell's value and logit items go right after its first-pass items, while its data is
+  // still in cache, but behind the first `threads` first-pass items of the next cell: a thread
+  // that reaches them seldom has to wait for the others to finish the first pass they need.
   std::vector<Item> items;
-  auto second_pass = [&](uint32_t j) {
+  std::vector<uint32_t> live;
+  for (uint32_t j = 0; j < jobs.size(); ++j)
+    if (!jobs[j]->done) live.push_back(j);
+  std::vector<uint64_t> ranges_out(jobs.size(), 0);
+  auto first_pass = [&](uint32_t j, uint64_t upto) {
+    for (; ranges_out[j] < std::min(upto, jobs[j]->chunks); ++ranges_out[j])
+      items.push_back({j, ItemKind::Range, ranges_out[j]});
+  };
+  for (size_t l = 0; l < live.size(); ++l) {
+    const uint32_t j = live[l];
+    first_pass(j, jobs[j]->chunks);
+    if (l + 1 < live.size()) first_pass(live[l + 1], threads);
     for (uint64_t c = 0; c < jobs[j]->chunks; ++c) items.push_back({j, ItemKind::Main, c});
     for (uint64_t c = 0; c < jobs[j]->logit_items; ++c) items.push_back({j, ItemKind::Logits, c});
-  };
-  std::optional<uint32_t> pending;
-  for (uint32_t j = 0; j < jobs.size(); ++j) {
-    const CellJob& job = *jobs[j];
-    if (job.done) continue;
-    for (uint64_t c = 0; c < job.chunks; ++c) items.push_back({j, ItemKind::Range, c});
-    if (pending) second_pass(*pending);
-    pending = j;
   }
-  if (pending) second_pass(*pending);
   // Cells with no elements have no items: finish them now.
   for (auto& job : jobs)
     if (!job->done && job->chunks == 0 && job->logit_items == 0) {
