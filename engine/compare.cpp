@@ -807,9 +807,13 @@ void first_pass_piece(const float* a, const float* b, uint64_t begin, uint64_t e
 // each side, which the value pass waits for.
 void first_pass_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
                       const Layout& layout, const DecadeTable& dt, FirstKernel kernel,
-                      ChunkAcc& acc, float (&lo)[2], float (&hi)[2]) {
+                      ChunkAcc& out, float (&lo)[2], float (&hi)[2]) {
+  // Accumulated here and moved out at the end: neighbouring chunks' results share cache lines,
+  // and other threads work on them.
+  ChunkAcc acc;
   const size_t nd = static_cast<size_t>(2 * dt.zero() + 1);
   acc.diff.assign(nd, 0);
+  acc.segments.reserve((end - begin) / layout.segment_len + 2);
   thread_local int32_t window = 1;  // the kernel's, carried from chunk to chunk
   lo[0] = lo[1] = kInfF;
   hi[0] = hi[1] = -kInfF;
@@ -822,6 +826,7 @@ void first_pass_chunk(const float* a, const float* b, uint64_t begin, uint64_t e
     acc.segments.push_back(seg);
     i = piece_end;
   }
+  out = std::move(acc);
 }
 
 // The value pass over a chunk: both value histograms.
