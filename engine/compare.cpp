@@ -40,7 +40,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 constexpr float kNaNF = std::numeric_limits<float>::quiet_NaN();
-// Elements per inner block: the vectorised sums, then the histogram loop, over data still in L1.
+// Elements per inner block: a kernel's sums and keys, then the increments, over data still in L1.
 constexpr uint64_t kBlock = 512;
 
 bool is_per_head_rows(Stage s) {
@@ -219,12 +219,11 @@ T rounded(T x) {
   return x;
 }
 
-// Per block of kBlock elements, the histogram keys, one per element; a position a table does
-// not count goes to a dump slot just past the end of that table. diff (first pass): the index
-// into [negative | zero | positive]; key0 (value pass): bin_a · bins + bin_b with the joint
-// table, else bin_a; key1: bin_b (separate tables only).
+// Per block of kBlock elements, the value pass's keys, one per element: key0 is
+// bin_a · bins + bin_b with the joint table, else bin_a; key1 is bin_b (separate tables only).
+// A position a table does not count goes to a dump slot just past the end of that table.
 struct BlockKeys {
-  int32_t key0[kBlock], key1[kBlock], diff[kBlock];
+  int32_t key0[kBlock], key1[kBlock];
 };
 
 // Sums over the paired positions of one block, in kLanes fixed lanes: element i of the block
