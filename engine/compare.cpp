@@ -464,10 +464,8 @@ LOCKSTEP_COMPARE_AVX512 float combine_hi(__m512 v) {
 }
 
 LOCKSTEP_COMPARE_AVX512 __mmask16 finite_mask(__mmask16 live, __m512 v) {
-  const __m512 av = _mm512_castsi512_ps(
-      _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
-  return _mm512_mask_cmp_ps_mask(live, av, _mm512_set1_ps(std::numeric_limits<float>::max()),
-                                 _CMP_LE_OQ);
+  constexpr int kNonFinite = 0x01 | 0x08 | 0x10 | 0x80;  // QNaN, +inf, -inf, SNaN
+  return static_cast<__mmask16>(live & ~_mm512_fpclass_ps_mask(v, kNonFinite));
 }
 
 LOCKSTEP_COMPARE_AVX512 uint32_t count(__mmask16 m) {
