@@ -1,6 +1,7 @@
 #include "engine/compare.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -10,10 +11,26 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <system_error>
 #include <thread>
 
+#include "engine/cpu_kernels.h"
 #include "formats/error.h"
+
+#if defined(LOCKSTEP_HAVE_X86_KERNELS)
+// GCC 12's avx512fintrin.h sets its _mm512_undefined_* values from themselves, and
+// -Wuninitialized flags every inlined use (GCC bug 105593, fixed in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
+#endif
 
 namespace lockstep::engine {
 namespace {
@@ -22,7 +39,8 @@ using json = nlohmann::json;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr float kInfF = std::numeric_limits<float>::infinity();
-// Elements per inner block: the vectorised sums, then the histogram loop, over data still in L1.
+constexpr float kNaNF = std::numeric_limits<float>::quiet_NaN();
+// Elements per inner block: a kernel's sums and keys, then the increments, over data still in L1.
 constexpr uint64_t kBlock = 512;
 
 bool is_per_head_rows(Stage s) {
@@ -127,8 +145,8 @@ struct ChunkAcc {
 
 // Diff decades by the biased exponent e of |d| as a float: every |d| in that octave is in
 // bucket decade_lo[e], or decade_lo[e] + 1 from threshold[e] (the float nearest the one power
-// of ten inside the octave, if any) on. Buckets are decade − min_decade, clamped. Built once per
-// comparison.
+// of ten inside the octave, if any; else NaN, which no |d| reaches, not even +inf) on. Buckets
+// are decade − min_decade, clamped. Built once per comparison.
 struct DecadeTable {
   int min_decade = 0, max_decade = 0;
   int32_t decade_lo[256] = {};
@@ -136,7 +154,7 @@ struct DecadeTable {
 
   DecadeTable(int min_d, int max_d) : min_decade(min_d), max_decade(max_d) {
     for (int e = 0; e < 256; ++e) {
-      threshold[e] = kInfF;
+      threshold[e] = kNaNF;
       // e = 0: zero (its own bucket) or subnormal, below any decade the options allow to matter;
       // e = 255: an overflowed difference (finite sides 3e38 apart), above any.
       if (e == 0 || e == 255) {
@@ -151,8 +169,33 @@ struct DecadeTable {
       const double next = std::pow(10.0, k + 1);
       if (next < hi_v && k + 1 <= max_d && k + 1 > min_d) threshold[e] = static_cast<float>(next);
     }
+    const int decades = max_d - min_d + 1;
+    by_decade = decades < 32;
+    for (int j = 0; j < 32; ++j)
+      power[j] = j > 0 && j < decades ? static_cast<float>(std::pow(10.0, min_d + j)) : kNaNF;
+    for (int e = 0; e < 256 && by_decade; ++e) {
+      const int j = decade_of(e);
+      const float t = threshold[e], p = power[j];
+      // A power of ten above the whole octave does what the table's NaN does.
+      const bool same_thr = std::isnan(t) ? std::isnan(p) || (e < 255 && static_cast<double>(p) >=
+                                                                             std::ldexp(1.0, e - 126))
+                                          : p == t;
+      by_decade = std::max(j - 1, 0) == decade_lo[e] && same_thr;
+    }
   }
   int zero() const { return max_decade - min_decade + 1; }
+  // The same lookup without 256-entry tables, for the SIMD kernel. j = decade_of(e) is the
+  // octave's decade floor((e − 127)·log10 2), clamped to [min − 1, max], less (min − 1); then
+  // decade_lo[e] = max(j − 1, 0) and the threshold is power[j], the float nearest 10^(min + j)
+  // (NaN at both ends). A power of ten above the octave is as good a threshold as the table's
+  // NaN. by_decade: checked against the tables for every exponent; false with more than 31
+  // decades, or where e = 0 or e = 255 do not clamp to the ends (decades beyond ±38).
+  float power[32];
+  bool by_decade = false;
+  int decade_of(int e) const {
+    const int k = ((e - 127) * 1233) >> 12;  // arithmetic shift: the floor
+    return std::clamp(k, min_decade - 1, max_decade) - (min_decade - 1);
+  }
   // Index into the [negative | zero | positive] array for d = b − a (float arithmetic).
   int index(float d) const {
     if (d == 0) return zero();
@@ -163,22 +206,82 @@ struct DecadeTable {
   }
 };
 
-// What every chunk of one cell needs, fixed before the main pass.
-struct Binning {
-  // value bin = x · scale − offset in float (offset = lo · scale; no overflow even for a
-  // range of ±3e38), truncated and clamped to bins − 1; x ≥ lo keeps it ≥ 0.
-  float scale = 0, offset = 0;
-  int bins = 1;
-  const DecadeTable* decades = nullptr;
+// Keeps a product from being fused into the add or subtract that follows it (GCC contracts
+// a · b + c into an FMA where the target has one): the product's rounding is part of the
+// result, and every kernel must round the same way.
+template <class T>
+T rounded(T x) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm("" : "+x"(x));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  asm("" : "+w"(x));
+#endif
+  return x;
+}
 
-  int value_bin(float x) const {
-    return static_cast<int>(std::min(x * scale - offset, static_cast<float>(bins - 1)));
+// Per block of kBlock elements, the value pass's keys, one per element: key0 is
+// bin_a · bins + bin_b with the joint table, else bin_a; key1 is bin_b (separate tables only).
+// A position a table does not count goes to a dump slot just past the end of that table.
+struct BlockKeys {
+  int32_t key0[kBlock], key1[kBlock];
+};
+
+// Sums over the paired positions of one block, in kLanes fixed lanes: element i of the block
+// goes to lane i % kLanes, each lane is summed in order, and the lanes are combined by a fixed
+// tree (combine_lanes). The finite range of each side likewise, in kRangeLanes float lanes
+// with the rule of the min/max instructions (lo = lo < x ? lo : x; hi = hi > x ? hi : x), which
+// decides between −0 and +0. The same bits from every kernel and whatever the thread count.
+constexpr int kLanes = 8;
+constexpr int kRangeLanes = 16;
+
+struct BlockSums {
+  double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0, sdd = 0;
+  double max_abs_diff = -1;  // -1 when nothing is paired
+  float lo[2] = {kInfF, kInfF}, hi[2] = {-kInfF, -kInfF};  // finite values of a, b
+  uint32_t paired = 0, agree = 0;
+  // Positions not paired: both -inf, finite in one side only; per side NaN, +inf, -inf.
+  uint32_t masked = 0, one_sided = 0;
+  uint32_t nan[2] = {}, pos_inf[2] = {}, neg_inf[2] = {};
+};
+
+float range_lo(float lo, float x) {
+  return lo < x ? lo : x;
+}
+float range_hi(float hi, float x) {
+  return hi > x ? hi : x;
+}
+
+// What the value pass needs, fixed once the cell's range is known.
+struct ValueParams {
+  // value bin = x · scale − offset in float (offset = lo · scale; no overflow even for a
+  // range of ±3e38), truncated and clamped to bins − 1 = top; x ≥ lo keeps it ≥ 0.
+  float scale = 0, offset = 0, top = 0;
+  int32_t bins = 1;
+  bool joint = false;
+  int32_t dump0 = 0, dump1 = 0;
+
+  int32_t value_bin(float x) const {
+    return static_cast<int32_t>(std::min(rounded(x * scale) - offset, top));
   }
 };
 
-int sign_of(double x) {
-  return (x > 0) - (x < 0);
-}
+// First pass over a block: sums, counts and ranges, and the diff histogram counted into
+// diff[2 · decades + 1]. `window` is the kernel's own state between blocks (the AVX-512 kernel
+// counts four decades of both signs in registers, and starts each block with the four that
+// held the most in the last one); it changes the speed, never the counts.
+using FirstKernel = BlockSums (*)(const float* a, const float* b, uint32_t n,
+                                  const DecadeTable& dt, uint32_t* diff, int32_t& window);
+// Value pass over a block: key0 (and key1); true when a position is finite in one side only,
+// which the joint table does not count.
+using ValueKernel = bool (*)(const float* a, const float* b, uint32_t n, const ValueParams& vp,
+                             BlockKeys& out);
+struct LogitSums;
+using LogitKernel = LogitSums (*)(const float* a, const float* b, size_t n, double ma, double mb);
+struct Kernels {
+  FirstKernel first = nullptr;
+  ValueKernel value = nullptr;
+  LogitKernel logit = nullptr;
+};
 
 // Relative RMS from partial sums, with metrics.h's convention.
 double relative_from(double d2, double a2, bool nan, bool unpaired) {
@@ -186,33 +289,6 @@ double relative_from(double d2, double a2, bool nan, bool unpaired) {
   if (unpaired) return kInf;
   if (d2 == 0.0) return 0.0;
   return a2 == 0.0 ? kInf : std::sqrt(d2 / a2);
-}
-
-// Finite range of one side: branch-free so it vectorises.
-[[gnu::target_clones("avx2", "default")]] void finite_range(const float* x, uint64_t n, float& lo,
-                                                            float& hi) {
-  constexpr float kMax = std::numeric_limits<float>::max();
-  float mn = kInfF, mx = -kInfF;
-#pragma omp simd reduction(min : mn) reduction(max : mx)
-  for (uint64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    const bool fin = std::fabs(v) <= kMax;
-    mn = std::min(mn, fin ? v : kInfF);
-    mx = std::max(mx, fin ? v : -kInfF);
-  }
-  lo = std::min(lo, mn);
-  hi = std::max(hi, mx);
-}
-
-bool all_finite(const float* a, const float* b, uint64_t n) {
-  uint32_t bad = 0;
-#pragma omp simd reduction(| : bad)
-  for (uint64_t i = 0; i < n; ++i) {
-    // exponent all ones: Inf or NaN
-    bad |= static_cast<uint32_t>((std::bit_cast<uint32_t>(a[i]) & 0x7f800000u) == 0x7f800000u);
-    bad |= static_cast<uint32_t>((std::bit_cast<uint32_t>(b[i]) & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
 }
 
 void merge_side(SideAcc& s, const SideAcc& p) {
@@ -224,114 +300,430 @@ void merge_side(SideAcc& s, const SideAcc& p) {
   s.neg_inf += p.neg_inf;
 }
 
-void count_side(SideAcc& s, float v) {
-  if (std::isnan(v))
-    ++s.nan;
-  else if (std::isinf(v))
-    ++(v > 0 ? s.pos_inf : s.neg_inf);
+// Lanes combined: (l, l + 4), then (l, l + 2), then (0, 1); the AVX-512 kernel halves its
+// register in that order. Range lanes: (l, l + 8), (l, l + 4), (l, l + 2), (0, 1).
+double combine_lanes(const double* l) {
+  double v[4];
+  for (int j = 0; j < 4; ++j) v[j] = l[j] + l[j + 4];
+  for (int j = 0; j < 2; ++j) v[j] = v[j] + v[j + 2];
+  return v[0] + v[1];
 }
 
-// Sums over one block with no NaN/Inf, in kLanes fixed lanes (element i of the block goes to
-// lane i % kLanes, each lane summed in order, lanes added in order): the same bits whether
-// the compiler uses SSE2 or AVX2 and whatever the thread count. GCC vector types keep the
-// accumulators in registers (plain arrays under `omp simd` were spilled to the stack).
-constexpr int kLanes = 4;
-using V4d = double __attribute__((vector_size(32)));
-using V4f = float __attribute__((vector_size(16)));
-using V4l = int64_t __attribute__((vector_size(32)));
+template <class Pick>
+float combine_range(const float* l, Pick pick) {
+  float v[8];
+  for (int j = 0; j < 8; ++j) v[j] = pick(l[j], l[j + 8]);
+  for (int j = 0; j < 4; ++j) v[j] = pick(v[j], v[j + 4]);
+  for (int j = 0; j < 2; ++j) v[j] = pick(v[j], v[j + 2]);
+  return pick(v[0], v[1]);
+}
 
-struct BlockSums {
-  double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0, sdd = 0, max_abs_diff = 0;
-  uint64_t agree = 0;
-};
+int32_t sign_of(float x) {
+  return (x > 0) - (x < 0);
+}
 
-[[gnu::target_clones("avx2", "default")]] BlockSums block_sums(const float* a, const float* b,
-                                                               uint64_t n) {
-  V4d sa = {}, sb = {}, saa = {}, sbb = {}, sab = {}, sdd = {}, md = {};
-  V4l agree = {};
-  uint64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    V4f fa, fb;
-    std::memcpy(&fa, a + i, sizeof fa);
-    std::memcpy(&fb, b + i, sizeof fb);
-    const V4d x = __builtin_convertvector(fa, V4d), y = __builtin_convertvector(fb, V4d);
-    const V4d d = y - x;
-    sa += x;
-    sb += y;
-    saa += x * x;
-    sbb += y * y;
-    sab += x * y;
-    sdd += d * d;
-    const V4d ad = d < 0 ? -d : d;
-    md = ad > md ? ad : md;
-    // Comparisons give -1 for true: sign = (x < 0) − (x > 0) negated twice.
-    const V4l sx = (x < 0) - (x > 0), sy = (y < 0) - (y > 0);
-    agree -= sx == sy;
-  }
-  double lanes[7][kLanes];
-  std::memcpy(lanes[0], &sa, sizeof sa);
-  std::memcpy(lanes[1], &sb, sizeof sb);
-  std::memcpy(lanes[2], &saa, sizeof saa);
-  std::memcpy(lanes[3], &sbb, sizeof sbb);
-  std::memcpy(lanes[4], &sab, sizeof sab);
-  std::memcpy(lanes[5], &sdd, sizeof sdd);
-  std::memcpy(lanes[6], &md, sizeof md);
-  int64_t agree_lanes[kLanes];
-  std::memcpy(agree_lanes, &agree, sizeof agree);
-  for (int j = 0; i < n; ++i, ++j) {
-    const double x = a[i], y = b[i], d = y - x;
+// The portable kernels, element by element: the reference the SIMD kernels match bit for bit.
+BlockSums first_portable(const float* a, const float* b, uint32_t n, const DecadeTable& dt,
+                         uint32_t* diff, int32_t& /*window*/) {
+  double lanes[6][kLanes] = {};
+  float lo[2][kRangeLanes], hi[2][kRangeLanes];
+  std::fill_n(&lo[0][0], 2 * kRangeLanes, kInfF);
+  std::fill_n(&hi[0][0], 2 * kRangeLanes, -kInfF);
+  BlockSums s;
+  for (uint32_t i = 0; i < n; ++i) {
+    const float f[2] = {a[i], b[i]};
+    const bool ok_a = std::isfinite(f[0]), ok_b = std::isfinite(f[1]), ok = ok_a && ok_b;
+    const uint32_t r = i % kRangeLanes;
+    for (int side = 0; side < 2; ++side) {
+      if (!std::isfinite(f[side])) continue;
+      lo[side][r] = range_lo(lo[side][r], f[side]);
+      hi[side][r] = range_hi(hi[side][r], f[side]);
+    }
+    if (!ok) {
+      for (int side = 0; side < 2; ++side) {
+        s.nan[side] += std::isnan(f[side]);
+        s.pos_inf[side] += f[side] == kInfF;
+        s.neg_inf[side] += f[side] == -kInfF;
+      }
+      s.masked += f[0] == -kInfF && f[1] == -kInfF;
+      s.one_sided += ok_a || ok_b;
+      continue;
+    }
+    ++diff[dt.index(f[1] - f[0])];
+    const uint32_t j = i % kLanes;
+    const double x = f[0], y = f[1], d = y - x;
+    // x·x, y·y and x·y are exact in double (24-bit significands): fused or not, the same.
     lanes[0][j] += x;
     lanes[1][j] += y;
     lanes[2][j] += x * x;
     lanes[3][j] += y * y;
     lanes[4][j] += x * y;
-    lanes[5][j] += d * d;
-    lanes[6][j] = std::max(lanes[6][j], std::fabs(d));
-    agree_lanes[j] += ((x > 0) - (x < 0)) == ((y > 0) - (y < 0));
+    lanes[5][j] += rounded(d * d);
+    s.max_abs_diff = std::max(s.max_abs_diff, std::fabs(d));
+    ++s.paired;
+    s.agree += sign_of(f[0]) == sign_of(f[1]);
   }
-  BlockSums s;
-  for (int j = 0; j < kLanes; ++j) {
-    s.sa += lanes[0][j];
-    s.sb += lanes[1][j];
-    s.saa += lanes[2][j];
-    s.sbb += lanes[3][j];
-    s.sab += lanes[4][j];
-    s.sdd += lanes[5][j];
-    s.max_abs_diff = std::max(s.max_abs_diff, lanes[6][j]);
-    s.agree += static_cast<uint64_t>(agree_lanes[j]);
+  s.sa = combine_lanes(lanes[0]);
+  s.sb = combine_lanes(lanes[1]);
+  s.saa = combine_lanes(lanes[2]);
+  s.sbb = combine_lanes(lanes[3]);
+  s.sab = combine_lanes(lanes[4]);
+  s.sdd = combine_lanes(lanes[5]);
+  for (int side = 0; side < 2; ++side) {
+    s.lo[side] = combine_range(lo[side], range_lo);
+    s.hi[side] = combine_range(hi[side], range_hi);
   }
   return s;
 }
 
-// Histogram keys of a block with no NaN/Inf: the value bins of both sides (or, with `joint`,
-// the one key bin_a · bins + bin_b), and the diff's index into the [negative | zero |
-// positive] array (DecadeTable::index, vectorised: the table lookups become gathers).
-struct BlockKeys {
-  int32_t bin_a[kBlock], bin_b[kBlock], diff[kBlock];
+bool values_portable(const float* a, const float* b, uint32_t n, const ValueParams& vp,
+                     BlockKeys& out) {
+  bool one_sided = false;
+  for (uint32_t i = 0; i < n; ++i) {
+    const float fa = a[i], fb = b[i];
+    const bool ok_a = std::isfinite(fa), ok_b = std::isfinite(fb);
+    const int32_t ba = ok_a ? vp.value_bin(fa) : 0, bb = ok_b ? vp.value_bin(fb) : 0;
+    if (vp.joint) {
+      out.key0[i] = ok_a && ok_b ? ba * vp.bins + bb : vp.dump0;
+    } else {
+      out.key0[i] = ok_a ? ba : vp.dump0;
+      out.key1[i] = ok_b ? bb : vp.dump1;
+    }
+    one_sided = one_sided || ok_a != ok_b;
+  }
+  return one_sided;
+}
+
+// e^x for x <= 0 (NaN, -inf and x < -745 give 0), to a few ulp: x = n·ln2 + r, |r| <= ln2/2,
+// e^r by Taylor to degree 13 (error below 1e-17), times 2^n in two steps so that subnormal
+// results come out. Every product is rounded before its add, so exp_avx512 gives the same bits.
+constexpr double kLog2e = 1.4426950408889634074, kLn2Hi = 6.93147180369123816490e-01,
+                 kLn2Lo = 1.90821492927058770002e-10, kExpMin = -745.0;
+constexpr std::array<double, 14> kExpTaylor = [] {
+  std::array<double, 14> c{};
+  double f = 1;
+  for (int k = 0; k < 14; ++k) {
+    if (k > 0) f *= k;
+    c[static_cast<size_t>(k)] = 1.0 / f;
+  }
+  return c;
+}();
+
+double exp_nonpositive(double x) {
+  if (!(x >= kExpMin)) return 0.0;
+  const double n = std::nearbyint(rounded(x * kLog2e));
+  const double r = (x - rounded(n * kLn2Hi)) - rounded(n * kLn2Lo);
+  double p = kExpTaylor[13];
+  for (int k = 12; k >= 0; --k) p = rounded(p * r) + kExpTaylor[static_cast<size_t>(k)];
+  const auto ni = static_cast<int64_t>(n), h = ni >> 1;
+  const double s1 = std::bit_cast<double>(static_cast<uint64_t>(h + 1023) << 52);
+  const double s2 = std::bit_cast<double>(static_cast<uint64_t>(ni - h + 1023) << 52);
+  return rounded(p * s1) * s2;
+}
+
+// The sums of row_kl, in kLanes fixed lanes (element i in lane i % kLanes, combine_lanes):
+// Za = Σ e^(a−ma), Zb = Σ e^(b−mb), S = Σ e^(a−ma)·(a − b) over e^(a−ma) > 0.
+struct LogitSums {
+  double za = 0, zb = 0, s = 0;
 };
 
-[[gnu::target_clones("avx2", "default")]] void block_keys(const float* a, const float* b,
-                                                          uint64_t n, const Binning& bins,
-                                                          bool joint, BlockKeys& out) {
-  const float scale = bins.scale, offset = bins.offset, top = static_cast<float>(bins.bins - 1);
-  // joint: bin_a · bins + bin_b; else bin_a.
-  const int32_t stride = joint ? bins.bins : 1, mix = joint ? 1 : 0;
-  const DecadeTable& dt = *bins.decades;
-  const int32_t zero = dt.zero();
-  const int32_t* decade_lo = dt.decade_lo;
-  const float* threshold = dt.threshold;
-#pragma omp simd
-  for (uint64_t i = 0; i < n; ++i) {
-    const float x = a[i], y = b[i], d = y - x, ad = std::fabs(d);
-    const auto ba = static_cast<int32_t>(std::min(x * scale - offset, top));
-    const auto bb = static_cast<int32_t>(std::min(y * scale - offset, top));
-    out.bin_a[i] = ba * stride + bb * mix;
-    out.bin_b[i] = bb;
-    const auto e = static_cast<int32_t>(std::bit_cast<uint32_t>(ad) >> 23);
-    const int32_t k = decade_lo[e] + static_cast<int32_t>(ad >= threshold[e]) + 1;
-    const int32_t sign = (d > 0) - (d < 0);
-    out.diff[i] = zero + sign * k;
+LogitSums logit_sums_portable(const float* a, const float* b, size_t n, double ma, double mb) {
+  double za[kLanes] = {}, zb[kLanes] = {}, s[kLanes] = {};
+  for (size_t i = 0; i < n; ++i) {
+    const size_t j = i % kLanes;
+    const double x = a[i], y = b[i], ea = exp_nonpositive(x - ma);
+    za[j] += ea;
+    zb[j] += exp_nonpositive(y - mb);
+    if (ea > 0) s[j] += rounded(ea * (x - y));
   }
+  return {combine_lanes(za), combine_lanes(zb), combine_lanes(s)};
+}
+
+#if defined(LOCKSTEP_HAVE_X86_KERNELS)
+#define LOCKSTEP_COMPARE_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+
+LOCKSTEP_COMPARE_AVX512 double combine_lanes(__m512d v) {
+  const __m256d w = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+  const __m128d u = _mm_add_pd(_mm256_castpd256_pd128(w), _mm256_extractf128_pd(w, 1));
+  return _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
+}
+
+// min/max instructions keep their second operand unless the first is smaller (larger):
+// range_lo / range_hi with the lanes as first operand.
+LOCKSTEP_COMPARE_AVX512 float combine_lo(__m512 v) {
+  const __m256 w = _mm256_min_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  const __m128 u = _mm_min_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
+  const __m128 t = _mm_min_ps(u, _mm_movehl_ps(u, u));
+  return _mm_cvtss_f32(_mm_min_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+LOCKSTEP_COMPARE_AVX512 float combine_hi(__m512 v) {
+  const __m256 w = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  const __m128 u = _mm_max_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
+  const __m128 t = _mm_max_ps(u, _mm_movehl_ps(u, u));
+  return _mm_cvtss_f32(_mm_max_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+LOCKSTEP_COMPARE_AVX512 __mmask16 finite_mask(__mmask16 live, __m512 v) {
+  constexpr int kNonFinite = 0x01 | 0x08 | 0x10 | 0x80;  // QNaN, +inf, -inf, SNaN
+  return static_cast<__mmask16>(live & ~_mm512_fpclass_ps_mask(v, kNonFinite));
+}
+
+LOCKSTEP_COMPARE_AVX512 uint32_t count(__mmask16 m) {
+  return static_cast<uint32_t>(std::popcount(static_cast<uint32_t>(m)));
+}
+
+LOCKSTEP_COMPARE_AVX512 void flush_nibbles(__m512i& nibbles, __m512i* wide) {
+  for (int t = 0; t < 8; ++t)
+    wide[t] = _mm512_add_epi32(
+        wide[t], _mm512_and_si512(_mm512_srli_epi32(nibbles, static_cast<unsigned>(4 * t)),
+                                  _mm512_set1_epi32(15)));
+  nibbles = _mm512_setzero_si512();
+}
+
+// first_portable, 16 elements at a time, each half added in turn to the one register of
+// lanes. Masked operations leave a lane as it is where the position does not count, as the
+// portable kernel skips it; products whose rounding matters use the explicit-rounding forms,
+// which the compiler never fuses.
+LOCKSTEP_COMPARE_AVX512 BlockSums first_avx512(const float* a, const float* b, uint32_t n,
+                                               const DecadeTable& dt, uint32_t* diff,
+                                               int32_t& window) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  __m512d sa = _mm512_setzero_pd(), sb = sa, saa = sa, sbb = sa, sab = sa, sdd = sa;
+  __m512d md = _mm512_set1_pd(-1.0);
+  __m512 lo_a = _mm512_set1_ps(kInfF), lo_b = lo_a;
+  __m512 hi_a = _mm512_set1_ps(-kInfF), hi_b = hi_a;
+  BlockSums s;
+  const __m512 fzero = _mm512_setzero_ps();
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), one = _mm512_set1_epi32(1);
+  const int32_t zero = dt.zero();
+  const __m512i zero_key = _mm512_set1_epi32(zero);
+  // The diff histogram: a nonzero difference of decade index k (1..decades) in the window
+  // [window, window + 3] adds 1 to the nibble 4·(k − window + 4·negative) of its lane in
+  // `nibbles` (flushed into `wide` before a nibble can pass 15); others go to `side` and are
+  // counted one by one.
+  const int32_t decades = dt.zero();  // [negative | zero | positive]: zero is at `decades`
+  const int32_t w = std::clamp(window, 1, std::max(1, decades - 3));
+  const __m512i win = _mm512_set1_epi32(w), four = _mm512_set1_epi32(4);
+  __m512i nibbles = _mm512_setzero_si512();
+  __m512i wide[8];
+  for (auto& x : wide) x = _mm512_setzero_si512();
+  int nibble_vectors = 0;
+  uint32_t zeros = 0, outside_n = 0;
+  alignas(64) int32_t outside[kBlock + 16];
+  const bool by_decade = dt.by_decade;
+  const __m512i e_bias = _mm512_set1_epi32(127), k1233 = _mm512_set1_epi32(1233);
+  const __m512i j_lo = _mm512_set1_epi32(dt.min_decade - 1);
+  const __m512i j_hi = _mm512_set1_epi32(dt.max_decade);
+  const __m512 power_lo = _mm512_loadu_ps(dt.power), power_hi = _mm512_loadu_ps(dt.power + 16);
+  uint32_t paired = 0, agree = 0;
+  for (uint32_t i = 0; i < n; i += 16) {
+    const __mmask16 live = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512 va = _mm512_maskz_loadu_ps(live, a + i), vb = _mm512_maskz_loadu_ps(live, b + i);
+    const __mmask16 ok_a = finite_mask(live, va), ok_b = finite_mask(live, vb);
+    const __mmask16 ok = ok_a & ok_b;
+    lo_a = _mm512_mask_min_ps(lo_a, ok_a, lo_a, va);
+    hi_a = _mm512_mask_max_ps(hi_a, ok_a, hi_a, va);
+    lo_b = _mm512_mask_min_ps(lo_b, ok_b, lo_b, vb);
+    hi_b = _mm512_mask_max_ps(hi_b, ok_b, hi_b, vb);
+
+    // DecadeTable::index: by decade_of where it holds (two-register permutes), else gathers,
+    // which cost more than the rest of the kernel together.
+    const __m512 df = _mm512_sub_ps(vb, va);
+    const __m512 ad = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(df), abs_mask));
+    const __m512i e = _mm512_srli_epi32(_mm512_castps_si512(ad), 23);
+    __m512i k;
+    if (by_decade) {
+      const __m512i oct =
+          _mm512_srai_epi32(_mm512_mullo_epi32(_mm512_sub_epi32(e, e_bias), k1233), 12);
+      const __m512i j =
+          _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(oct, j_lo), j_hi), j_lo);
+      const __m512 thr = _mm512_permutex2var_ps(power_lo, j, power_hi);
+      const __mmask16 ge = _mm512_mask_cmp_ps_mask(ok, ad, thr, _CMP_GE_OQ);
+      k = _mm512_max_epi32(j, one);
+      k = _mm512_mask_add_epi32(k, ge, k, one);
+    } else {
+      const __m512i lo = _mm512_mask_i32gather_epi32(one, ok, e, dt.decade_lo, 4);
+      const __m512 thr = _mm512_mask_i32gather_ps(fzero, ok, e, dt.threshold, 4);
+      const __mmask16 ge = _mm512_mask_cmp_ps_mask(ok, ad, thr, _CMP_GE_OQ);
+      k = _mm512_add_epi32(lo, one);
+      k = _mm512_mask_add_epi32(k, ge, k, one);
+    }
+    const __mmask16 pos = _mm512_mask_cmp_ps_mask(ok, df, fzero, _CMP_GT_OQ);
+    const __mmask16 neg = _mm512_mask_cmp_ps_mask(ok, df, fzero, _CMP_LT_OQ);
+    const __mmask16 nonzero = pos | neg;
+    zeros += count(ok & ~nonzero);
+    const __m512i rel = _mm512_sub_epi32(k, win);
+    const __mmask16 in = _mm512_mask_cmplt_epu32_mask(nonzero, rel, four);
+    const __m512i slot = _mm512_mask_add_epi32(rel, neg, rel, four);
+    nibbles = _mm512_mask_add_epi32(nibbles, in, nibbles,
+                                    _mm512_sllv_epi32(one, _mm512_slli_epi32(slot, 2)));
+    if (++nibble_vectors == 15) {
+      flush_nibbles(nibbles, wide);
+      nibble_vectors = 0;
+    }
+    const __mmask16 out = nonzero & ~in;
+    if (out) {
+      __m512i key = _mm512_mask_add_epi32(zero_key, pos, zero_key, k);
+      key = _mm512_mask_sub_epi32(key, neg, key, k);
+      _mm512_storeu_si512(outside + outside_n, _mm512_maskz_compress_epi32(out, key));
+      outside_n += count(out);
+    }
+
+    const __mmask16 gt_a = _mm512_cmp_ps_mask(va, fzero, _CMP_GT_OQ);
+    const __mmask16 lt_a = _mm512_cmp_ps_mask(va, fzero, _CMP_LT_OQ);
+    const __mmask16 gt_b = _mm512_cmp_ps_mask(vb, fzero, _CMP_GT_OQ);
+    const __mmask16 lt_b = _mm512_cmp_ps_mask(vb, fzero, _CMP_LT_OQ);
+    paired += count(ok);
+    agree += count(ok & ~((gt_a ^ gt_b) | (lt_a ^ lt_b)));
+    if (ok != live) {
+      const __m512 inf = _mm512_set1_ps(kInfF), ninf = _mm512_set1_ps(-kInfF);
+      const __m512 v[2] = {va, vb};
+      __mmask16 neg_inf[2];
+      for (int side = 0; side < 2; ++side) {
+        s.nan[side] += count(_mm512_mask_cmp_ps_mask(live, v[side], v[side], _CMP_UNORD_Q));
+        s.pos_inf[side] += count(_mm512_mask_cmp_ps_mask(live, v[side], inf, _CMP_EQ_OQ));
+        neg_inf[side] = _mm512_mask_cmp_ps_mask(live, v[side], ninf, _CMP_EQ_OQ);
+        s.neg_inf[side] += count(neg_inf[side]);
+      }
+      s.masked += count(neg_inf[0] & neg_inf[1]);
+      s.one_sided += count(ok_a ^ ok_b);
+    }
+
+    for (int h = 0; h < 2; ++h) {
+      const __mmask8 m = static_cast<__mmask8>(ok >> (8 * h));
+      const __m512d x =
+          _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(va, 1) : _mm512_castps512_ps256(va));
+      const __m512d y =
+          _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(vb, 1) : _mm512_castps512_ps256(vb));
+      const __m512d d = _mm512_sub_pd(y, x);
+      sa = _mm512_mask_add_pd(sa, m, sa, x);
+      sb = _mm512_mask_add_pd(sb, m, sb, y);
+      saa = _mm512_mask3_fmadd_pd(x, x, saa, m);
+      sbb = _mm512_mask3_fmadd_pd(y, y, sbb, m);
+      sab = _mm512_mask3_fmadd_pd(x, y, sab, m);
+      sdd = _mm512_mask_add_pd(sdd, m, sdd, _mm512_mul_round_pd(d, d, kRn));
+      md = _mm512_mask_max_pd(md, m, md, _mm512_abs_pd(d));
+    }
+  }
+  flush_nibbles(nibbles, wide);
+  uint32_t per_decade[102] = {};  // this block's nonzero differences by decade index (<= 101)
+  for (int t = 0; t < 4; ++t) {
+    const auto p = static_cast<uint32_t>(_mm512_reduce_add_epi32(wide[t]));
+    const auto m = static_cast<uint32_t>(_mm512_reduce_add_epi32(wide[t + 4]));
+    if (w + t > decades) continue;  // no k reaches past the last decade
+    diff[zero + w + t] += p;
+    diff[zero - w - t] += m;
+    per_decade[w + t] += p + m;
+  }
+  diff[zero] += zeros;
+  for (uint32_t j = 0; j < outside_n; ++j) {
+    ++diff[outside[j]];
+    ++per_decade[std::abs(outside[j] - zero)];
+  }
+  uint32_t best = 0;
+  for (int32_t v = 1; v + 3 <= std::max(4, decades); ++v) {
+    const uint32_t held = per_decade[v] + per_decade[v + 1] + per_decade[v + 2] + per_decade[v + 3];
+    if (held > best) best = held, window = v;
+  }
+  s.sa = combine_lanes(sa);
+  s.sb = combine_lanes(sb);
+  s.saa = combine_lanes(saa);
+  s.sbb = combine_lanes(sbb);
+  s.sab = combine_lanes(sab);
+  s.sdd = combine_lanes(sdd);
+  s.max_abs_diff = _mm512_reduce_max_pd(md);
+  s.lo[0] = combine_lo(lo_a);
+  s.lo[1] = combine_lo(lo_b);
+  s.hi[0] = combine_hi(hi_a);
+  s.hi[1] = combine_hi(hi_b);
+  s.paired = paired;
+  s.agree = agree;
+  return s;
+}
+
+LOCKSTEP_COMPARE_AVX512 bool values_avx512(const float* a, const float* b, uint32_t n,
+                                           const ValueParams& vp, BlockKeys& out) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m512 scale = _mm512_set1_ps(vp.scale), offset = _mm512_set1_ps(vp.offset);
+  const __m512 top = _mm512_set1_ps(vp.top);
+  const __m512i bins = _mm512_set1_epi32(vp.bins), dump0 = _mm512_set1_epi32(vp.dump0);
+  const __m512i dump1 = _mm512_set1_epi32(vp.dump1);
+  __mmask16 one_sided = 0;
+  for (uint32_t i = 0; i < n; i += 16) {
+    const __mmask16 live = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512 va = _mm512_maskz_loadu_ps(live, a + i), vb = _mm512_maskz_loadu_ps(live, b + i);
+    const __mmask16 ok_a = finite_mask(live, va), ok_b = finite_mask(live, vb);
+    one_sided |= ok_a ^ ok_b;
+    // std::min(t, top) is t unless top < t; _mm512_min_ps(t, top) is t if t < top: the same
+    // for every finite t.
+    const __m512 ta =
+        _mm512_min_ps(_mm512_sub_ps(_mm512_mul_round_ps(va, scale, kRn), offset), top);
+    const __m512 tb =
+        _mm512_min_ps(_mm512_sub_ps(_mm512_mul_round_ps(vb, scale, kRn), offset), top);
+    const __m512i ba = _mm512_cvttps_epi32(ta), bb = _mm512_cvttps_epi32(tb);
+    if (vp.joint) {
+      const __m512i key = _mm512_add_epi32(_mm512_mullo_epi32(ba, bins), bb);
+      _mm512_storeu_si512(out.key0 + i, _mm512_mask_blend_epi32(ok_a & ok_b, dump0, key));
+    } else {
+      _mm512_storeu_si512(out.key0 + i, _mm512_mask_blend_epi32(ok_a, dump0, ba));
+      _mm512_storeu_si512(out.key1 + i, _mm512_mask_blend_epi32(ok_b, dump1, bb));
+    }
+  }
+  return one_sided != 0;
+}
+
+LOCKSTEP_COMPARE_AVX512 __m512d exp_avx512(__m512d x) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __mmask8 in = _mm512_cmp_pd_mask(x, _mm512_set1_pd(kExpMin), _CMP_GE_OQ);
+  x = _mm512_maskz_mov_pd(in, x);
+  const __m512d n = _mm512_roundscale_pd(_mm512_mul_round_pd(x, _mm512_set1_pd(kLog2e), kRn), kRn);
+  const __m512d r =
+      _mm512_sub_pd(_mm512_sub_pd(x, _mm512_mul_round_pd(n, _mm512_set1_pd(kLn2Hi), kRn)),
+                    _mm512_mul_round_pd(n, _mm512_set1_pd(kLn2Lo), kRn));
+  __m512d p = _mm512_set1_pd(kExpTaylor[13]);
+  for (int k = 12; k >= 0; --k)
+    p = _mm512_add_pd(_mm512_mul_round_pd(p, r, kRn),
+                      _mm512_set1_pd(kExpTaylor[static_cast<size_t>(k)]));
+  const __m512i ni = _mm512_cvtpd_epi64(n), h = _mm512_srai_epi64(ni, 1);
+  const __m512i bias = _mm512_set1_epi64(1023);
+  const __m512d s1 = _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(h, bias), 52));
+  const __m512d s2 = _mm512_castsi512_pd(
+      _mm512_slli_epi64(_mm512_add_epi64(_mm512_sub_epi64(ni, h), bias), 52));
+  return _mm512_maskz_mov_pd(in, _mm512_mul_pd(_mm512_mul_round_pd(p, s1, kRn), s2));
+}
+
+LOCKSTEP_COMPARE_AVX512 LogitSums logit_sums_avx512(const float* a, const float* b, size_t n,
+                                                    double ma, double mb) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  __m512d za = _mm512_setzero_pd(), zb = za, s = za;
+  const __m512d vma = _mm512_set1_pd(ma), vmb = _mm512_set1_pd(mb);
+  for (size_t i = 0; i < n; i += 8) {
+    const __mmask8 live = n - i >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - i)) - 1);
+    const __m512d x = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(live, a + i));
+    const __m512d y = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(live, b + i));
+    const __m512d ea = exp_avx512(_mm512_sub_pd(x, vma)), eb = exp_avx512(_mm512_sub_pd(y, vmb));
+    za = _mm512_mask_add_pd(za, live, za, ea);
+    zb = _mm512_mask_add_pd(zb, live, zb, eb);
+    const __mmask8 pos = _mm512_mask_cmp_pd_mask(live, ea, _mm512_setzero_pd(), _CMP_GT_OQ);
+    s = _mm512_mask_add_pd(s, pos, s, _mm512_mul_round_pd(ea, _mm512_sub_pd(x, y), kRn));
+  }
+  return {combine_lanes(za), combine_lanes(zb), combine_lanes(s)};
+}
+#endif
+
+// The kernels for this comparison: AVX-512 where the CPU has it, unless LOCKSTEP_CPU_ISA
+// (cpu_kernels.h) asks for less; both give the same bits.
+Kernels pick_kernels() {
+#if defined(LOCKSTEP_HAVE_X86_KERNELS)
+  cpu::Isa isa = cpu::Isa::Scalar;
+  try {
+    isa = cpu::best_isa();
+  } catch (const Error&) {
+    isa = cpu::supported_isas().back();  // a bad LOCKSTEP_CPU_ISA is the cpu lane's error
+  }
+  if (isa == cpu::Isa::Avx512) return {first_avx512, values_avx512, logit_sums_avx512};
+#endif
+  return {first_portable, values_portable, logit_sums_portable};
 }
 
 // Up to this many value bins, a block counts both sides with one increment into a joint
@@ -339,143 +731,155 @@ struct BlockKeys {
 // increments, not the arithmetic, are what the histogram loop spends its time on.
 constexpr int kMaxJointBins = 64;
 
-// Per-chunk counters: a chunk holds < 2^32 elements.
-struct ChunkCounts {
-  std::vector<uint32_t> joint;           // [bins, bins] when bins <= kMaxJointBins
-  std::vector<uint32_t> hist_a, hist_b;  // [bins]
-  std::vector<uint32_t> diff;            // [2 · decades + 1]
-};
+// The positions of a block finite in one side only: that side's sums and count, in order.
+void one_sided_sums(const float* pa, const float* pb, uint64_t n, ChunkAcc& acc) {
+  for (uint64_t i = 0; i < n; ++i) {
+    const float fa = pa[i], fb = pb[i];
+    const bool ok_a = std::isfinite(fa), ok_b = std::isfinite(fb);
+    if (ok_a == ok_b) continue;
+    const float v = ok_a ? fa : fb;
+    SideAcc& side = ok_a ? acc.a : acc.b;
+    side.sum += v;
+    side.sum2 += static_cast<double>(v) * v;
+    ++side.finite;
+  }
+}
 
-// One piece [begin, end) of one segment, inside one chunk.
-void accumulate_piece(const float* a, const float* b, uint64_t begin, uint64_t end,
-                      const Binning& bins, BlockKeys& keys, ChunkAcc& acc, ChunkCounts& counts,
-                      SegmentPartial& seg) {
-  const DecadeTable& dt = *bins.decades;
-  const bool joint = !counts.joint.empty();
-  uint32_t* hist_a = counts.hist_a.data();
-  uint32_t* hist_b = counts.hist_b.data();
-  uint32_t* pair_counts = counts.joint.data();
-  uint32_t* diff = counts.diff.data();
+// First pass over one piece [begin, end) of one segment, inside one chunk: per block of
+// kBlock, the kernel's sums and diff keys, the positions not paired, then the increments.
+void first_pass_piece(const float* a, const float* b, uint64_t begin, uint64_t end,
+                      const DecadeTable& dt, FirstKernel kernel, uint32_t* diff, int32_t& window,
+                      ChunkAcc& acc, float (&lo)[2], float (&hi)[2], SegmentPartial& seg) {
   for (uint64_t blk = begin; blk < end; blk += kBlock) {
-    const uint64_t n = std::min(kBlock, end - blk);
+    const auto n = static_cast<uint32_t>(std::min(kBlock, end - blk));
     const float* pa = a + blk;
     const float* pb = b + blk;
-    if (all_finite(pa, pb, n)) {
-      const BlockSums s = block_sums(pa, pb, n);
-      acc.a.sum += s.sa;
-      acc.b.sum += s.sb;
-      acc.a.sum2 += s.saa;
-      acc.b.sum2 += s.sbb;
-      acc.a.finite += n;
-      acc.b.finite += n;
-      acc.aa += s.saa;
-      acc.bb += s.sbb;
-      acc.ab += s.sab;
-      acc.dd += s.sdd;
-      acc.paired += n;
-      acc.sign_agree += s.agree;
-      seg.d2 += s.sdd;
-      seg.a2 += s.saa;
-      if (s.max_abs_diff > acc.max_abs_diff) {
-        for (uint64_t i = 0; i < n; ++i)
-          if (std::fabs(static_cast<double>(pb[i]) - static_cast<double>(pa[i])) ==
-              s.max_abs_diff) {
-            acc.max_abs_diff = s.max_abs_diff;
-            acc.max_index = blk + i;
-            break;
-          }
-      }
-      block_keys(pa, pb, n, bins, joint, keys);
-      if (joint) {
-        for (uint64_t i = 0; i < n; ++i) {
-          ++pair_counts[keys.bin_a[i]];
-          ++diff[keys.diff[i]];
-        }
-      } else {
-        for (uint64_t i = 0; i < n; ++i) {
-          ++hist_a[keys.bin_a[i]];
-          ++hist_b[keys.bin_b[i]];
-          ++diff[keys.diff[i]];
-        }
-      }
-      continue;
+    const BlockSums s = kernel(pa, pb, n, dt, diff, window);
+    acc.a.sum += s.sa;
+    acc.b.sum += s.sb;
+    acc.a.sum2 += s.saa;
+    acc.b.sum2 += s.sbb;
+    acc.a.finite += s.paired;
+    acc.b.finite += s.paired;
+    acc.aa += s.saa;
+    acc.bb += s.sbb;
+    acc.ab += s.sab;
+    acc.dd += s.sdd;
+    acc.paired += s.paired;
+    acc.sign_agree += s.agree;
+    seg.d2 += s.sdd;
+    seg.a2 += s.saa;
+    for (int side = 0; side < 2; ++side) {
+      lo[side] = range_lo(lo[side], s.lo[side]);
+      hi[side] = range_hi(hi[side], s.hi[side]);
     }
-    for (uint64_t i = 0; i < n; ++i) {
-      const float fa = pa[i], fb = pb[i];
-      const bool ok_a = std::isfinite(fa), ok_b = std::isfinite(fb);
-      if (ok_a) {
-        acc.a.sum += fa;
-        acc.a.sum2 += static_cast<double>(fa) * fa;
-        ++acc.a.finite;
-        ++hist_a[bins.value_bin(fa)];
-      } else {
-        count_side(acc.a, fa);
-      }
-      if (ok_b) {
-        acc.b.sum += fb;
-        acc.b.sum2 += static_cast<double>(fb) * fb;
-        ++acc.b.finite;
-        ++hist_b[bins.value_bin(fb)];
-      } else {
-        count_side(acc.b, fb);
-      }
-      if (!ok_a || !ok_b) {
-        if (std::isinf(fa) && fa < 0 && fa == fb) {
-          ++acc.masked;
-          continue;
+    if (s.max_abs_diff > acc.max_abs_diff) {
+      for (uint32_t i = 0; i < n; ++i)
+        if (std::isfinite(pa[i]) && std::isfinite(pb[i]) &&
+            std::fabs(static_cast<double>(pb[i]) - static_cast<double>(pa[i])) ==
+                s.max_abs_diff) {
+          acc.max_abs_diff = s.max_abs_diff;
+          acc.max_index = blk + i;
+          break;
         }
-        ++acc.unpaired;
-        seg.unpaired = true;
-        if (std::isnan(fa) || std::isnan(fb)) seg.nan = acc.nan = true;
-        continue;
+    }
+    if (s.paired < n) {
+      acc.masked += s.masked;
+      const uint32_t unpaired = n - s.paired - s.masked;
+      acc.unpaired += unpaired;
+      seg.unpaired = seg.unpaired || unpaired > 0;
+      if (s.nan[0] + s.nan[1] > 0) seg.nan = acc.nan = true;
+      SideAcc* side[2] = {&acc.a, &acc.b};
+      for (int t = 0; t < 2; ++t) {
+        side[t]->nan += s.nan[t];
+        side[t]->pos_inf += s.pos_inf[t];
+        side[t]->neg_inf += s.neg_inf[t];
       }
-      const double x = fa, y = fb, d = y - x;
-      acc.aa += x * x;
-      acc.bb += y * y;
-      acc.ab += x * y;
-      acc.dd += d * d;
-      ++acc.paired;
-      acc.sign_agree += static_cast<uint64_t>(sign_of(x) == sign_of(y));
-      seg.d2 += d * d;
-      seg.a2 += x * x;
-      if (std::fabs(d) > acc.max_abs_diff) {
-        acc.max_abs_diff = std::fabs(d);
-        acc.max_index = blk + i;
-      }
-      ++diff[dt.index(fb - fa)];
+      if (s.one_sided) one_sided_sums(pa, pb, n, acc);
     }
   }
 }
 
-void compare_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
-                   const Layout& layout, const Binning& bins, ChunkAcc& acc) {
-  const size_t nb = static_cast<size_t>(bins.bins);
-  const size_t nd = static_cast<size_t>(2 * bins.decades->zero() + 1);
-  // Per-thread scratch, reused from chunk to chunk.
-  thread_local ChunkCounts counts;
-  thread_local std::unique_ptr<BlockKeys> keys;
-  if (!keys) keys = std::make_unique<BlockKeys>();
-  counts.joint.assign(nb <= kMaxJointBins ? nb * nb : 0, 0);
-  counts.hist_a.assign(nb, 0);
-  counts.hist_b.assign(nb, 0);
-  counts.diff.assign(nd, 0);
+// The first pass over a chunk: everything but the value histogram, and the finite range of
+// each side, which the value pass waits for.
+void first_pass_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
+                      const Layout& layout, const DecadeTable& dt, FirstKernel kernel,
+                      ChunkAcc& out, float (&lo)[2], float (&hi)[2]) {
+  // Accumulated here and moved out at the end: neighbouring chunks' results share cache lines,
+  // and other threads work on them.
+  ChunkAcc acc;
+  const size_t nd = static_cast<size_t>(2 * dt.zero() + 1);
+  acc.diff.assign(nd, 0);
+  acc.segments.reserve((end - begin) / layout.segment_len + 2);
+  thread_local int32_t window = 1;  // the kernel's, carried from chunk to chunk
+  lo[0] = lo[1] = kInfF;
+  hi[0] = hi[1] = -kInfF;
   for (uint64_t i = begin; i < end;) {
     const uint64_t s = i / layout.segment_len;
     const uint64_t piece_end = std::min(end, (s + 1) * layout.segment_len);
     SegmentPartial seg;
     seg.segment = s;
-    accumulate_piece(a, b, i, piece_end, bins, *keys, acc, counts, seg);
+    first_pass_piece(a, b, i, piece_end, dt, kernel, acc.diff.data(), window, acc, lo, hi, seg);
     acc.segments.push_back(seg);
     i = piece_end;
   }
-  acc.hist_a = counts.hist_a;
-  acc.hist_b = counts.hist_b;
-  acc.diff = counts.diff;
-  if (!counts.joint.empty())
+  out = std::move(acc);
+}
+
+// The value pass over a chunk: both value histograms.
+void value_pass_chunk(const float* a, const float* b, uint64_t begin, uint64_t end,
+                      const ValueParams& vp, ValueKernel kernel, ChunkAcc& acc) {
+  const auto nb = static_cast<size_t>(vp.bins);
+  // The joint table in two 16-bit copies (even and odd positions; each sees at most half a
+  // chunk): 16 KiB at 64 bins, and a run of one bin, as in a peaked distribution, does not
+  // chain one counter's increments.
+  static_assert(kCompareChunk / 2 <= std::numeric_limits<uint16_t>::max());
+  const size_t joint_size = vp.joint ? nb * nb + 1 : 0;
+  thread_local std::vector<uint16_t> joint;           // [2, bins · bins + 1]
+  thread_local std::vector<uint32_t> hist_a, hist_b;  // [bins + 1]
+  thread_local std::unique_ptr<BlockKeys> keys;
+  if (!keys) keys = std::make_unique<BlockKeys>();
+  joint.assign(2 * joint_size, 0);
+  hist_a.assign(nb + 1, 0);
+  hist_b.assign(nb + 1, 0);
+  uint16_t* j0 = joint.data();
+  uint16_t* j1 = j0 + joint_size;
+  uint32_t* key0_table = hist_a.data();
+  uint32_t* key1_table = hist_b.data();
+  for (uint64_t blk = begin; blk < end; blk += kBlock) {
+    const auto n = static_cast<uint32_t>(std::min(kBlock, end - blk));
+    const float* pa = a + blk;
+    const float* pb = b + blk;
+    const bool one_sided = kernel(pa, pb, n, vp, *keys);
+    if (vp.joint) {
+      uint32_t i = 0;
+      for (; i + 4 <= n; i += 4) {
+        ++j0[keys->key0[i]];
+        ++j1[keys->key0[i + 1]];
+        ++j0[keys->key0[i + 2]];
+        ++j1[keys->key0[i + 3]];
+      }
+      for (; i < n; ++i) ++j0[keys->key0[i]];
+      if (one_sided)
+        for (uint32_t e = 0; e < n; ++e) {
+          const bool ok_a = std::isfinite(pa[e]), ok_b = std::isfinite(pb[e]);
+          if (ok_a != ok_b) ++(ok_a ? hist_a : hist_b)[vp.value_bin(ok_a ? pa[e] : pb[e])];
+        }
+    } else {
+      for (uint32_t i = 0; i < n; ++i) {
+        ++key0_table[keys->key0[i]];
+        ++key1_table[keys->key1[i]];
+      }
+    }
+  }
+  acc.hist_a.assign(hist_a.begin(), hist_a.begin() + static_cast<ptrdiff_t>(nb));
+  acc.hist_b.assign(hist_b.begin(), hist_b.begin() + static_cast<ptrdiff_t>(nb));
+  if (vp.joint)
     for (size_t i = 0; i < nb; ++i)
       for (size_t j = 0; j < nb; ++j) {
-        acc.hist_a[i] += counts.joint[i * nb + j];
-        acc.hist_b[j] += counts.joint[i * nb + j];
+        const uint32_t c = uint32_t{j0[i * nb + j]} + j1[i * nb + j];
+        acc.hist_a[i] += c;
+        acc.hist_b[j] += c;
       }
 }
 
@@ -498,31 +902,44 @@ std::vector<uint32_t> top_indices(std::span<const float> row, uint32_t k) {
     return top;
   }
   top.reserve(k + 1);
-  for (uint32_t i = 0; i < row.size(); ++i) {
-    if (top.size() == k && !better(i, top.back())) continue;
-    top.insert(std::upper_bound(top.begin(), top.end(), i, better), i);
-    if (top.size() > k) top.pop_back();
+  const auto n = static_cast<uint32_t>(row.size());
+  for (uint32_t i = 0; i < n;) {
+    // Once the buffer is full, a later index must be strictly larger than its last to enter:
+    // blocks of 16 with none such (NaN never is) are skipped with one vectorised test.
+    if (top.size() == k && n - i >= 16) {
+      const float bar = std::isnan(row[top.back()]) ? -kInfF : row[top.back()];
+      bool any = false;
+#pragma omp simd reduction(|| : any)
+      for (uint32_t j = 0; j < 16; ++j) any = any || row[i + j] > bar;
+      if (!any) {
+        i += 16;
+        continue;
+      }
+    }
+    const uint32_t stop = std::min(n, i + 16);
+    for (; i < stop; ++i) {
+      if (top.size() == k && !better(i, top.back())) continue;
+      top.insert(std::upper_bound(top.begin(), top.end(), i, better), i);
+      if (top.size() > k) top.pop_back();
+    }
   }
   return top;
 }
 
 // KL(softmax(a) ‖ softmax(b)) in nats, as metrics.h's kl_divergence but without its two
 // vocab-sized buffers: with p = e^(a−ma)/Za, KL = Σ p·(a − b) − (ma + ln Za) + (mb + ln Zb).
-double row_kl(std::span<const float> a, std::span<const float> b) {
-  double ma = -kInf, mb = -kInf;
+double row_kl(std::span<const float> a, std::span<const float> b, LogitKernel kernel) {
+  float ma = -kInfF, mb = -kInfF;
+  bool nan = false;
+#pragma omp simd reduction(max : ma, mb) reduction(|| : nan)
   for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i]) || std::isnan(b[i])) return kNaN;
-    ma = std::max(ma, static_cast<double>(a[i]));
-    mb = std::max(mb, static_cast<double>(b[i]));
+    nan = nan || a[i] != a[i] || b[i] != b[i];
+    ma = std::max(ma, a[i]);
+    mb = std::max(mb, b[i]);
   }
-  double za = 0, zb = 0, s = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double x = a[i], y = b[i], ea = std::exp(x - ma);
-    za += ea;
-    zb += std::exp(y - mb);
-    if (ea > 0) s += ea * (x - y);
-  }
-  return s / za - (ma + std::log(za)) + (mb + std::log(zb));
+  if (nan) return kNaN;
+  const LogitSums z = kernel(a.data(), b.data(), a.size(), ma, mb);
+  return z.s / z.za - (ma + std::log(z.za)) + (mb + std::log(z.zb));
 }
 
 struct LogitRows {
@@ -531,11 +948,12 @@ struct LogitRows {
   std::vector<uint32_t> overlap;
 };
 
-void compare_logit_row(const Tensor& a, const Tensor& b, uint64_t t, uint32_t k, LogitRows& out) {
+void compare_logit_row(const Tensor& a, const Tensor& b, uint64_t t, uint32_t k,
+                       LogitKernel kernel, LogitRows& out) {
   const uint64_t vocab = a.shape[1];
   std::span<const float> ra(a.data.data() + t * vocab, vocab);
   std::span<const float> rb(b.data.data() + t * vocab, vocab);
-  out.kl[t] = row_kl(ra, rb);
+  out.kl[t] = row_kl(ra, rb, kernel);
   std::vector<uint32_t> ta = top_indices(ra, k), tb = top_indices(rb, k);
   out.top1[t] = ta[0] == tb[0];
   std::sort(ta.begin(), ta.end());
@@ -583,8 +1001,10 @@ struct CellJob {
 
   std::vector<std::pair<float, float>> range_a, range_b;  // per chunk
   std::atomic<uint64_t> ranges_left{0};
-  std::atomic<bool> binned{false};  // set (and notified) once bins is final
-  Binning bins;
+  std::atomic<bool> binned{false};  // set (and notified) once values is final
+  ValueParams values;
+  const DecadeTable* decades = nullptr;
+  Kernels kernels;
   float lo_a = kInfF, hi_a = -kInfF, lo_b = kInfF, hi_b = -kInfF;
 
   std::vector<ChunkAcc> acc;  // per chunk
@@ -596,7 +1016,7 @@ struct CellJob {
 
 // Checks shapes and sizes the job; false when there is nothing to compute (a mismatch).
 bool prepare_job(CellJob& job, const Cell& cell, const Tensor& a, const Tensor& b,
-                 const CompareOptions& options, const DecadeTable& decades) {
+                 const CompareOptions& options, const DecadeTable& decades, Kernels kernels) {
   job.a = &a;
   job.b = &b;
   job.options = &options;
@@ -630,8 +1050,14 @@ bool prepare_job(CellJob& job, const Cell& cell, const Tensor& a, const Tensor& 
   job.acc.resize(job.chunks);
   job.ranges_left = job.chunks;
   job.work_left = job.chunks + job.logit_items;
-  job.bins.bins = static_cast<int>(options.value_bins);
-  job.bins.decades = &decades;
+  const auto nb = static_cast<int32_t>(options.value_bins);
+  job.values.bins = nb;
+  job.values.top = static_cast<float>(nb - 1);
+  job.values.joint = nb <= kMaxJointBins;
+  job.values.dump0 = job.values.joint ? nb * nb : nb;
+  job.values.dump1 = nb;
+  job.decades = &decades;
+  job.kernels = kernels;
   return true;
 }
 
@@ -646,8 +1072,8 @@ void set_bins(CellJob& job) {
   if (lo <= hi) {
     // In double, then rounded: hi − lo may overflow float (−3e38 .. 3e38).
     const double width = static_cast<double>(hi) - lo;
-    job.bins.scale = width > 0 ? static_cast<float>(job.bins.bins / width) : 0.0f;
-    job.bins.offset = lo * job.bins.scale;
+    job.values.scale = width > 0 ? static_cast<float>(job.values.bins / width) : 0.0f;
+    job.values.offset = lo * job.values.scale;
     job.result.value_histogram.min = lo;
     job.result.value_histogram.max = hi;
   }
@@ -775,13 +1201,12 @@ void run_item(CellJob& job, const Item& it) {
   const float* a = job.a->data.data();
   const float* b = job.b->data.data();
   if (it.kind == ItemKind::Range) {
-    const uint64_t begin = it.index * kCompareChunk, len = std::min(kCompareChunk, job.n - begin);
-    float lo = kInfF, hi = -kInfF;
-    finite_range(a + begin, len, lo, hi);
-    job.range_a[it.index] = {lo, hi};
-    lo = kInfF, hi = -kInfF;
-    finite_range(b + begin, len, lo, hi);
-    job.range_b[it.index] = {lo, hi};
+    const uint64_t begin = it.index * kCompareChunk, end = std::min(job.n, begin + kCompareChunk);
+    float lo[2], hi[2];
+    first_pass_chunk(a, b, begin, end, job.layout, *job.decades, job.kernels.first,
+                     job.acc[it.index], lo, hi);
+    job.range_a[it.index] = {lo[0], hi[0]};
+    job.range_b[it.index] = {lo[1], hi[1]};
     if (job.ranges_left.fetch_sub(1) == 1) set_bins(job);
     return;
   }
@@ -791,13 +1216,13 @@ void run_item(CellJob& job, const Item& it) {
     job.binned.wait(false);
     if (job.aborted.load()) return;
     const uint64_t begin = it.index * kCompareChunk, end = std::min(job.n, begin + kCompareChunk);
-    compare_chunk(a, b, begin, end, job.layout, job.bins, job.acc[it.index]);
+    value_pass_chunk(a, b, begin, end, job.values, job.kernels.value, job.acc[it.index]);
   } else {
     const uint32_t k =
         static_cast<uint32_t>(std::min<uint64_t>(job.options->topk, job.layout.width));
     const uint64_t first = it.index * job.rows_per_item;
     const uint64_t last = std::min(job.layout.tokens, first + job.rows_per_item);
-    for (uint64_t t = first; t < last; ++t) compare_logit_row(*job.a, *job.b, t, k, job.rows);
+    for (uint64_t t = first; t < last; ++t) compare_logit_row(*job.a, *job.b, t, k, job.kernels.logit, job.rows);
   }
   if (job.work_left.fetch_sub(1) == 1) finish_job(job);
 }
@@ -811,13 +1236,24 @@ unsigned resolve_threads(unsigned t) {
 // out in order. `on_item` runs on the calling thread after each of its items.
 void run_jobs(std::vector<std::unique_ptr<CellJob>>& jobs, unsigned threads,
               const std::atomic<bool>* cancel, const std::function<void()>& on_item) {
+  // A cell's value and logit items go right after its first-pass items, while its data is
+  // still in cache, but behind the first `threads` first-pass items of the next cell: a thread
+  // that reaches them seldom has to wait for the others to finish the first pass they need.
   std::vector<Item> items;
-  for (uint32_t j = 0; j < jobs.size(); ++j) {
-    const CellJob& job = *jobs[j];
-    if (job.done) continue;
-    for (uint64_t c = 0; c < job.chunks; ++c) items.push_back({j, ItemKind::Range, c});
-    for (uint64_t c = 0; c < job.chunks; ++c) items.push_back({j, ItemKind::Main, c});
-    for (uint64_t c = 0; c < job.logit_items; ++c) items.push_back({j, ItemKind::Logits, c});
+  std::vector<uint32_t> live;
+  for (uint32_t j = 0; j < jobs.size(); ++j)
+    if (!jobs[j]->done) live.push_back(j);
+  std::vector<uint64_t> ranges_out(jobs.size(), 0);
+  auto first_pass = [&](uint32_t j, uint64_t upto) {
+    for (; ranges_out[j] < std::min(upto, jobs[j]->chunks); ++ranges_out[j])
+      items.push_back({j, ItemKind::Range, ranges_out[j]});
+  };
+  for (size_t l = 0; l < live.size(); ++l) {
+    const uint32_t j = live[l];
+    first_pass(j, jobs[j]->chunks);
+    if (l + 1 < live.size()) first_pass(live[l + 1], threads);
+    for (uint64_t c = 0; c < jobs[j]->chunks; ++c) items.push_back({j, ItemKind::Main, c});
+    for (uint64_t c = 0; c < jobs[j]->logit_items; ++c) items.push_back({j, ItemKind::Logits, c});
   }
   // Cells with no elements have no items: finish them now.
   for (auto& job : jobs)
@@ -944,7 +1380,7 @@ CellComparison compare_cell(const Cell& cell, const Tensor& a, const Tensor& b,
   const DecadeTable decades(options.diff_min_decade, options.diff_max_decade);
   std::vector<std::unique_ptr<CellJob>> jobs;
   jobs.push_back(std::make_unique<CellJob>());
-  prepare_job(*jobs[0], cell, a, b, options, decades);
+  prepare_job(*jobs[0], cell, a, b, options, decades, pick_kernels());
   run_jobs(jobs, resolve_threads(options.threads), nullptr, {});
   return std::move(jobs[0]->result);
 }
@@ -961,6 +1397,7 @@ TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOpti
     if (!out.options.head_dim) out.options.head_dim = derive_head_dim(b);
   }
   const DecadeTable decades(options.diff_min_decade, options.diff_max_decade);
+  const Kernels kernels = pick_kernels();
   std::vector<std::unique_ptr<CellJob>> jobs;
   for (const auto& [cell, t] : a.cells()) {
     const Tensor* u = b.find(cell);
@@ -969,7 +1406,7 @@ TraceComparison compare_traces(const Trace& a, const Trace& b, const CompareOpti
       continue;
     }
     jobs.push_back(std::make_unique<CellJob>());
-    prepare_job(*jobs.back(), cell, t, *u, out.options, decades);
+    prepare_job(*jobs.back(), cell, t, *u, out.options, decades, kernels);
   }
   for (const auto& [cell, t] : b.cells())
     if (!a.find(cell)) out.only_in_b.push_back(cell);

@@ -15,20 +15,27 @@
 // is exact (float difference taken in double) and names the lowest flat index among ties.
 //
 // Passes and threads. A cell is cut into fixed chunks of kCompareChunk elements whatever the
-// thread count. Histograms need the cell's value range before binning, so each cell has two
-// passes: range chunks (min/max of the finite values of both sides: vectorised, branch-free,
-// memory-bound) and main chunks (everything else, in blocks of 512 elements that stay in L1:
-// vectorised double sums, vectorised histogram keys, then the increments). A fixed log-scale
-// value histogram would save the first read but could not give N linear bins over the actual
-// range, which is what a value histogram is read for (outliers at the ends); on cells that fit
-// the L3 cache the second read is cheap, and on a large trace it measured ~10% of the time.
+// thread count. The value histogram needs the cell's value range before binning, so each cell
+// has two passes: first-pass chunks (from memory: everything but the value histogram, and the
+// finite range of each side) and value chunks (the value histogram, from cache). A fixed
+// log-scale value histogram would save the second read but could not give N linear bins over
+// the actual range, which is what a value histogram is read for (outliers at the ends).
 // A comparison runs one team of std::threads (the caller is one of them) over every cell's
-// range items, main items and lm_head row items, handed out in that order; a main item waits
-// (futex, no spinning) only for its own cell's range items, all handed out before it, and the
-// thread that finishes a cell's last item combines its chunk partials in chunk order. So 1 or
-// N threads give bit-identical results, and there is no barrier per cell (a per-cell OpenMP
-// region cost more than the work on a loaded 2-core machine). Block sums use fixed lanes, so
-// SSE2 and AVX2 builds agree too.
+// first-pass items, value items and lm_head row items. A cell's value and row items are handed
+// out right after its first-pass items, behind the next cell's first few: its data is still in
+// cache, and a value item seldom waits (futex, no spinning) for its cell's first pass, all of
+// it handed out before. The thread that finishes a cell's last item combines its chunk
+// partials in chunk order. So 1 or N threads give bit-identical results, and there is no
+// barrier per cell (a per-cell OpenMP region cost more than the work on a loaded 2-core
+// machine).
+//
+// Kernels. Blocks of 512 elements go through an AVX-512 kernel where the CPU has one (as
+// cpu::best_isa() in cpu_kernels.h says: LOCKSTEP_CPU_ISA=scalar forces the portable kernel),
+// else a portable one; both give the same bits. Block sums run in 8 fixed double lanes
+// (element i in lane i % 8, the lanes then added by a fixed tree), a product is rounded before
+// its add unless it is exact (float × float in double), and the ranges follow the min/max
+// instructions' rule between −0 and +0. lm_head's KL sums likewise, with an exponential of the
+// comparison's own (a few ulp), not libm's.
 //
 // lm_head (logits [tokens, vocab]) also gets, per token row: KL(softmax(a) ‖ softmax(b)),
 // top-1 agreement and top-k overlap (top-k: larger first, NaN as -inf, ties to the lower

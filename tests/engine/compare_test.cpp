@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -473,6 +474,98 @@ TEST(CompareTraces, JsonSpellsNonFiniteNumbersAsStrings) {
   EXPECT_EQ(j["max_diff_at"]["token"], 0);
   Tensor b = tensor({1, 2}, {1, kNaNf});
   EXPECT_EQ(to_json(compare_cell(kNorm, a, b))["relative_rms"], "nan");
+}
+
+// Positions of every kind for the block kernels: differences over all decades (subnormal, the
+// floats nearest powers of ten, overflowing to inf), zeros, masks, NaN and ±inf in either side,
+// lengths that are not a multiple of any vector width, a cell of more than one chunk; logits
+// with no NaN (else KL is NaN without any sum), whose exponentials go down to 0 through
+// subnormal results.
+std::pair<Trace, Trace> kernel_traces(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> decade(-16.0, 9.0);
+  Trace a, b;
+  a.lane = "a";
+  b.lane = "b";
+  auto put = [&](Cell c, std::vector<uint64_t> shape) {
+    uint64_t n = 1;
+    for (uint64_t d : shape) n *= d;
+    std::vector<float> x = test::random_nonzero(n, rng), y = x;
+    for (uint64_t i = 0; i < n; ++i) {
+      const float sign = rng() % 2 ? 1.0f : -1.0f;
+      std::vector<float>& side = rng() % 2 ? x : y;
+      if (c.stage == Stage::LmHead) {
+        const uint32_t kind = rng() % 8;
+        if (kind == 0) x[i] = y[i] = kNegInf;
+        if (kind == 1) side[i] = -700.0f - static_cast<float>(rng() % 60);
+        if (kind > 1) y[i] = x[i] + sign * static_cast<float>(std::pow(10.0, decade(rng) / 4));
+        continue;
+      }
+      switch (rng() % 24) {
+        case 0: break;  // equal
+        case 1: x[i] = y[i] = kNegInf; break;
+        case 2: side[i] = kNaNf; break;
+        case 3: side[i] = sign * kPosInf; break;
+        case 4: side[i] = kNegInf; break;
+        case 5:
+          x[i] = 0;
+          y[i] = sign * static_cast<float>(std::pow(10.0, static_cast<int>(rng() % 60) - 40));
+          break;
+        case 6: y[i] = x[i] + sign * 1e-42f; break;
+        case 7:
+          x[i] = -sign * 3e38f;
+          y[i] = sign * 3e38f;
+          break;
+        default: y[i] = x[i] + sign * x[i] * static_cast<float>(std::pow(10.0, decade(rng)));
+      }
+    }
+    a.put(c, tensor(shape, x));
+    b.put(c, tensor(shape, y));
+  };
+  put({Stage::AttnNorm, 0}, {7, 1003});
+  put({Stage::QPostRope, 0}, {9, 24});
+  put({Stage::AttnScores, 0}, {3, 5, 37});
+  put({Stage::FfnUp, 0}, {70001});
+  put(kLogits, {4, 333});
+  return {std::move(a), std::move(b)};
+}
+
+TEST(CompareTraces, SimdAndPortableKernelsGiveTheSameBits) {
+  // LOCKSTEP_CPU_ISA=scalar forces the portable kernel; unset, this CPU's best (AVX-512 where
+  // it has it). Both must give the same JSON, which spells every double to the last bit.
+  const auto [a, b] = kernel_traces(21);
+  const char* saved = std::getenv("LOCKSTEP_CPU_ISA");
+  const std::string restore = saved ? saved : "";
+  std::vector<CompareOptions> options(7);
+  options[1].value_bins = 128;  // separate tables, not the joint one
+  options[2].value_bins = 1;
+  options[3].diff_min_decade = -50;  // decades the SIMD kernel looks up by gathers
+  options[3].diff_max_decade = 50;
+  options[4].diff_min_decade = -45;  // subnormal differences above the first decade
+  options[4].diff_max_decade = -30;
+  options[5].diff_min_decade = 30;  // the overflow bucket above the last
+  options[5].diff_max_decade = 40;
+  options[6].diff_min_decade = -3;
+  options[6].diff_max_decade = -3;
+  for (size_t i = 0; i < options.size(); ++i) {
+    CompareOptions& o = options[i];
+    o.head_dim = 8;
+    o.threads = 2;
+    setenv("LOCKSTEP_CPU_ISA", "scalar", 1);
+    const nlohmann::json portable = to_json(compare_traces(a, b, o));
+    unsetenv("LOCKSTEP_CPU_ISA");
+    const nlohmann::json best = to_json(compare_traces(a, b, o));
+    EXPECT_EQ(portable.dump(), best.dump()) << "options " << i;
+    // The data reaches every kind of position.
+    const nlohmann::json& norm = best["cells"][0];
+    EXPECT_GT(norm["masked"], 0);
+    EXPECT_GT(norm["unpaired"], 0);
+    EXPECT_GT(norm["diff_histogram"]["zero"], 0);
+    EXPECT_GT(norm["diff_histogram"]["negative"][0], 0);
+    EXPECT_GT(norm["diff_histogram"]["positive"].back(), 0);
+    for (const auto& kl : best["cells"][4]["logits"]["kl"]) EXPECT_TRUE(kl.is_number()) << kl;
+  }
+  if (saved) setenv("LOCKSTEP_CPU_ISA", restore.c_str(), 1);
 }
 
 // The real pair: the float64 oracle against the fast engine on a full capture.
