@@ -17,6 +17,7 @@
 
 #include "engine/cpu_kernels.h"
 #include "formats/error.h"
+#include "formats/json_util.h"
 
 #if defined(LOCKSTEP_HAVE_X86_KERNELS)
 // GCC 12's avx512fintrin.h sets its _mm512_undefined_* values from themselves, and
@@ -43,13 +44,6 @@ constexpr float kNaNF = std::numeric_limits<float>::quiet_NaN();
 // Elements per inner block: a kernel's sums and keys, then the increments, over data still in L1.
 constexpr uint64_t kBlock = 512;
 
-bool is_per_head_rows(Stage s) {
-  return s == Stage::QkvMatmul || s == Stage::QkvBias || s == Stage::QPostRope ||
-         s == Stage::KPostRope || s == Stage::Attention;
-}
-bool is_attention_matrix(Stage s) {
-  return s == Stage::AttnScores || s == Stage::AttnSoftmax;
-}
 
 // How flat indices map to tokens and heads. A segment is the finest unit with its own partial
 // sums: one (token, head) slice, one token row, one (head, token) row of keys, or everything.
@@ -97,12 +91,12 @@ Layout make_layout(Stage stage, const std::vector<uint64_t>& shape, uint64_t n,
     l.tokens = shape[0];
     l.width = shape[1];
     l.segment_len = l.width;
-    if (is_per_head_rows(stage) && head_dim && *head_dim && l.width % *head_dim == 0) {
+    if (per_head_rows(stage) && head_dim && *head_dim && l.width % *head_dim == 0) {
       l.head_dim = *head_dim;
       l.heads = l.width / l.head_dim;
       l.segment_len = l.head_dim;
     }
-  } else if (shape.size() == 3 && is_attention_matrix(stage) && shape[0] && shape[1] && shape[2]) {
+  } else if (shape.size() == 3 && attention_matrix(stage) && shape[0] && shape[1] && shape[2]) {
     l.kind = Layout::Kind::Attention;
     l.heads = shape[0];
     l.tokens = shape[1];
@@ -1323,17 +1317,8 @@ void check_options(const CompareOptions& o) {
   if (!(o.headroom_factor >= 1.0)) throw Error("compare options: expected headroom_factor >= 1");
 }
 
-json num(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  return v;
-}
-
-json nums(const std::vector<double>& v) {
-  json j = json::array();
-  for (double x : v) j.push_back(num(x));
-  return j;
-}
+json num(double v) { return formats::json_number(v); }
+json nums(const std::vector<double>& v) { return formats::json_numbers(v); }
 
 json side_json(const SideStats& s) {
   return {{"mean", num(s.mean)},
@@ -1354,7 +1339,7 @@ json side_json(const SideStats& s) {
 std::optional<uint64_t> derive_head_dim(const Trace& t) {
   std::optional<uint64_t> heads;
   for (const auto& [cell, tensor] : t.cells())
-    if (is_attention_matrix(cell.stage) && tensor.shape.size() == 3 && tensor.shape[0]) {
+    if (attention_matrix(cell.stage) && tensor.shape.size() == 3 && tensor.shape[0]) {
       heads = tensor.shape[0];
       break;
     }

@@ -76,9 +76,6 @@ struct Sums {
   }
 };
 
-bool is_attention_matrix(Stage s) {
-  return s == Stage::AttnScores || s == Stage::AttnSoftmax;
-}
 
 // How the flat data splits into rows: token rows of [tokens, width], (head, query) rows of
 // [heads, tokens, ctx], or one flat row.
@@ -98,7 +95,7 @@ Rows rows_of(const Cell& cell, const std::vector<uint64_t>& shape, uint64_t n,
     g.width = shape[1];
     if (per_head_rows(cell.stage) && config.head_dim && g.width % config.head_dim == 0)
       g.head_dim = config.head_dim;
-  } else if (shape.size() == 3 && is_attention_matrix(cell.stage) && shape[0] && shape[1] &&
+  } else if (shape.size() == 3 && attention_matrix(cell.stage) && shape[0] && shape[1] &&
              shape[2]) {
     g.kind = Rows::Kind::Attention;
     g.heads = shape[0];

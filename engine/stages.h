@@ -63,6 +63,11 @@ constexpr bool per_head_rows(Stage s) {
          s == Stage::KPostRope || s == Stage::Attention;
 }
 
+// The [heads, tokens, ctx] stages: attn_scores and attn_softmax.
+constexpr bool attention_matrix(Stage s) {
+  return stage_info(s).width == StageWidth::HeadsTimesCtx;
+}
+
 constexpr std::optional<Stage> find_stage(std::string_view name) {
   for (const auto& s : kStages)
     if (s.name == name) return s.stage;

@@ -11,10 +11,6 @@ namespace lockstep::engine {
 namespace fs = std::filesystem;
 namespace {
 
-bool is_attention_matrix(Stage s) {
-  return s == Stage::AttnScores || s == Stage::AttnSoftmax;
-}
-
 // Per-token width of a stage under `c`; 0 when the config does not say (MoE experts).
 uint64_t config_width(const ModelConfig& c, StageWidth w) {
   switch (w) {
@@ -83,7 +79,7 @@ LoadedDump load_dump(const fs::path& dir, const ModelConfig* config) {
   std::map<uint64_t, size_t> token_votes;
   for (const auto& c : scan.cells) {
     auto stage = find_stage(c.stage);
-    if (!stage || is_attention_matrix(*stage)) continue;
+    if (!stage || attention_matrix(*stage)) continue;
     if (c.shape) {
       if (c.shape->size() == 2 && (*c.shape)[0]) ++token_votes[(*c.shape)[0]];
       continue;
@@ -120,7 +116,7 @@ LoadedDump load_dump(const fs::path& dir, const ModelConfig* config) {
         out.issues.push_back(shape_issue(c, std::to_string(c.elements) +
                                                 " elements are not a multiple of the width " +
                                                 std::to_string(w) + " of " + stage_text));
-      } else if (!is_attention_matrix(*stage)) {
+      } else if (!attention_matrix(*stage)) {
         t.shape = {c.elements / w, w};
       } else if (dump_tokens) {
         const uint64_t per_head = c.elements / w, tokens = *dump_tokens;
