@@ -67,7 +67,7 @@ int cmd_bisect(const BisectCommandArgs& a) {
   context.kind = "bisect";
   context.tool_version = LOCKSTEP_VERSION;
   context.model = a.model;
-  if (fault) context.fault = fault->str() + " in lane " + name_b;
+  if (fault) context.fault = fault->str(), context.fault_lane = name_b;
   const int code = present(r, context, a.bisect);
   return r.cancelled ? kExitInterrupted : code;
 }

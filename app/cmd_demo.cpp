@@ -107,7 +107,8 @@ int cmd_demo(const DemoArgs& a) {
   context.kind = "bisect";
   context.tool_version = LOCKSTEP_VERSION;
   context.model = a.keep_model.empty() ? "synthetic demo model (" + a.family + ")" : a.keep_model;
-  context.fault = fault.str() + " in lane cpu";
+  context.fault = fault.str();
+  context.fault_lane = "cpu";
   const int code = present(r, context, a.bisect);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -219,7 +219,9 @@ std::string format_table(const BisectResult& r, MapMetric metric) {
 
 std::string format_summary(const BisectResult& r, const ReportContext& context) {
   std::string s;
-  if (!context.fault.empty()) s += "Planted fault: " + context.fault + "\n";
+  if (!context.fault.empty())
+    s += "Planted fault: " + context.fault +
+         (context.fault_lane.empty() ? "" : " in lane " + context.fault_lane) + "\n";
   s += "Noise floor: " + r.floor_note + "\n";
   if (r.cancelled) s += "Cancelled: the result is partial.\n";
   const CellDivergence* first = r.first();
@@ -308,6 +310,7 @@ json to_json(const BisectResult& r, const ReportContext& context) {
       {"kind", context.kind},
       {"model", str_or_null(context.model)},
       {"fault", str_or_null(context.fault)},
+      {"fault_lane", str_or_null(context.fault_lane)},
       {"source_a", str_or_null(context.source_a)},
       {"source_b", str_or_null(context.source_b)},
       {"lane_a", r.lane_a},
@@ -347,7 +350,9 @@ std::string to_markdown(const BisectResult& r, const ReportContext& context) {
   item("Model", context.model);
   if (!context.source_a.empty()) item("Lane A", r.lane_a + " (`" + context.source_a + "`)");
   if (!context.source_b.empty()) item("Lane B", r.lane_b + " (`" + context.source_b + "`)");
-  item("Fault planted", context.fault.empty() ? "" : "`" + context.fault + "`");
+  item("Fault planted", context.fault.empty() ? ""
+                        : "`" + context.fault + "`" +
+                              (context.fault_lane.empty() ? "" : " in lane " + context.fault_lane));
   item("Mode", std::string(run_mode_name(r.mode)) + ", " + std::to_string(r.tokens.size()) +
                    " tokens");
   item("Thresholds", "a cell diverges above max(" + sci(r.options.settings.abs_threshold) +

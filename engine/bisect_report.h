@@ -8,6 +8,7 @@
 //   { "format_version": 1, "tool": "lockstep", "tool_version": str,
 //     "kind": "bisect" | "diff",
 //     "model": str|null, "fault": str|null,          // the planted fault's spec, when any
+//     "fault_lane": str|null,                        // the lane it was planted in
 //     "source_a": str|null, "source_b": str|null,    // diff: the dump directories
 //     "lane_a": str, "lane_b": str, "mode": "prefill" | "decode", "tokens": [int...],
 //     "settings": {"abs_threshold": num, "floor_factor": num, "replay_min": num,
@@ -48,6 +49,7 @@ struct ReportContext {
   std::string tool_version;
   std::string model;                // path, when a model was used
   std::string fault;                // spec text, when a fault was planted
+  std::string fault_lane;           // the lane it was planted in
   std::string source_a, source_b;   // diff: the directories
 };
 

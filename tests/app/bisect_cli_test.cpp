@@ -45,7 +45,8 @@ TEST(DemoCli, FindsThePlantedTransposedGemvAtLmHeadAndSaysWhy) {
   EXPECT_EQ(j["first_divergence"]["cell"], "lm_head");
   EXPECT_EQ(j["verdict"], "introduced");
   EXPECT_EQ(j["diagnosis"]["bug"], "layout");
-  EXPECT_EQ(j["fault"], "gemv_transposed@lm_head in lane cpu");
+  EXPECT_EQ(j["fault"], "gemv_transposed@lm_head");
+  EXPECT_EQ(j["fault_lane"], "cpu");
   const std::string m = test::read_file(md);
   EXPECT_NE(m.find("# Lockstep bisect: ref vs cpu"), std::string::npos) << m;
   EXPECT_NE(m.find("**"), std::string::npos) << m;

@@ -379,13 +379,13 @@ TEST(BisectReport, JsonFollowsItsSchemaAndTextMarksTheFirstDivergence) {
   context.fault = spec.str();
   const nlohmann::json j = to_json(r, context);
   for (const char* key :
-       {"format_version", "tool", "tool_version", "kind", "model", "fault", "source_a", "source_b",
-        "lane_a", "lane_b", "mode", "tokens", "settings", "floor_note", "cancelled", "diverged",
-        "first_divergence", "verdict", "introduced_at", "replays", "replay_note",
-        "requested_replays", "diagnosis",
-        "cells", "only_in_a", "only_in_b", "first_divergence_detail"})
+       {"format_version", "tool", "tool_version", "kind", "model", "fault", "fault_lane",
+        "source_a", "source_b", "lane_a", "lane_b", "mode", "tokens", "settings", "floor_note",
+        "cancelled", "diverged", "first_divergence", "verdict", "introduced_at", "replays",
+        "replay_note", "requested_replays", "diagnosis", "cells", "only_in_a", "only_in_b",
+        "first_divergence_detail"})
     EXPECT_TRUE(j.contains(key)) << key;
-  EXPECT_EQ(j.size(), 27u);
+  EXPECT_EQ(j.size(), 28u);
   ASSERT_EQ(j["requested_replays"].size(), 2u);
   EXPECT_EQ(j["requested_replays"][0]["cell"], "attn_norm@1");
   EXPECT_EQ(j["requested_replays"][0]["introduced"], false);
