@@ -703,10 +703,354 @@ LOCKSTEP_COMPARE_AVX512 LogitSums logit_sums_avx512(const float* a, const float*
   }
   return {combine_lanes(za), combine_lanes(zb), combine_lanes(s)};
 }
+
+// The AVX2 (+FMA) kernels: first_avx512, values_avx512 and logit_sums_avx512 with 8-float
+// registers, for CPUs without AVX-512; the same bits again. A position that does not count is
+// zeroed before it is added, where the AVX-512 kernels leave the lane as it is: a lane starts at
+// +0 and never becomes −0 (x + (−x) and +0 + −0 are +0), so adding +0 leaves it unchanged.
+// Lanes: the 8 double lanes in two registers (lanes 0-3, 4-7), the 16 range lanes likewise
+// (0-7, 8-15); 16 elements per step, so element i lands in lane i % 8 and i % 16 in order.
+#define LOCKSTEP_COMPARE_AVX2 __attribute__((target("avx2,fma")))
+
+// rounded() for vectors: AVX2 has no multiply with explicit rounding, which the compiler would
+// never fuse, so the product is hidden from it instead.
+LOCKSTEP_COMPARE_AVX2 inline __m256d keep(__m256d x) {
+  asm("" : "+x"(x));
+  return x;
+}
+LOCKSTEP_COMPARE_AVX2 inline __m256 keep(__m256 x) {
+  asm("" : "+x"(x));
+  return x;
+}
+
+LOCKSTEP_COMPARE_AVX2 double combine_lanes(__m256d lo, __m256d hi) {
+  const __m256d w = _mm256_add_pd(lo, hi);
+  const __m128d u = _mm_add_pd(_mm256_castpd256_pd128(w), _mm256_extractf128_pd(w, 1));
+  return _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
+}
+LOCKSTEP_COMPARE_AVX2 float combine_lo(__m256 lo, __m256 hi) {
+  const __m256 w = _mm256_min_ps(lo, hi);
+  const __m128 u = _mm_min_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
+  const __m128 t = _mm_min_ps(u, _mm_movehl_ps(u, u));
+  return _mm_cvtss_f32(_mm_min_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+LOCKSTEP_COMPARE_AVX2 float combine_hi(__m256 lo, __m256 hi) {
+  const __m256 w = _mm256_max_ps(lo, hi);
+  const __m128 u = _mm_max_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
+  const __m128 t = _mm_max_ps(u, _mm_movehl_ps(u, u));
+  return _mm_cvtss_f32(_mm_max_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// All ones where |x| is below the exponent of inf (finite), and `live`.
+LOCKSTEP_COMPARE_AVX2 __m256 finite_mask(__m256 live, __m256 v) {
+  const __m256i bits = _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff));
+  return _mm256_and_ps(
+      live, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(0x7f800000), bits)));
+}
+
+// The lanes of 8-float masks lo (elements 0-7) and hi (8-15) as 16 bits.
+LOCKSTEP_COMPARE_AVX2 uint32_t bits16(__m256 lo, __m256 hi) {
+  return static_cast<uint32_t>(_mm256_movemask_ps(lo)) |
+         static_cast<uint32_t>(_mm256_movemask_ps(hi)) << 8;
+}
+
+// Lanes [0, m) of 8 (all for m >= 8).
+LOCKSTEP_COMPARE_AVX2 __m256i live_lanes(int32_t m) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// first_avx512's diff histogram, with the window test by compares: in by_decade mode the
+// decade index is k = 1 + #{j in [1, decades − 1] : |d| >= power[j]} (the powers rise, so the
+// j counted are a prefix; the same k as DecadeTable::index for every exponent by_decade
+// accepts), so k is in [w, w + 3] when |d| >= power[w − 1] (always for w = 1) and not
+// |d| >= power[w + 3] (NaN past the last decade), and k − w counts power[w .. w + 2] at or below
+// |d|. Without by_decade, every nonzero difference is looked up one by one.
+LOCKSTEP_COMPARE_AVX2 BlockSums first_avx2(const float* a, const float* b, uint32_t n,
+                                           const DecadeTable& dt, uint32_t* diff, int32_t& window) {
+  __m256d sa[2], sb[2], saa[2], sbb[2], sab[2], sdd[2];
+  for (int h = 0; h < 2; ++h)
+    sa[h] = sb[h] = saa[h] = sbb[h] = sab[h] = sdd[h] = _mm256_setzero_pd();
+  __m256d md = _mm256_setzero_pd();  // |d| >= 0; -1 below when nothing is paired
+  __m256 lo_a[2], lo_b[2], hi_a[2], hi_b[2];
+  for (int h = 0; h < 2; ++h) {
+    lo_a[h] = lo_b[h] = _mm256_set1_ps(kInfF);
+    hi_a[h] = hi_b[h] = _mm256_set1_ps(-kInfF);
+  }
+  BlockSums s;
+  const __m256 fzero = _mm256_setzero_ps();
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  const __m256d dabs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffff));
+  const int32_t zero = dt.zero();
+  const int32_t decades = dt.zero();
+  const int32_t w = std::clamp(window, 1, std::max(1, decades - 3));
+  const bool by_decade = dt.by_decade;  // then decades <= 31, and w + 3 <= 31
+  const float no_power = kNaNF;
+  const __m256 t_in = _mm256_set1_ps(!by_decade ? no_power : w == 1 ? 0.0f : dt.power[w - 1]);
+  const __m256 t_out = _mm256_set1_ps(by_decade ? dt.power[w + 3] : no_power);
+  const __m256 t1 = _mm256_set1_ps(by_decade ? dt.power[w] : no_power);
+  const __m256 t2 = _mm256_set1_ps(by_decade ? dt.power[w + 1] : no_power);
+  const __m256 t3 = _mm256_set1_ps(by_decade ? dt.power[w + 2] : no_power);
+  const __m256i one = _mm256_set1_epi32(1), sixteen = _mm256_set1_epi32(16);
+  const __m256i low_nibbles = _mm256_set1_epi32(0x0f0f0f0f);
+  // Nibble 4·(k − w + 4·negative) of a lane counts up to 14 (two elements a step, 7 steps),
+  // then goes into bytes: even nibbles in `even`, odd ones in `odd`; a lane sees at most
+  // kBlock / 8 = 64 elements, so a byte never passes 255.
+  __m256i nibbles = _mm256_setzero_si256(), even = nibbles, odd = nibbles;
+  int nibble_steps = 0;
+  uint32_t zeros = 0, paired = 0, agree = 0;
+  uint32_t per_decade[102] = {};  // this block's nonzero differences by decade index (<= 101)
+  for (uint32_t i = 0; i < n; i += 16) {
+    __m256 va[2], vb[2], live[2];
+    if (n - i >= 16) {
+      for (int h = 0; h < 2; ++h) {
+        va[h] = _mm256_loadu_ps(a + i + 8 * h);
+        vb[h] = _mm256_loadu_ps(b + i + 8 * h);
+        live[h] = all;
+      }
+    } else {
+      for (int h = 0; h < 2; ++h) {
+        const __m256i m = live_lanes(static_cast<int32_t>(n - i) - 8 * h);
+        va[h] = _mm256_maskload_ps(a + i + 8 * h, m);
+        vb[h] = _mm256_maskload_ps(b + i + 8 * h, m);
+        live[h] = _mm256_castsi256_ps(m);
+      }
+    }
+    __m256 ok_a[2], ok_b[2], ok[2], nonzero[2], in[2], dis[2], df[2];
+    for (int h = 0; h < 2; ++h) {
+      ok_a[h] = finite_mask(live[h], va[h]);
+      ok_b[h] = finite_mask(live[h], vb[h]);
+      ok[h] = _mm256_and_ps(ok_a[h], ok_b[h]);
+      // min/max as range_lo/range_hi; a position that does not count leaves the lane as it is.
+      lo_a[h] = _mm256_blendv_ps(lo_a[h], _mm256_min_ps(lo_a[h], va[h]), ok_a[h]);
+      hi_a[h] = _mm256_blendv_ps(hi_a[h], _mm256_max_ps(hi_a[h], va[h]), ok_a[h]);
+      lo_b[h] = _mm256_blendv_ps(lo_b[h], _mm256_min_ps(lo_b[h], vb[h]), ok_b[h]);
+      hi_b[h] = _mm256_blendv_ps(hi_b[h], _mm256_max_ps(hi_b[h], vb[h]), ok_b[h]);
+
+      df[h] = _mm256_sub_ps(vb[h], va[h]);
+      const __m256 ad = _mm256_and_ps(df[h], abs_mask);
+      const __m256 pos = _mm256_and_ps(ok[h], _mm256_cmp_ps(df[h], fzero, _CMP_GT_OQ));
+      const __m256 neg = _mm256_and_ps(ok[h], _mm256_cmp_ps(df[h], fzero, _CMP_LT_OQ));
+      nonzero[h] = _mm256_or_ps(pos, neg);
+      in[h] = _mm256_and_ps(_mm256_and_ps(nonzero[h], _mm256_cmp_ps(ad, t_in, _CMP_GE_OQ)),
+                            _mm256_cmp_ps(ad, t_out, _CMP_NGE_UQ));
+      const __m256i g1 = _mm256_castps_si256(_mm256_cmp_ps(ad, t1, _CMP_GE_OQ));
+      const __m256i g2 = _mm256_castps_si256(_mm256_cmp_ps(ad, t2, _CMP_GE_OQ));
+      const __m256i g3 = _mm256_castps_si256(_mm256_cmp_ps(ad, t3, _CMP_GE_OQ));
+      // 4·(k − w) + 16·negative: the masks are −1 where set.
+      const __m256i rel =
+          _mm256_sub_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), g1), _mm256_add_epi32(g2, g3));
+      const __m256i shift = _mm256_add_epi32(_mm256_slli_epi32(rel, 2),
+                                             _mm256_and_si256(_mm256_castps_si256(neg), sixteen));
+      nibbles = _mm256_add_epi32(
+          nibbles, _mm256_and_si256(_mm256_sllv_epi32(one, shift), _mm256_castps_si256(in[h])));
+
+      const __m256 gt_a = _mm256_cmp_ps(va[h], fzero, _CMP_GT_OQ);
+      const __m256 lt_a = _mm256_cmp_ps(va[h], fzero, _CMP_LT_OQ);
+      const __m256 gt_b = _mm256_cmp_ps(vb[h], fzero, _CMP_GT_OQ);
+      const __m256 lt_b = _mm256_cmp_ps(vb[h], fzero, _CMP_LT_OQ);
+      dis[h] = _mm256_or_ps(_mm256_xor_ps(gt_a, gt_b), _mm256_xor_ps(lt_a, lt_b));
+    }
+    if (++nibble_steps == 7) {
+      even = _mm256_add_epi32(even, _mm256_and_si256(nibbles, low_nibbles));
+      odd = _mm256_add_epi32(odd, _mm256_and_si256(_mm256_srli_epi32(nibbles, 4), low_nibbles));
+      nibbles = _mm256_setzero_si256();
+      nibble_steps = 0;
+    }
+    const uint32_t ok16 = bits16(ok[0], ok[1]), nonzero16 = bits16(nonzero[0], nonzero[1]);
+    paired += static_cast<uint32_t>(std::popcount(ok16));
+    agree += static_cast<uint32_t>(std::popcount(ok16 & ~bits16(dis[0], dis[1])));
+    zeros += static_cast<uint32_t>(std::popcount(ok16 & ~nonzero16));
+    if (const uint32_t out = nonzero16 & ~bits16(in[0], in[1])) {
+      alignas(32) float d[16];
+      _mm256_store_ps(d, df[0]);
+      _mm256_store_ps(d + 8, df[1]);
+      for (uint32_t m = out; m; m &= m - 1) {
+        const int key = dt.index(d[std::countr_zero(m)]);
+        ++diff[key];
+        ++per_decade[std::abs(key - zero)];
+      }
+    }
+    const uint32_t live16 = bits16(live[0], live[1]);
+    if (ok16 != live16) {
+      const __m256 inf = _mm256_set1_ps(kInfF), ninf = _mm256_set1_ps(-kInfF);
+      uint32_t neg_inf[2];
+      for (int side = 0; side < 2; ++side) {
+        const __m256* v = side ? vb : va;
+        const __m256 nan0 = _mm256_and_ps(live[0], _mm256_cmp_ps(v[0], v[0], _CMP_UNORD_Q));
+        const __m256 nan1 = _mm256_and_ps(live[1], _mm256_cmp_ps(v[1], v[1], _CMP_UNORD_Q));
+        s.nan[side] += static_cast<uint32_t>(std::popcount(bits16(nan0, nan1)));
+        s.pos_inf[side] += static_cast<uint32_t>(std::popcount(
+            bits16(_mm256_cmp_ps(v[0], inf, _CMP_EQ_OQ), _mm256_cmp_ps(v[1], inf, _CMP_EQ_OQ)) &
+            live16));
+        neg_inf[side] =
+            bits16(_mm256_cmp_ps(v[0], ninf, _CMP_EQ_OQ), _mm256_cmp_ps(v[1], ninf, _CMP_EQ_OQ)) &
+            live16;
+        s.neg_inf[side] += static_cast<uint32_t>(std::popcount(neg_inf[side]));
+      }
+      s.masked += static_cast<uint32_t>(std::popcount(neg_inf[0] & neg_inf[1]));
+      s.one_sided +=
+          static_cast<uint32_t>(std::popcount(bits16(ok_a[0], ok_a[1]) ^ bits16(ok_b[0], ok_b[1])));
+    }
+
+    // The sums: elements 0-3 and 8-11 of the step into lanes 0-3, 4-7 and 12-15 into lanes 4-7.
+    for (int h = 0; h < 2; ++h) {
+      const __m256 xa = _mm256_and_ps(va[h], ok[h]), xb = _mm256_and_ps(vb[h], ok[h]);
+      for (int q = 0; q < 2; ++q) {
+        const __m256d x =
+            _mm256_cvtps_pd(q ? _mm256_extractf128_ps(xa, 1) : _mm256_castps256_ps128(xa));
+        const __m256d y =
+            _mm256_cvtps_pd(q ? _mm256_extractf128_ps(xb, 1) : _mm256_castps256_ps128(xb));
+        const __m256d d = _mm256_sub_pd(y, x);
+        sa[q] = _mm256_add_pd(sa[q], x);
+        sb[q] = _mm256_add_pd(sb[q], y);
+        saa[q] = _mm256_fmadd_pd(x, x, saa[q]);  // exact products: fused or not, the same
+        sbb[q] = _mm256_fmadd_pd(y, y, sbb[q]);
+        sab[q] = _mm256_fmadd_pd(x, y, sab[q]);
+        sdd[q] = _mm256_add_pd(sdd[q], keep(_mm256_mul_pd(d, d)));
+        md = _mm256_max_pd(md, _mm256_and_pd(d, dabs_mask));
+      }
+    }
+  }
+  even = _mm256_add_epi32(even, _mm256_and_si256(nibbles, low_nibbles));
+  odd = _mm256_add_epi32(odd, _mm256_and_si256(_mm256_srli_epi32(nibbles, 4), low_nibbles));
+  alignas(32) uint8_t byte[2][32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(byte[0]), even);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(byte[1]), odd);
+  uint32_t slot[8] = {};  // slot t: k = w + t positive (t < 4), negative (t >= 4)
+  for (int lane = 0; lane < 8; ++lane)
+    for (int t = 0; t < 8; ++t) slot[t] += byte[t % 2][4 * lane + t / 2];
+  for (int t = 0; t < 4; ++t) {
+    if (w + t > decades) continue;  // no k reaches past the last decade
+    diff[zero + w + t] += slot[t];
+    diff[zero - w - t] += slot[t + 4];
+    per_decade[w + t] += slot[t] + slot[t + 4];
+  }
+  diff[zero] += zeros;
+  uint32_t best = 0;
+  for (int32_t v = 1; v + 3 <= std::max(4, decades); ++v) {
+    const uint32_t held = per_decade[v] + per_decade[v + 1] + per_decade[v + 2] + per_decade[v + 3];
+    if (held > best) best = held, window = v;
+  }
+  s.sa = combine_lanes(sa[0], sa[1]);
+  s.sb = combine_lanes(sb[0], sb[1]);
+  s.saa = combine_lanes(saa[0], saa[1]);
+  s.sbb = combine_lanes(sbb[0], sbb[1]);
+  s.sab = combine_lanes(sab[0], sab[1]);
+  s.sdd = combine_lanes(sdd[0], sdd[1]);
+  {
+    const __m128d u = _mm_max_pd(_mm256_castpd256_pd128(md), _mm256_extractf128_pd(md, 1));
+    s.max_abs_diff = paired ? _mm_cvtsd_f64(_mm_max_sd(u, _mm_unpackhi_pd(u, u))) : -1.0;
+  }
+  s.lo[0] = combine_lo(lo_a[0], lo_a[1]);
+  s.lo[1] = combine_lo(lo_b[0], lo_b[1]);
+  s.hi[0] = combine_hi(hi_a[0], hi_a[1]);
+  s.hi[1] = combine_hi(hi_b[0], hi_b[1]);
+  s.paired = paired;
+  s.agree = agree;
+  return s;
+}
+
+LOCKSTEP_COMPARE_AVX2 bool values_avx2(const float* a, const float* b, uint32_t n,
+                                       const ValueParams& vp, BlockKeys& out) {
+  const __m256 scale = _mm256_set1_ps(vp.scale), offset = _mm256_set1_ps(vp.offset);
+  const __m256 top = _mm256_set1_ps(vp.top);
+  const __m256i bins = _mm256_set1_epi32(vp.bins), dump0 = _mm256_set1_epi32(vp.dump0);
+  const __m256i dump1 = _mm256_set1_epi32(vp.dump1);
+  const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  __m256 one_sided = _mm256_setzero_ps();
+  // key0 and key1 hold kBlock entries: a last step of fewer than 8 writes inside them.
+  for (uint32_t i = 0; i < n; i += 8) {
+    __m256 va, vb, live = all;
+    if (n - i >= 8) {
+      va = _mm256_loadu_ps(a + i);
+      vb = _mm256_loadu_ps(b + i);
+    } else {
+      const __m256i m = live_lanes(static_cast<int32_t>(n - i));
+      va = _mm256_maskload_ps(a + i, m);
+      vb = _mm256_maskload_ps(b + i, m);
+      live = _mm256_castsi256_ps(m);
+    }
+    const __m256 ok_a = finite_mask(live, va), ok_b = finite_mask(live, vb);
+    one_sided = _mm256_or_ps(one_sided, _mm256_xor_ps(ok_a, ok_b));
+    // As in values_avx512: min(t, top) is std::min(t, top) for every finite t.
+    const __m256 ta = _mm256_min_ps(_mm256_sub_ps(keep(_mm256_mul_ps(va, scale)), offset), top);
+    const __m256 tb = _mm256_min_ps(_mm256_sub_ps(keep(_mm256_mul_ps(vb, scale)), offset), top);
+    const __m256i ba = _mm256_cvttps_epi32(ta), bb = _mm256_cvttps_epi32(tb);
+    if (vp.joint) {
+      const __m256i key = _mm256_add_epi32(_mm256_mullo_epi32(ba, bins), bb);
+      const __m256i ok = _mm256_castps_si256(_mm256_and_ps(ok_a, ok_b));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.key0 + i),
+                          _mm256_blendv_epi8(dump0, key, ok));
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.key0 + i),
+                          _mm256_blendv_epi8(dump0, ba, _mm256_castps_si256(ok_a)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.key1 + i),
+                          _mm256_blendv_epi8(dump1, bb, _mm256_castps_si256(ok_b)));
+    }
+  }
+  return _mm256_movemask_ps(one_sided) != 0;
+}
+
+// exp_nonpositive on 4 lanes; n is an integer in [-1075, 0] (for lanes it is not, the result
+// is masked away by the caller), so it converts through 32 bits.
+LOCKSTEP_COMPARE_AVX2 __m256d exp_avx2(__m256d x) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m256d in = _mm256_cmp_pd(x, _mm256_set1_pd(kExpMin), _CMP_GE_OQ);
+  x = _mm256_and_pd(x, in);
+  const __m256d n = _mm256_round_pd(keep(_mm256_mul_pd(x, _mm256_set1_pd(kLog2e))), kRn);
+  const __m256d r = _mm256_sub_pd(_mm256_sub_pd(x, keep(_mm256_mul_pd(n, _mm256_set1_pd(kLn2Hi)))),
+                                  keep(_mm256_mul_pd(n, _mm256_set1_pd(kLn2Lo))));
+  __m256d p = _mm256_set1_pd(kExpTaylor[13]);
+  for (int k = 12; k >= 0; --k)
+    p = _mm256_add_pd(keep(_mm256_mul_pd(p, r)),
+                      _mm256_set1_pd(kExpTaylor[static_cast<size_t>(k)]));
+  const __m128i ni = _mm256_cvtpd_epi32(n), h = _mm_srai_epi32(ni, 1);
+  const __m128i bias = _mm_set1_epi32(1023);
+  const __m256d s1 =
+      _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_cvtepi32_epi64(_mm_add_epi32(h, bias)), 52));
+  const __m256d s2 = _mm256_castsi256_pd(
+      _mm256_slli_epi64(_mm256_cvtepi32_epi64(_mm_add_epi32(_mm_sub_epi32(ni, h), bias)), 52));
+  return _mm256_and_pd(in, _mm256_mul_pd(keep(_mm256_mul_pd(p, s1)), s2));
+}
+
+LOCKSTEP_COMPARE_AVX2 LogitSums logit_sums_avx2(const float* a, const float* b, size_t n, double ma,
+                                                double mb) {
+  __m256d za[2], zb[2], s[2];
+  for (int q = 0; q < 2; ++q) za[q] = zb[q] = s[q] = _mm256_setzero_pd();
+  const __m256d vma = _mm256_set1_pd(ma), vmb = _mm256_set1_pd(mb);
+  const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  for (size_t i = 0; i < n; i += 8) {
+    __m256 fa, fb, live = all;
+    if (n - i >= 8) {
+      fa = _mm256_loadu_ps(a + i);
+      fb = _mm256_loadu_ps(b + i);
+    } else {
+      const __m256i m = live_lanes(static_cast<int32_t>(n - i));
+      fa = _mm256_maskload_ps(a + i, m);
+      fb = _mm256_maskload_ps(b + i, m);
+      live = _mm256_castsi256_ps(m);
+    }
+    for (int q = 0; q < 2; ++q) {
+      const __m256d x =
+          _mm256_cvtps_pd(q ? _mm256_extractf128_ps(fa, 1) : _mm256_castps256_ps128(fa));
+      const __m256d y =
+          _mm256_cvtps_pd(q ? _mm256_extractf128_ps(fb, 1) : _mm256_castps256_ps128(fb));
+      const __m256d lv = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(
+          _mm_castps_si128(q ? _mm256_extractf128_ps(live, 1) : _mm256_castps256_ps128(live))));
+      const __m256d ea = exp_avx2(_mm256_sub_pd(x, vma)), eb = exp_avx2(_mm256_sub_pd(y, vmb));
+      za[q] = _mm256_add_pd(za[q], _mm256_and_pd(lv, ea));
+      zb[q] = _mm256_add_pd(zb[q], _mm256_and_pd(lv, eb));
+      const __m256d pos = _mm256_and_pd(lv, _mm256_cmp_pd(ea, _mm256_setzero_pd(), _CMP_GT_OQ));
+      s[q] = _mm256_add_pd(s[q], _mm256_and_pd(pos, keep(_mm256_mul_pd(ea, _mm256_sub_pd(x, y)))));
+    }
+  }
+  return {combine_lanes(za[0], za[1]), combine_lanes(zb[0], zb[1]), combine_lanes(s[0], s[1])};
+}
 #endif
 
-// The kernels for this comparison: AVX-512 where the CPU has it, unless LOCKSTEP_CPU_ISA
-// (cpu_kernels.h) asks for less; both give the same bits.
+// The kernels for this comparison: AVX-512 where the CPU has it, else AVX2, unless
+// LOCKSTEP_CPU_ISA (cpu_kernels.h) asks for less; all give the same bits.
 Kernels pick_kernels() {
 #if defined(LOCKSTEP_HAVE_X86_KERNELS)
   cpu::Isa isa = cpu::Isa::Scalar;
@@ -716,6 +1060,7 @@ Kernels pick_kernels() {
     isa = cpu::supported_isas().back();  // a bad LOCKSTEP_CPU_ISA is the cpu lane's error
   }
   if (isa == cpu::Isa::Avx512) return {first_avx512, values_avx512, logit_sums_avx512};
+  if (isa == cpu::Isa::Avx2) return {first_avx2, values_avx2, logit_sums_avx2};
 #endif
   return {first_portable, values_portable, logit_sums_portable};
 }

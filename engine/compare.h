@@ -29,13 +29,13 @@
 // barrier per cell (a per-cell OpenMP region cost more than the work on a loaded 2-core
 // machine).
 //
-// Kernels. Blocks of 512 elements go through an AVX-512 kernel where the CPU has one (as
-// cpu::best_isa() in cpu_kernels.h says: LOCKSTEP_CPU_ISA=scalar forces the portable kernel),
-// else a portable one; both give the same bits. Block sums run in 8 fixed double lanes
-// (element i in lane i % 8, the lanes then added by a fixed tree), a product is rounded before
-// its add unless it is exact (float × float in double), and the ranges follow the min/max
-// instructions' rule between −0 and +0. lm_head's KL sums likewise, with an exponential of the
-// comparison's own (a few ulp), not libm's.
+// Kernels. Blocks of 512 elements go through an AVX-512 kernel where the CPU has one, else an
+// AVX2+FMA one, else a portable one, as cpu::best_isa() in cpu_kernels.h says
+// (LOCKSTEP_CPU_ISA=avx2 or scalar forces a lower one); all give the same bits. Block sums run
+// in 8 fixed double lanes (element i in lane i % 8, the lanes then added by a fixed tree), a
+// product is rounded before its add unless it is exact (float × float in double), and the
+// ranges follow the min/max instructions' rule between −0 and +0. lm_head's KL sums likewise,
+// with an exponential of the comparison's own (a few ulp), not libm's.
 //
 // lm_head (logits [tokens, vocab]) also gets, per token row: KL(softmax(a) ‖ softmax(b)),
 // top-1 agreement and top-k overlap (top-k: larger first, NaN as -inf, ties to the lower
