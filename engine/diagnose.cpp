@@ -110,9 +110,13 @@ Rows rows_of(const Cell& cell, const std::vector<uint64_t>& shape, uint64_t n,
 
 std::string head_name(const Cell& cell, const ModelConfig& c, size_t h) {
   if ((cell.stage == Stage::QkvMatmul || cell.stage == Stage::QkvBias) && c.heads) {
-    if (h < c.heads) return "Q" + std::to_string(h);
-    if (h < c.heads + c.kv_heads) return "K" + std::to_string(h - c.heads);
-    return "V" + std::to_string(h - c.heads - c.kv_heads);
+    // Built by appending: `"Q" + std::to_string(h)` trips GCC 12's -Wrestrict false positive
+    // (bug 105329) at -O3.
+    std::string name(1, h < c.heads ? 'Q' : h < c.heads + c.kv_heads ? 'K' : 'V');
+    name += std::to_string(h < c.heads                ? h
+                           : h < c.heads + c.kv_heads ? h - c.heads
+                                                      : h - c.heads - c.kv_heads);
+    return name;
   }
   return std::to_string(h);
 }
