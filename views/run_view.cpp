@@ -1,0 +1,91 @@
+#include "views/run_view.h"
+
+#include <imgui.h>
+
+#include <string>
+
+#include "engine/faults.h"
+
+namespace lockstep::views {
+
+void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSink& commands,
+                   RectSink* rects) {
+  const bool running = snapshot.job.running;
+  const ImGuiIO& io = ImGui::GetIO();
+  auto run = [&] {
+    commands.push_back(RunCommand{ui.fault, ui.decode});
+    commands.push_back(LogCommand{"run requested: " + (ui.fault.empty() ? "no fault" : ui.fault) +
+                                  (ui.decode ? ", decode" : ", prefill")});
+  };
+
+  ImGui::SetNextItemWidth(260);
+  if (ImGui::BeginCombo("fault in lane cpu", ui.fault.empty() ? "none" : ui.fault.c_str())) {
+    if (ImGui::Selectable("none", ui.fault.empty())) ui.fault.clear();
+    for (const engine::FaultInfo& f : engine::fault_registry()) {
+      const std::string spec = engine::FaultSpec::defaults(f.kind).str();
+      if (ImGui::Selectable(spec.c_str(), spec == ui.fault)) ui.fault = spec;
+      if (ImGui::IsItemHovered())
+        ImGui::SetTooltip("%.*s\nexpected diagnosis: %.*s", int(f.description.size()),
+                          f.description.data(), int(engine::bug_class_label(f.diagnosis).size()),
+                          engine::bug_class_label(f.diagnosis).data());
+    }
+    ImGui::EndCombo();
+  }
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip("The bug planted in lane cpu (the fast CPU engine); lane ref, the float64\n"
+                      "oracle, never carries one");
+  ImGui::SameLine();
+  int mode = ui.decode ? 1 : 0;
+  ImGui::RadioButton("prefill", &mode, 0);
+  if (ImGui::IsItemHovered()) ImGui::SetTooltip("All tokens in one forward from position 0");
+  ImGui::SameLine();
+  ImGui::RadioButton("decode", &mode, 1);
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip("One token per forward over the KV cache, stitched into one trace");
+  ui.decode = mode == 1;
+  ImGui::SameLine(0, 20);
+  if (running) ImGui::BeginDisabled();
+  if (ImGui::Button("Run")) run();
+  if (running) ImGui::EndDisabled();
+  if (rects) {
+    const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
+    rects->push_back({"run.run", a.x, a.y, b.x, b.y});
+  }
+  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
+    ImGui::SetTooltip("Bisect lane cpu against lane ref on the demo model (Ctrl+R)");
+  ImGui::SameLine();
+  if (!running) ImGui::BeginDisabled();
+  if (ImGui::Button("Cancel")) commands.push_back(CancelCommand{});
+  if (!running) ImGui::EndDisabled();
+  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
+    ImGui::SetTooltip("Stop the job under way (Esc); the map keeps the last result");
+
+  if (!io.WantTextInput) {
+    if (io.KeyCtrl && ImGui::IsKeyPressed('R') && !running) run();  // GLFW letter keys are ASCII
+    if (running && ImGui::IsKeyPressed(ImGui::GetKeyIndex(ImGuiKey_Escape)))
+      commands.push_back(CancelCommand{});
+  }
+
+  ImGui::SameLine(0, 20);
+  ImGui::SetNextItemWidth(110);
+  if (ImGui::SliderFloat("font scale", &ui.font_scale, 0.75f, 2.5f, "%.2f")) {
+    ui.settings_changed = true;
+  }
+  if (ImGui::IsItemHovered()) ImGui::SetTooltip("Text size (saved in settings.json); Ctrl+click to type");
+
+  const JobStatus& job = snapshot.job;
+  char overlay[256];
+  if (job.running)
+    std::snprintf(overlay, sizeof overlay, "%s  (%.1f s)", job.message.c_str(), now - job.started);
+  else
+    std::snprintf(overlay, sizeof overlay, "%s", snapshot.map ? "idle" : "waiting");
+  ImGui::ProgressBar(job.running ? float(job.fraction) : (snapshot.map ? 1.0f : 0.0f),
+                     ImVec2(-1, 0), overlay);
+  if (rects) {
+    const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
+    rects->push_back({"run.progress", a.x, a.y, b.x, b.y});
+  }
+  ImGui::TextDisabled("%s", snapshot.title.c_str());
+}
+
+}  // namespace lockstep::views
