@@ -54,10 +54,14 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   views::draw_run_view(snapshot, ui, steady_now(), commands, rects);
   ImGui::EndChild();
 
-  const float map_h = snapshot.map
-                          ? line * 2 + ImGui::GetTextLineHeight() * 3 + 14 +
-                                (ImGui::GetTextLineHeight() + 10) * float(snapshot.map->rows.size()) + 24
-                          : line * 2;
+  // The map child fits its table: the metric row, a three-line header, one row per layer.
+  const ImGuiStyle& style = ImGui::GetStyle();
+  const float text = ImGui::GetTextLineHeight();
+  const float map_h =
+      snapshot.map ? line + text * 3 + style.CellPadding.y * 2 + 4 +
+                         (text + 8 + style.CellPadding.y * 2) * float(snapshot.map->rows.size()) +
+                         style.WindowPadding.y * 2 + 6
+                   : line * 2;
   ImGui::BeginChild("map", ImVec2(0, map_h), true);
   record_panel(rects, "panel.map");
   views::draw_map_view(snapshot, ui, commands, rects);

@@ -295,9 +295,9 @@ std::shared_ptr<const CellDetail> build_detail(const Worker::State& st, const en
     return std::string(s.near_f16_limit ? "yes" : "no");
   });
 
-  o.metrics.push_back({"elements (paired / masked / unpaired)",
-                       count(c->elements) + " (" + count(c->paired) + " / " + count(c->masked) +
-                           " / " + count(c->unpaired) + ")"});
+  o.metrics.push_back({"elements", count(c->elements) + " (paired " + count(c->paired) +
+                                       ", masked " + count(c->masked) + ", unpaired " +
+                                       count(c->unpaired) + ")"});
   o.metrics.push_back({"relative RMS", sci(c->relative_rms)});
   o.metrics.push_back({"noise floor / threshold", sci(d->floor) + " / " + sci(d->threshold)});
   o.metrics.push_back({"cosine", fmt("%.8f", c->cosine)});
@@ -435,7 +435,7 @@ Worker::~Worker() {
   queue_cv_.notify_all();
   thread_.join();
   std::error_code ec;
-  if (!state_->model_path.empty()) std::filesystem::remove(state_->model_path, ec);
+  if (!state_->model_path.empty()) std::filesystem::remove_all(options_.scratch, ec);
 }
 
 void Worker::post(const views::Command& command) {

@@ -19,7 +19,7 @@
 namespace lockstep::app {
 
 struct WorkerOptions {
-  std::filesystem::path scratch;  // where the demo model is written (removed by the worker)
+  std::filesystem::path scratch;  // a directory of its own for the demo model (removed at the end)
   unsigned threads = 0;           // lanes and comparison; 0 = one per hardware thread
   std::function<void()> wake;     // called after each publish (wakes the frame loop)
 };

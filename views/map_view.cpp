@@ -41,7 +41,7 @@ void draw_legend(const MapData& map, size_t metric) {
 
 void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
                    RectSink* rects) {
-  ImGui::SetNextItemWidth(180);
+  ImGui::SetNextItemWidth(240);
   const std::string preview(engine::map_metric_label(kMetrics[ui.metric]));
   if (ImGui::BeginCombo("metric", preview.c_str())) {
     for (size_t k = 0; k < kMetricCount; ++k) {

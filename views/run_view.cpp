@@ -55,7 +55,7 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
     ImGui::SetTooltip("Bisect lane cpu against lane ref on the demo model (Ctrl+R)");
   ImGui::SameLine();
   if (!running) ImGui::BeginDisabled();
-  if (ImGui::Button("Cancel")) commands.push_back(CancelCommand{});
+  if (ImGui::Button("Cancel")) commands.emplace_back(std::in_place_type<CancelCommand>);
   if (!running) ImGui::EndDisabled();
   if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
     ImGui::SetTooltip("Stop the job under way (Esc); the map keeps the last result");
@@ -63,7 +63,7 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   if (!io.WantTextInput) {
     if (io.KeyCtrl && ImGui::IsKeyPressed('R') && !running) run();  // GLFW letter keys are ASCII
     if (running && ImGui::IsKeyPressed(ImGui::GetKeyIndex(ImGuiKey_Escape)))
-      commands.push_back(CancelCommand{});
+      commands.emplace_back(std::in_place_type<CancelCommand>);
   }
 
   ImGui::SameLine(0, 20);

@@ -167,6 +167,7 @@ class Workbench : public ::testing::Test {
       }
     }
     x_.reset();
+    if (!HasFailure()) fs::remove_all(dir_);  // on failure app.log and the dumps stay
   }
 
   std::string app_log() {
