@@ -132,12 +132,23 @@ int run_gui() {
     worker.post(views::RunCommand{ui.fault, ui.decode});  // the embedded demo, at once
 
     uint64_t seen_error = 0;
+    int eager_frames = 0;  // frames drawn without waiting, after input or a publish
     views::RectSink rects;
     views::CommandSink commands;
     while (!glfwWindowShouldClose(window)) {
       std::shared_ptr<const views::Snapshot> snapshot = worker.snapshot();
-      // Redraw often while a job runs (progress, elapsed time), else wait for input or a publish.
-      glfwWaitEventsTimeout(snapshot->job.running ? 1.0 / 30 : 0.5);
+      // Redraw often while a job runs (progress, elapsed time), else wait for input or a
+      // publish. ImGui settles some changes over a few frames (a popup is measured hidden for
+      // its first frame), so an event buys a few frames drawn at once.
+      if (eager_frames > 0) {
+        --eager_frames;
+        glfwPollEvents();
+      } else {
+        const double timeout = snapshot->job.running ? 1.0 / 30 : 0.5;
+        const double before = steady_now();
+        glfwWaitEventsTimeout(timeout);
+        if (steady_now() - before < timeout * 0.9) eager_frames = 3;
+      }
       snapshot = worker.snapshot();  // the one this frame draws
 
       io.FontGlobalScale = ui.font_scale;

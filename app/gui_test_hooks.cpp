@@ -58,6 +58,8 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
   j["top_k"] = d ? d->top.size() : 0;
   j["sign_flips"] = d ? d->sign_flips : 0;
   j["metric"] = std::string(engine::map_metric_name(views::kMetrics[ui.metric]));
+  j["fault"] = ui.fault;
+  j["decode"] = ui.decode;
   j["errors"] = s.error_seq;
   const std::string text = j.dump(1);
   if (text == last_state_) return;
@@ -68,7 +70,6 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
 }
 
 void GuiTestHooks::maybe_screenshot(int w, int h) {
-  if (++frames_ % 4 != 0) return;  // a stat every few frames is plenty
   const std::filesystem::path request = dir_ / "screenshot.request";
   std::error_code ec;
   if (!std::filesystem::exists(request, ec)) return;
@@ -91,7 +92,7 @@ void GuiTestHooks::maybe_screenshot(int w, int h) {
 
 bool GuiTestHooks::quit_requested() const {
   std::error_code ec;
-  return frames_ % 4 == 0 && std::filesystem::exists(dir_ / "quit.request", ec);
+  return std::filesystem::exists(dir_ / "quit.request", ec);
 }
 
 }  // namespace lockstep::app

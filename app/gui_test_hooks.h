@@ -4,7 +4,7 @@
 //     window pixels, whenever a rectangle changes;
 //   - writes DIR/state.json whenever what is shown changes:
 //     {"seq", "running", "map_ready", "first_divergence", "selected", "verdict", "diagnosis",
-//      "top_k", "sign_flips", "metric", "errors"};
+//      "top_k", "sign_flips", "metric", "fault", "decode", "errors"};
 //   - when DIR/screenshot.request appears (its content: the PNG path to write), reads the frame
 //     back (glReadPixels) after rendering it, writes the PNG and removes the request;
 //   - when DIR/quit.request appears, closes the window (the test's clean exit).
@@ -34,7 +34,6 @@ class GuiTestHooks {
   explicit GuiTestHooks(std::filesystem::path dir) : dir_(std::move(dir)) {}
   std::filesystem::path dir_;
   std::string last_rects_, last_state_;
-  int frames_ = 0;
 };
 
 }  // namespace lockstep::app

@@ -70,7 +70,9 @@ void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
 
   const CellDetail* selected = snapshot.detail.get();
   // N / P: next / previous diverging cell in plan order.
-  if (!ImGui::GetIO().WantTextInput && !map->divergent.empty() && !ImGui::GetIO().KeyCtrl) {
+  const bool popup = ImGui::IsPopupOpen("", ImGuiPopupFlags_AnyPopupId | ImGuiPopupFlags_AnyPopupLevel);
+  if (!ImGui::GetIO().WantTextInput && !popup && !map->divergent.empty() &&
+      !ImGui::GetIO().KeyCtrl) {
     const bool next = ImGui::IsKeyPressed('N'), prev = ImGui::IsKeyPressed('P');
     if (next || prev) {
       long at = -1;

@@ -7,15 +7,22 @@
 #include "engine/faults.h"
 
 namespace lockstep::views {
+namespace {
+
+void record(RectSink* rects, const std::string& name) {
+  if (!rects) return;
+  const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
+  rects->push_back({name, a.x, a.y, b.x, b.y});
+}
+
+}  // namespace
 
 void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSink& commands,
                    RectSink* rects) {
   const bool running = snapshot.job.running;
   const ImGuiIO& io = ImGui::GetIO();
   auto run = [&] {
-    commands.push_back(RunCommand{ui.fault, ui.decode});
-    commands.push_back(LogCommand{"run requested: " + (ui.fault.empty() ? "no fault" : ui.fault) +
-                                  (ui.decode ? ", decode" : ", prefill")});
+    commands.push_back(RunCommand{ui.fault, ui.decode});  // the worker logs it
   };
 
   ImGui::SetNextItemWidth(260);
@@ -24,6 +31,7 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
     for (const engine::FaultInfo& f : engine::fault_registry()) {
       const std::string spec = engine::FaultSpec::defaults(f.kind).str();
       if (ImGui::Selectable(spec.c_str(), spec == ui.fault)) ui.fault = spec;
+      record(rects, "run.fault.item." + spec);
       if (ImGui::IsItemHovered())
         ImGui::SetTooltip("%.*s\nexpected diagnosis: %.*s", int(f.description.size()),
                           f.description.data(), int(engine::bug_class_label(f.diagnosis).size()),
@@ -31,6 +39,7 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
     }
     ImGui::EndCombo();
   }
+  record(rects, "run.fault");
   if (ImGui::IsItemHovered())
     ImGui::SetTooltip("The bug planted in lane cpu (the fast CPU engine); lane ref, the float64\n"
                       "oracle, never carries one");
@@ -47,10 +56,7 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   if (running) ImGui::BeginDisabled();
   if (ImGui::Button("Run")) run();
   if (running) ImGui::EndDisabled();
-  if (rects) {
-    const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
-    rects->push_back({"run.run", a.x, a.y, b.x, b.y});
-  }
+  record(rects, "run.run");
   if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
     ImGui::SetTooltip("Bisect lane cpu against lane ref on the demo model (Ctrl+R)");
   ImGui::SameLine();
@@ -60,7 +66,8 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
     ImGui::SetTooltip("Stop the job under way (Esc); the map keeps the last result");
 
-  if (!io.WantTextInput) {
+  const bool popup = ImGui::IsPopupOpen("", ImGuiPopupFlags_AnyPopupId | ImGuiPopupFlags_AnyPopupLevel);
+  if (!io.WantTextInput && !popup) {
     if (io.KeyCtrl && ImGui::IsKeyPressed('R') && !running) run();  // GLFW letter keys are ASCII
     if (running && ImGui::IsKeyPressed(ImGui::GetKeyIndex(ImGuiKey_Escape)))
       commands.emplace_back(std::in_place_type<CancelCommand>);
@@ -81,10 +88,7 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
     std::snprintf(overlay, sizeof overlay, "%s", snapshot.map ? "idle" : "waiting");
   ImGui::ProgressBar(job.running ? float(job.fraction) : (snapshot.map ? 1.0f : 0.0f),
                      ImVec2(-1, 0), overlay);
-  if (rects) {
-    const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
-    rects->push_back({"run.progress", a.x, a.y, b.x, b.y});
-  }
+  record(rects, "run.progress");
   ImGui::TextDisabled("%s", snapshot.title.c_str());
 }
 

@@ -139,6 +139,7 @@ class Workbench : public ::testing::Test {
     if (!on_path("xdotool")) GTEST_SKIP() << "xdotool is not installed (scripts/setup.sh deps)";
     if (!std::getenv("DISPLAY") && !on_path("Xvfb"))
       GTEST_SKIP() << "no $DISPLAY and Xvfb is not installed (scripts/setup.sh deps)";
+    if (const char* d = std::getenv("DISPLAY")) original_display_ = d;
     x_ = std::make_unique<XServer>();
     ASSERT_FALSE(x_->display().empty()) << "could not start Xvfb on a free display";
     setenv("DISPLAY", x_->display().c_str(), 1);
@@ -167,6 +168,10 @@ class Workbench : public ::testing::Test {
       }
     }
     x_.reset();
+    if (original_display_)
+      setenv("DISPLAY", original_display_->c_str(), 1);
+    else
+      unsetenv("DISPLAY");
     if (!HasFailure()) fs::remove_all(dir_);  // on failure app.log and the dumps stay
   }
 
@@ -200,22 +205,37 @@ class Workbench : public ::testing::Test {
     return std::array<double, 4>{r[0], r[1], r[2], r[3]};
   }
 
-  // Moves the pointer off the window, onto the widget's centre, and clicks, until the state
-  // dump shows it selected (a click can land while a frame is being built; retrying is safe).
+  // Moves the pointer off the window, then onto the widget's centre, and clicks.
+  bool click(const std::string& widget) {
+    auto r = screen_rect(widget);
+    if (!r) return false;
+    const int x = int(((*r)[0] + (*r)[2]) / 2), y = int(((*r)[1] + (*r)[3]) / 2);
+    std::system("xdotool mousemove 1595 995");
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    std::system(("xdotool mousemove " + std::to_string(x) + " " + std::to_string(y)).c_str());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    return std::system("xdotool click 1") == 0;
+  }
+
+  // Clicks a map cell until the state dump shows it selected (a click can land while a frame
+  // is being built; retrying is safe).
   bool click_cell(const std::string& cell) {
     for (int attempt = 0; attempt < 6; ++attempt) {
-      auto r = screen_rect("map.cell." + cell);
-      if (!r) return false;
-      const int x = int(((*r)[0] + (*r)[2]) / 2), y = int(((*r)[1] + (*r)[3]) / 2);
-      std::system("xdotool mousemove 1595 995");
-      std::this_thread::sleep_for(std::chrono::milliseconds(150));
-      std::system(("xdotool mousemove " + std::to_string(x) + " " + std::to_string(y)).c_str());
-      std::this_thread::sleep_for(std::chrono::milliseconds(300));
-      std::system("xdotool click 1");
+      if (!click("map.cell." + cell)) return false;
       if (wait_for(10, [&] { return state().value("selected", nlohmann::json()) == cell; }))
         return true;
     }
     return false;
+  }
+
+  void wait_for_demo() {
+    ASSERT_TRUE(wait_for(180, [&] {
+      return !app_alive() ||
+             (state().value("map_ready", false) && !state().value("running", true));
+    })) << "the demo did not finish; app log:\n" << app_log();
+    ASSERT_TRUE(app_alive()) << app_log();
+    EXPECT_EQ(state()["first_divergence"], "lm_head");
+    EXPECT_EQ(state()["errors"], 0) << app_log();
   }
 
   std::optional<Image> screenshot(const std::string& name) {
@@ -230,6 +250,7 @@ class Workbench : public ::testing::Test {
     return load_png(png);
   }
 
+  std::optional<std::string> original_display_;
   std::unique_ptr<XServer> x_;
   fs::path dir_, shots_;
   pid_t app_ = -1;
@@ -238,12 +259,7 @@ class Workbench : public ::testing::Test {
 TEST_F(Workbench, DemoOpensAndClickingTheFirstDivergenceShowsItsEvidence) {
   // The embedded demo runs by itself: the map shows the planted bug's cell as the first
   // divergence.
-  ASSERT_TRUE(wait_for(180, [&] {
-    return !app_alive() || (state().value("map_ready", false) && !state().value("running", true));
-  })) << "the demo did not finish; app log:\n" << app_log();
-  ASSERT_TRUE(app_alive()) << app_log();
-  EXPECT_EQ(state()["first_divergence"], "lm_head");
-  EXPECT_EQ(state()["errors"], 0) << app_log();
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
   ASSERT_TRUE(wait_for(30, [&] {
     return screen_rect("map.cell.lm_head") && screen_rect("map.cell.attn_norm@0");
   })) << "no rectangles for the map cells";
@@ -290,6 +306,33 @@ TEST_F(Workbench, DemoOpensAndClickingTheFirstDivergenceShowsItsEvidence) {
     }
   EXPECT_GT(differ, total / 50) << "the drill-down panel looks empty";
   EXPECT_GT(a_bars, 100) << "no value histogram bars in the drill-down";
+}
+
+TEST_F(Workbench, AFailedRunShowsTheErrorAndTheWorkbenchKeepsItsResult) {
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  // drop_qkv_bias cannot show on a Llama (no QKV bias): the run fails before any lane runs.
+  bool picked = false;
+  for (int attempt = 0; attempt < 6 && !picked; ++attempt) {
+    ASSERT_TRUE(wait_for(30, [&] { return screen_rect("run.fault").has_value(); }));
+    ASSERT_TRUE(click("run.fault"));
+    if (!wait_for(10, [&] { return screen_rect("run.fault.item.drop_qkv_bias@qkv_bias").has_value(); }))
+      continue;
+    ASSERT_TRUE(click("run.fault.item.drop_qkv_bias@qkv_bias"));
+    picked = wait_for(10, [&] { return state().value("fault", "") == "drop_qkv_bias@qkv_bias"; });
+  }
+  ASSERT_TRUE(picked) << "could not pick drop_qkv_bias in the fault combo";
+  bool failed = false;
+  for (int attempt = 0; attempt < 6 && !failed; ++attempt) {
+    ASSERT_TRUE(click("run.run"));
+    failed = wait_for(20, [&] { return state().value("errors", 0) >= 1; });
+  }
+  ASSERT_TRUE(failed) << "running drop_qkv_bias did not report an error";
+  ASSERT_TRUE(screenshot("failed-run-dialog"));
+  EXPECT_TRUE(app_alive());
+  const nlohmann::json s = state();
+  EXPECT_TRUE(s.value("map_ready", false));
+  EXPECT_EQ(s["first_divergence"], "lm_head") << "the map keeps the last good result";
+  EXPECT_FALSE(s.value("running", true));
 }
 
 TEST(WorkbenchHeadless, WithoutADisplayItNamesTheHeadlessCommandAndExits2) {
