@@ -308,8 +308,16 @@ TEST_F(Workbench, DemoOpensAndClickingTheFirstDivergenceShowsItsEvidence) {
   EXPECT_GT(a_bars, 100) << "no value histogram bars in the drill-down";
 }
 
-TEST_F(Workbench, AFailedRunShowsTheErrorAndTheWorkbenchKeepsItsResult) {
+TEST_F(Workbench, KeyNWalksDivergencesAndAFailedRunShowsTheErrorAndKeepsTheResult) {
   ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  // Keyboard: N from a cell that agrees goes to the next diverging cell.
+  ASSERT_TRUE(click_cell("attn_norm@0"));
+  bool moved = false;
+  for (int attempt = 0; attempt < 3 && !moved; ++attempt) {
+    std::system("xdotool key n");
+    moved = wait_for(10, [&] { return state().value("selected", nlohmann::json()) == "lm_head"; });
+  }
+  EXPECT_TRUE(moved) << "N did not select the next diverging cell";
   // drop_qkv_bias cannot show on a Llama (no QKV bias): the run fails before any lane runs.
   bool picked = false;
   for (int attempt = 0; attempt < 6 && !picked; ++attempt) {
