@@ -55,6 +55,7 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
   j["selected"] = d ? nlohmann::json(d->name) : nlohmann::json();
   j["verdict"] = d ? nlohmann::json(d->verdict) : nlohmann::json();
   j["diagnosis"] = d ? nlohmann::json(d->diagnosis_class) : nlohmann::json();
+  j["replayed"] = d && d->replayed_on_request;
   j["top_k"] = d ? d->top.size() : 0;
   j["sign_flips"] = d ? d->sign_flips : 0;
   j["metric"] = std::string(engine::map_metric_name(views::kMetrics[ui.metric]));

@@ -360,7 +360,10 @@ std::shared_ptr<const CellDetail> build_detail(const Worker::State& st, const en
 
   // Replay verdict: the bisection's own replays, then replays on request, then the heatmap.
   std::optional<engine::ReplayVerdict> v = localized(r, cell);
-  if (auto it = st.replays.find(cell); it != st.replays.end()) v = it->second;
+  if (auto it = st.replays.find(cell); it != st.replays.end()) {
+    v = it->second;
+    o.replayed_on_request = true;
+  }
   if (v) {
     o.verdict = v->introduced ? "introduced" : "inherited";
     o.verdict_text = "local " + sci(v->local) + " (lane B's node on lane A's inputs), carried " +

@@ -70,6 +70,7 @@ struct CellDetail {
   Bars per_token, per_head;           // relative RMS
   std::string verdict;                // "introduced", "inherited", "not replayed"
   std::string verdict_text;           // the numbers behind it
+  bool replayed_on_request = false;   // the verdict comes from the Replay button
   std::string diagnosis_class;        // bug_class_name, or "" when none
   std::string diagnosis_headline;
   std::vector<std::string> evidence;

@@ -275,6 +275,19 @@ TEST_F(Workbench, DemoOpensAndClickingTheFirstDivergenceShowsItsEvidence) {
   EXPECT_EQ(s["diagnosis"], "layout");
   EXPECT_GT(s["sign_flips"].get<int>(), 0) << "a transposed GEMV flips signs in its top errors";
 
+  // Replay on request: lane cpu's lm_head on lane ref's inputs still introduces the error.
+  bool replayed = false;
+  for (int attempt = 0; attempt < 3 && !replayed; ++attempt) {
+    ASSERT_TRUE(click("drilldown.replay"));
+    replayed = wait_for(20, [&] {
+      const nlohmann::json r = state();
+      return r.value("replayed", false) && !r.value("running", true);
+    });
+  }
+  ASSERT_TRUE(replayed) << "the Replay button did not replay lm_head";
+  EXPECT_EQ(state()["verdict"], "introduced");
+  EXPECT_EQ(state()["diagnosis"], "layout");
+
   std::optional<Image> shot = screenshot("lm_head-selected");
   ASSERT_TRUE(shot);
   // The first divergence's outline: magenta along the cell's edges.
