@@ -4,6 +4,7 @@
 // Every wait polls with a generous timeout: CI runs this on 2 slow cores with Mesa llvmpipe.
 
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <signal.h>
 #include <stb_image.h>
 #include <sys/wait.h>
@@ -11,6 +12,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -75,10 +77,11 @@ bool exited(pid_t pid, int* status = nullptr) {
   int s = 0;
   const pid_t r = waitpid(pid, &s, WNOHANG);
   if (r == pid && status) *status = s;
-  return r == pid;
+  return r == pid || (r < 0 && errno == ECHILD);  // ECHILD: reaped by an earlier call
 }
 
-// Our own X server on a free display number, unless one is already there ($DISPLAY).
+// Our own X server on a free display number, unless one is already there ($DISPLAY). Xvfb
+// picks the number itself (-displayfd), so tests running in parallel never race for one.
 class XServer {
  public:
   XServer() {
@@ -86,18 +89,28 @@ class XServer {
       display_ = d;
       return;
     }
-    for (int n = 91; n < 160 && display_.empty(); ++n) {
-      const fs::path socket = "/tmp/.X11-unix/X" + std::to_string(n);
-      if (fs::exists(socket) || fs::exists("/tmp/.X" + std::to_string(n) + "-lock")) continue;
-      const pid_t pid = spawn({"Xvfb", ":" + std::to_string(n), "-screen", "0", "1600x1000x24",
-                               "-nolisten", "tcp"});
-      if (wait_for(20, [&] { return fs::exists(socket) || exited(pid); }) && !exited(pid)) {
-        pid_ = pid;
-        display_ = ":" + std::to_string(n);
-      } else if (!exited(pid)) {
-        kill(pid, SIGKILL);
-        waitpid(pid, nullptr, 0);
-      }
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    const pid_t pid = spawn({"Xvfb", "-displayfd", std::to_string(fds[1]), "-screen", "0",
+                             "1600x1000x24", "-nolisten", "tcp"});
+    close(fds[1]);
+    std::string number;
+    const auto deadline = Clock::now() + std::chrono::seconds(30);
+    while (Clock::now() < deadline && number.find('\n') == std::string::npos) {
+      pollfd p{fds[0], POLLIN, 0};
+      if (poll(&p, 1, 200) <= 0) continue;
+      char buf[32];
+      const ssize_t n = read(fds[0], buf, sizeof buf);
+      if (n <= 0) break;  // Xvfb exited without a display
+      number.append(buf, size_t(n));
+    }
+    close(fds[0]);
+    if (number.find('\n') != std::string::npos) {
+      pid_ = pid;
+      display_ = ":" + number.substr(0, number.find('\n'));
+    } else {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
     }
   }
   ~XServer() {
