@@ -48,6 +48,7 @@ void GuiTestHooks::write_rects(const views::RectSink& rects, int win_x, int win_
 void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& ui) {
   nlohmann::json j;
   j["running"] = s.job.running;
+  j["title"] = s.title;
   j["map_ready"] = s.map != nullptr;
   j["first_divergence"] =
       s.map && s.map->first ? nlohmann::json(s.map->cells[*s.map->first].name) : nlohmann::json();

@@ -49,6 +49,7 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("All tokens in one forward from position 0");
   ImGui::SameLine();
   ImGui::RadioButton("decode", &mode, 1);
+  record(rects, "run.decode");
   if (ImGui::IsItemHovered())
     ImGui::SetTooltip("One token per forward over the KV cache, stitched into one trace");
   ui.decode = mode == 1;

@@ -334,7 +334,7 @@ TEST_F(Workbench, DemoOpensAndClickingTheFirstDivergenceShowsItsEvidence) {
   EXPECT_GT(a_bars, 100) << "no value histogram bars in the drill-down";
 }
 
-TEST_F(Workbench, KeyNWalksDivergencesAndAFailedRunShowsTheErrorAndKeepsTheResult) {
+TEST_F(Workbench, KeyNDecodeRunAndAFailedRunThatShowsTheErrorAndKeepsTheResult) {
   ASSERT_NO_FATAL_FAILURE(wait_for_demo());
   // Keyboard: N from a cell that agrees goes to the next diverging cell.
   ASSERT_TRUE(click_cell("attn_norm@0"));
@@ -344,6 +344,28 @@ TEST_F(Workbench, KeyNWalksDivergencesAndAFailedRunShowsTheErrorAndKeepsTheResul
     moved = wait_for(10, [&] { return state().value("selected", nlohmann::json()) == "lm_head"; });
   }
   EXPECT_TRUE(moved) << "N did not select the next diverging cell";
+  // Decode mode: one token per forward, stitched; the same cell diverges.
+  bool decode = false;
+  for (int attempt = 0; attempt < 3 && !decode; ++attempt) {
+    ASSERT_TRUE(click("run.decode"));
+    decode = wait_for(10, [&] { return state().value("decode", false); });
+  }
+  ASSERT_TRUE(decode) << "the decode radio button did not take";
+  bool ran = false;
+  auto ends_with_decode = [&] {
+    const nlohmann::json r = state();
+    const std::string title = r.value("title", "");
+    return !r.value("running", true) && title.size() > 6 &&
+           title.compare(title.size() - 6, 6, "decode") == 0;
+  };
+  for (int attempt = 0; attempt < 3 && !ran; ++attempt) {
+    ASSERT_TRUE(click("run.run"));
+    ran = wait_for(60, ends_with_decode);
+  }
+  ASSERT_TRUE(ran) << "no decode run finished; app log:\n" << app_log();
+  EXPECT_EQ(state()["first_divergence"], "lm_head");
+  EXPECT_EQ(state()["verdict"], "introduced");
+  EXPECT_EQ(state()["diagnosis"], "layout");
   // drop_qkv_bias cannot show on a Llama (no QKV bias): the run fails before any lane runs.
   bool picked = false;
   for (int attempt = 0; attempt < 6 && !picked; ++attempt) {
