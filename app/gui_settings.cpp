@@ -24,7 +24,8 @@ GuiSettings load_settings(const std::filesystem::path& dir) {
   if (!j.is_object()) return s;
   if (auto it = j.find("font_scale"); it != j.end() && it->is_number())
     s.font_scale = std::clamp(it->get<float>(), 0.5f, 4.0f);
-  if (auto it = j.find("metric"); it != j.end() && it->is_string()) s.metric = it->get<std::string>();
+  if (auto it = j.find("metric"); it != j.end() && it->is_string())
+    s.metric = it->get<std::string>();
   return s;
 }
 

@@ -36,10 +36,9 @@ void GuiTestHooks::write_rects(const views::RectSink& rects, int win_x, int win_
                                int win_h) {
   nlohmann::json r = nlohmann::json::object();
   for (const views::NamedRect& n : rects) r[n.name] = {n.x0, n.y0, n.x1, n.y1};
-  const std::string text =
-      nlohmann::json{{"window", {{"x", win_x}, {"y", win_y}, {"w", win_w}, {"h", win_h}}},
-                     {"rects", r}}
-          .dump(1);
+  const std::string text = nlohmann::json{
+      {"window", {{"x", win_x}, {"y", win_y}, {"w", win_w}, {"h", win_h}}},
+      {"rects", r}}.dump(1);
   if (text == last_rects_) return;
   last_rects_ = text;
   write_atomically(dir_ / "rects.json", text);

@@ -3,7 +3,8 @@
 //   - writes DIR/rects.json: {"window": {x, y, w, h}, "rects": {name: [x0, y0, x1, y1]...}} in
 //     window pixels, whenever a rectangle changes;
 //   - writes DIR/state.json whenever what is shown changes:
-//     {"seq", "running", "title", "map_ready", "first_divergence", "selected", "verdict", "replayed",
+//     {"seq", "running", "title", "map_ready", "first_divergence", "selected", "verdict",
+//     "replayed",
 //      "diagnosis",
 //      "top_k", "sign_flips", "metric", "fault", "decode", "errors"};
 //   - when DIR/screenshot.request appears (its content: the PNG path to write), reads the frame

@@ -64,8 +64,12 @@ std::string fmt(const char* f, double v) {
   std::snprintf(buf, sizeof buf, f, v);
   return buf;
 }
-std::string sci(double v) { return fmt("%.2e", v); }
-std::string count(uint64_t v) { return std::to_string(v); }
+std::string sci(double v) {
+  return fmt("%.2e", v);
+}
+std::string count(uint64_t v) {
+  return std::to_string(v);
+}
 
 // Heat 0..1 of log10(v) over [lo, hi] decades.
 float log_heat(double v, double lo, double hi) {
@@ -108,10 +112,10 @@ std::string cell_text(engine::MapMetric m, double v) {
   }
 }
 
-const std::array<std::string, views::kMetricCount> kLegendLow = {
-    "1e-8", "1 - 1e-10", "1e-7", "140 dB", "1e-8", "0"};
-const std::array<std::string, views::kMetricCount> kLegendHigh = {
-    ">= 1", "<= 0", ">= 10", "<= 0 dB", ">= 1", "> 0"};
+const std::array<std::string, views::kMetricCount> kLegendLow = {"1e-8",   "1 - 1e-10", "1e-7",
+                                                                 "140 dB", "1e-8",      "0"};
+const std::array<std::string, views::kMetricCount> kLegendHigh = {">= 1",    "<= 0", ">= 10",
+                                                                  "<= 0 dB", ">= 1", "> 0"};
 
 std::optional<engine::ReplayVerdict> localized(const engine::BisectResult& r,
                                                const engine::Cell& c) {
@@ -146,8 +150,8 @@ std::shared_ptr<const MapData> build_map(const engine::BisectResult& r) {
 
   for (size_t i = 0; i < r.scan.cells.size(); ++i) {
     const engine::CellDivergence& d = r.scan.cells[i];
-    const size_t col = static_cast<size_t>(
-        std::find(columns.begin(), columns.end(), d.cell.stage) - columns.begin());
+    const size_t col = static_cast<size_t>(std::find(columns.begin(), columns.end(), d.cell.stage) -
+                                           columns.begin());
     const size_t row = d.cell.layer ? *d.cell.layer : map->rows.size() - 1;
     const size_t at = row * columns.size() + col;
     MapCell& m = map->cells[at];
@@ -169,8 +173,7 @@ std::shared_ptr<const MapData> build_map(const engine::BisectResult& r) {
       t += "\nmax |diff| " + sci(c->max_abs_diff);
       const auto& at_ = c->max_diff_at;
       if (at_.index >= 0)
-        t += " at token " + std::to_string(at_.token) + ", channel " +
-             std::to_string(at_.channel) +
+        t += " at token " + std::to_string(at_.token) + ", channel " + std::to_string(at_.channel) +
              (at_.head >= 0 ? ", head " + std::to_string(at_.head) : std::string()) + " (A " +
              fmt("%.4g", at_.a) + ", B " + fmt("%.4g", at_.b) + ")";
     }
@@ -206,8 +209,7 @@ views::Bars log_bars(const std::vector<double>& values, const std::string& what)
 }
 
 float count_height(uint64_t c, uint64_t max) {
-  return max == 0 ? 0.0f
-                  : static_cast<float>(std::log1p(double(c)) / std::log1p(double(max)));
+  return max == 0 ? 0.0f : static_cast<float>(std::log1p(double(c)) / std::log1p(double(max)));
 }
 
 // The largest |b − a| over positions finite in both, with their (token, channel, head).
@@ -288,12 +290,10 @@ std::shared_ptr<const CellDetail> build_detail(const Worker::State& st, const en
   side("max |x|", [](const engine::SideStats& s) { return fmt("%.6g", s.max_abs); });
   side("finite", [](const engine::SideStats& s) { return count(s.finite); });
   side("NaN", [](const engine::SideStats& s) { return count(s.nan); });
-  side("+Inf / -Inf", [](const engine::SideStats& s) {
-    return count(s.pos_inf) + " / " + count(s.neg_inf);
-  });
-  side("near f16 limit", [](const engine::SideStats& s) {
-    return std::string(s.near_f16_limit ? "yes" : "no");
-  });
+  side("+Inf / -Inf",
+       [](const engine::SideStats& s) { return count(s.pos_inf) + " / " + count(s.neg_inf); });
+  side("near f16 limit",
+       [](const engine::SideStats& s) { return std::string(s.near_f16_limit ? "yes" : "no"); });
 
   o.metrics.push_back({"elements", count(c->elements) + " (paired " + count(c->paired) +
                                        ", masked " + count(c->masked) + ", unpaired " +
@@ -308,8 +308,8 @@ std::shared_ptr<const CellDetail> build_detail(const Worker::State& st, const en
   if (c->logits) {
     o.metrics.push_back({"mean KL(A || B)", sci(c->logits->mean_kl)});
     o.metrics.push_back({"top-1 agreement", fmt("%.3f", c->logits->top1_agreement)});
-    o.metrics.push_back({"top-" + std::to_string(c->logits->k) + " overlap",
-                         fmt("%.3f", c->logits->topk_overlap)});
+    o.metrics.push_back(
+        {"top-" + std::to_string(c->logits->k) + " overlap", fmt("%.3f", c->logits->topk_overlap)});
   }
 
   const engine::ValueHistogram& vh = c->value_histogram;
@@ -342,8 +342,8 @@ std::shared_ptr<const CellDetail> build_detail(const Worker::State& st, const en
                           "): " + count(dh.negative[i]));
   }
   o.diff.heights.push_back(count_height(dh.zero, dmax));
-  o.diff.tips.push_back("b-a below 1e" + std::to_string(dh.min_decade) + " (or 0): " +
-                        count(dh.zero));
+  o.diff.tips.push_back("b-a below 1e" + std::to_string(dh.min_decade) +
+                        " (or 0): " + count(dh.zero));
   for (size_t i = 0; i < dh.positive.size(); ++i) {
     const int e = dh.min_decade + int(i);
     o.diff.heights.push_back(count_height(dh.positive[i], dmax));
@@ -370,8 +370,8 @@ std::shared_ptr<const CellDetail> build_detail(const Worker::State& st, const en
                      sci(v->carried) + ", threshold " + sci(v->threshold);
   } else if (auto it = r.local.find(cell); it != r.local.end() && !std::isnan(it->second)) {
     o.verdict = it->second > d->threshold ? "introduced" : "inherited";
-    o.verdict_text = "heatmap replay: local " + sci(it->second) + ", carried " +
-                     sci(d->rel_rms) + ", threshold " + sci(d->threshold);
+    o.verdict_text = "heatmap replay: local " + sci(it->second) + ", carried " + sci(d->rel_rms) +
+                     ", threshold " + sci(d->threshold);
   } else {
     o.verdict = "not replayed";
     o.verdict_text = "press Replay to run lane B's node on lane A's inputs";
@@ -403,8 +403,8 @@ std::shared_ptr<const CellDetail> build_detail(const Worker::State& st, const en
   clip += "index\ttoken\tchannel\thead\tA\tB\t|B-A|\tsign flip\n";
   for (const auto& e : o.top)
     clip += std::to_string(e.index) + "\t" + std::to_string(e.token) + "\t" +
-            std::to_string(e.channel) + "\t" + std::to_string(e.head) + "\t" +
-            fmt("%.9g", e.a) + "\t" + fmt("%.9g", e.b) + "\t" + fmt("%.9g", e.abs_diff) + "\t" +
+            std::to_string(e.channel) + "\t" + std::to_string(e.head) + "\t" + fmt("%.9g", e.a) +
+            "\t" + fmt("%.9g", e.b) + "\t" + fmt("%.9g", e.abs_diff) + "\t" +
             (e.sign_flip ? "yes" : "no") + "\n";
   o.clipboard = std::move(clip);
   return out;
@@ -515,9 +515,7 @@ void Worker::loop() {
       cancel_ = false;
     }
     const JobKind kind = kind_of(command);
-    update([&](Snapshot& s) {
-      s.job = {kind, true, 0.0, "starting", now_seconds()};
-    });
+    update([&](Snapshot& s) { s.job = {kind, true, 0.0, "starting", now_seconds()}; });
     try {
       execute(command);
     } catch (const std::exception& e) {
@@ -640,8 +638,8 @@ void Worker::execute(const views::Command& command) {
     const engine::Tensor out =
         engine::replay_output(*st.lane_a, *st.lane_b, *st.model, st.trace_a, rep->cell);
     st.replays[rep->cell] = v;
-    st.replay_diagnoses[rep->cell] = engine::diagnose(
-        rep->cell, *st.trace_a.find(rep->cell), out, st.model->config, 0, d->threshold);
+    st.replay_diagnoses[rep->cell] = engine::diagnose(rep->cell, *st.trace_a.find(rep->cell), out,
+                                                      st.model->config, 0, d->threshold);
     std::shared_ptr<const CellDetail> detail = build_detail(st, rep->cell);
     update([&](Snapshot& s) { s.detail = detail; });
     log(LogEntry::Level::Info, "replayed " + name + ": " +

@@ -55,7 +55,8 @@ void draw_plots(const CellDetail& d) {
   ImGui::SameLine();
   ImGui::Text("values %s", d.hist_range.c_str());
   draw_bars("##values", d.hist_a, ImVec2(w, 90), kColourA, &d.hist_b, kColourB);
-  ImGui::Text("b - a, log bins (%s ... %s ... %s)", d.diff_axis.size() > 0 ? d.diff_axis[0].c_str() : "",
+  ImGui::Text("b - a, log bins (%s ... %s ... %s)",
+              d.diff_axis.size() > 0 ? d.diff_axis[0].c_str() : "",
               d.diff_axis.size() > 1 ? d.diff_axis[1].c_str() : "",
               d.diff_axis.size() > 2 ? d.diff_axis[2].c_str() : "");
   draw_bars("##diff", d.diff, ImVec2(w, 70), IM_COL32(200, 90, 200, 255));
@@ -71,8 +72,8 @@ void draw_plots(const CellDetail& d) {
 
 void draw_top(const CellDetail& d) {
   ImGui::Text("largest |b - a| (%zu shown, %zu sign flips)", d.top.size(), d.sign_flips);
-  const ImGuiTableFlags flags = ImGuiTableFlags_RowBg | ImGuiTableFlags_BordersInnerV |
-                                ImGuiTableFlags_ScrollY;
+  const ImGuiTableFlags flags =
+      ImGuiTableFlags_RowBg | ImGuiTableFlags_BordersInnerV | ImGuiTableFlags_ScrollY;
   if (!ImGui::BeginTable("top", 7, flags, ImVec2(0, 220))) return;
   ImGui::TableSetupScrollFreeze(0, 1);
   for (const char* h : {"index", "token", "channel", "head", "A", "B", "|b - a|"})
@@ -94,9 +95,15 @@ void draw_top(const CellDetail& d) {
           ImGui::Text(f, v);
       };
       cell("%lld", (long long)e.index);
-      if (e.token >= 0) cell("%lld", (long long)e.token); else cell("%s", "-");
+      if (e.token >= 0)
+        cell("%lld", (long long)e.token);
+      else
+        cell("%s", "-");
       cell("%lld", (long long)e.channel);
-      if (e.head >= 0) cell("%lld", (long long)e.head); else cell("%s", "-");
+      if (e.head >= 0)
+        cell("%lld", (long long)e.head);
+      else
+        cell("%s", "-");
       cell("%.6g", double(e.a));
       cell("%.6g", double(e.b));
       cell("%.4g", e.abs_diff);
@@ -131,15 +138,17 @@ void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSi
   if (busy) ImGui::EndDisabled();
   record(rects, "drilldown.replay");
   if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
-    ImGui::SetTooltip("Run lane B's node of this cell on lane A's captured inputs: the error it\n"
-                      "introduces itself, apart from what it inherits");
+    ImGui::SetTooltip(
+        "Run lane B's node of this cell on lane A's captured inputs: the error it\n"
+        "introduces itself, apart from what it inherits");
   ImGui::SameLine();
   if (ImGui::Button("Copy values")) {
     ImGui::SetClipboardText(d->clipboard.c_str());
     commands.push_back(LogCommand{"copied " + d->name + "'s values to the clipboard"});
   }
   if (ImGui::IsItemHovered())
-    ImGui::SetTooltip("Copy the metrics, statistics, verdict and top elements as tab-separated text");
+    ImGui::SetTooltip(
+        "Copy the metrics, statistics, verdict and top elements as tab-separated text");
   ImGui::TextWrapped("%s", d->verdict_text.c_str());
   ImGui::TextWrapped("diagnosis: %s", d->diagnosis_headline.c_str());
   record(rects, "drilldown.diagnosis");

@@ -20,9 +20,10 @@ void draw_log_view(const Snapshot& snapshot, uint64_t& seen_error) {
         ImGui::TableNextColumn();
         ImGui::TextDisabled("%s", e.time.c_str());
         ImGui::TableNextColumn();
-        const ImVec4 colour = e.level == LogEntry::Level::Error     ? ImVec4(1, 0.4f, 0.4f, 1)
-                              : e.level == LogEntry::Level::Warning ? ImVec4(1, 0.8f, 0.3f, 1)
-                                                                    : ImVec4(0.85f, 0.85f, 0.85f, 1);
+        const ImVec4 colour = e.level == LogEntry::Level::Error ? ImVec4(1, 0.4f, 0.4f, 1)
+                              : e.level == LogEntry::Level::Warning
+                                  ? ImVec4(1, 0.8f, 0.3f, 1)
+                                  : ImVec4(0.85f, 0.85f, 0.85f, 1);
         ImGui::PushStyleColor(ImGuiCol_Text, colour);
         ImGui::TextWrapped("%s", e.text.c_str());
         ImGui::PopStyleColor();
@@ -42,10 +43,12 @@ void draw_log_view(const Snapshot& snapshot, uint64_t& seen_error) {
     ImGui::Separator();
     ImGui::TextWrapped("%s", snapshot.error_text.c_str());
     ImGui::Spacing();
-    ImGui::TextWrapped("The workbench keeps running: the map and drill-down still show the last "
-                       "result. Pick another fault or mode and run again; the log keeps this "
-                       "message.");
-    if (ImGui::Button("OK", ImVec2(120, 0)) || ImGui::IsKeyPressed(ImGui::GetKeyIndex(ImGuiKey_Enter)))
+    ImGui::TextWrapped(
+        "The workbench keeps running: the map and drill-down still show the last "
+        "result. Pick another fault or mode and run again; the log keeps this "
+        "message.");
+    if (ImGui::Button("OK", ImVec2(120, 0)) ||
+        ImGui::IsKeyPressed(ImGui::GetKeyIndex(ImGuiKey_Enter)))
       ImGui::CloseCurrentPopup();
     ImGui::EndPopup();
   }

@@ -24,14 +24,15 @@ void draw_legend(const MapData& map, size_t metric) {
   const ImVec2 p = ImGui::GetCursorScreenPos();
   const float w = 160, h = ImGui::GetTextLineHeight();
   for (int i = 0; i < 32; ++i)
-    dl->AddRectFilled(ImVec2(p.x + w * float(i) / 32, p.y), ImVec2(p.x + w * float(i + 1) / 32, p.y + h),
-                      heat_colour(float(i) / 31));
+    dl->AddRectFilled(ImVec2(p.x + w * float(i) / 32, p.y),
+                      ImVec2(p.x + w * float(i + 1) / 32, p.y + h), heat_colour(float(i) / 31));
   ImGui::Dummy(ImVec2(w, h));
   ImGui::SameLine();
   ImGui::TextUnformatted(map.legend_high[metric].c_str());
   ImGui::SameLine();
   const ImVec2 q = ImGui::GetCursorScreenPos();
-  dl->AddRect(ImVec2(q.x + 8, q.y), ImVec2(q.x + 8 + h, q.y + h), IM_COL32(255, 0, 255, 255), 0, 0, 3);
+  dl->AddRect(ImVec2(q.x + 8, q.y), ImVec2(q.x + 8 + h, q.y + h), IM_COL32(255, 0, 255, 255), 0, 0,
+              3);
   ImGui::Dummy(ImVec2(h + 12, h));
   ImGui::SameLine();
   ImGui::TextUnformatted("first divergence");
@@ -39,8 +40,7 @@ void draw_legend(const MapData& map, size_t metric) {
 
 }  // namespace
 
-void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
-                   RectSink* rects) {
+void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands, RectSink* rects) {
   ImGui::SetNextItemWidth(240);
   const std::string preview(engine::map_metric_label(kMetrics[ui.metric]));
   if (ImGui::BeginCombo("metric", preview.c_str())) {
@@ -54,8 +54,9 @@ void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
     ImGui::EndCombo();
   }
   if (ImGui::IsItemHovered())
-    ImGui::SetTooltip("The per-cell number the map colours and shows. Local error is each cell's\n"
-                      "node replayed on lane A's inputs (what it introduces itself).");
+    ImGui::SetTooltip(
+        "The per-cell number the map colours and shows. Local error is each cell's\n"
+        "node replayed on lane A's inputs (what it introduces itself).");
   const MapData* map = snapshot.map.get();
   if (!map) {
     ImGui::SameLine();
@@ -70,7 +71,8 @@ void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
 
   const CellDetail* selected = snapshot.detail.get();
   // N / P: next / previous diverging cell in plan order.
-  const bool popup = ImGui::IsPopupOpen("", ImGuiPopupFlags_AnyPopupId | ImGuiPopupFlags_AnyPopupLevel);
+  const bool popup =
+      ImGui::IsPopupOpen("", ImGuiPopupFlags_AnyPopupId | ImGuiPopupFlags_AnyPopupLevel);
   if (!ImGui::GetIO().WantTextInput && !popup && !map->divergent.empty() &&
       !ImGui::GetIO().KeyCtrl) {
     const bool next = ImGui::IsKeyPressed('N'), prev = ImGui::IsKeyPressed('P');
@@ -107,7 +109,8 @@ void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
         const ImVec2 p = ImGui::GetCursorScreenPos();
         const float w = ImGui::GetContentRegionAvail().x;
         dl->AddLine(ImVec2(p.x + w / 2 - 6, p.y + row_h / 2 - 1),
-                    ImVec2(p.x + w / 2 + 6, p.y + row_h / 2 - 1), IM_COL32(120, 120, 120, 255), 1.5f);
+                    ImVec2(p.x + w / 2 + 6, p.y + row_h / 2 - 1), IM_COL32(120, 120, 120, 255),
+                    1.5f);
         ImGui::Dummy(ImVec2(w, row_h - 2));
         if (ImGui::IsItemHovered()) ImGui::SetTooltip("no such cell in this model's plan");
         continue;

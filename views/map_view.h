@@ -10,7 +10,6 @@ namespace lockstep::views {
 
 inline constexpr unsigned kFirstDivergenceRgb = 0xFF00FF;  // the outline, for tests and users
 
-void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
-                   RectSink* rects);
+void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands, RectSink* rects);
 
 }  // namespace lockstep::views

@@ -41,8 +41,9 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   }
   record(rects, "run.fault");
   if (ImGui::IsItemHovered())
-    ImGui::SetTooltip("The bug planted in lane cpu (the fast CPU engine); lane ref, the float64\n"
-                      "oracle, never carries one");
+    ImGui::SetTooltip(
+        "The bug planted in lane cpu (the fast CPU engine); lane ref, the float64\n"
+        "oracle, never carries one");
   ImGui::SameLine();
   int mode = ui.decode ? 1 : 0;
   ImGui::RadioButton("prefill", &mode, 0);
@@ -67,7 +68,8 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
     ImGui::SetTooltip("Stop the job under way (Esc); the map keeps the last result");
 
-  const bool popup = ImGui::IsPopupOpen("", ImGuiPopupFlags_AnyPopupId | ImGuiPopupFlags_AnyPopupLevel);
+  const bool popup =
+      ImGui::IsPopupOpen("", ImGuiPopupFlags_AnyPopupId | ImGuiPopupFlags_AnyPopupLevel);
   if (!io.WantTextInput && !popup) {
     if (io.KeyCtrl && ImGui::IsKeyPressed('R') && !running) run();  // GLFW letter keys are ASCII
     if (running && ImGui::IsKeyPressed(ImGui::GetKeyIndex(ImGuiKey_Escape)))
@@ -79,7 +81,8 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   if (ImGui::SliderFloat("font scale", &ui.font_scale, 0.75f, 2.5f, "%.2f")) {
     ui.settings_changed = true;
   }
-  if (ImGui::IsItemHovered()) ImGui::SetTooltip("Text size (saved in settings.json); Ctrl+click to type");
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip("Text size (saved in settings.json); Ctrl+click to type");
 
   const JobStatus& job = snapshot.job;
   char overlay[256];

@@ -24,10 +24,10 @@ inline constexpr std::array<engine::MapMetric, kMetricCount> kMetrics = {
 struct MapCell {
   bool present = false;  // false: the stage has no such cell ("—")
   engine::Cell cell;
-  std::string name;                               // "attn_norm@3"
-  std::array<std::string, kMetricCount> text{};   // the value as shown in the cell
-  std::array<float, kMetricCount> heat{};         // 0 (agrees) .. 1 (worst), per metric; <0: none
-  std::string tooltip;                            // every number of the cell
+  std::string name;                              // "attn_norm@3"
+  std::array<std::string, kMetricCount> text{};  // the value as shown in the cell
+  std::array<float, kMetricCount> heat{};        // 0 (agrees) .. 1 (worst), per metric; <0: none
+  std::string tooltip;                           // every number of the cell
   bool diverges = false;
   bool first = false;  // the first divergence
 };
@@ -37,15 +37,15 @@ struct MapData {
   std::vector<std::string> rows;     // "layer 0".., then "model"
   std::vector<MapCell> cells;        // [rows, columns]
   std::array<std::string, kMetricCount> legend_low{}, legend_high{};  // the heat scale's ends
-  std::vector<size_t> divergent;     // indices into cells, plan order (N / P walk these)
-  std::optional<size_t> first;       // index into cells
-  std::string headline;              // "first divergence: lm_head (introduced; layout)"
+  std::vector<size_t> divergent;  // indices into cells, plan order (N / P walk these)
+  std::optional<size_t> first;    // index into cells
+  std::string headline;           // "first divergence: lm_head (introduced; layout)"
   const MapCell& at(size_t row, size_t col) const { return cells[row * columns.size() + col]; }
 };
 
 struct Bars {
-  std::vector<float> heights;      // 0..1
-  std::vector<std::string> tips;   // hover readout per bar
+  std::vector<float> heights;     // 0..1
+  std::vector<std::string> tips;  // hover readout per bar
 };
 
 struct TopElement {
@@ -61,20 +61,20 @@ struct CellDetail {
   std::string shape;
   std::vector<std::array<std::string, 3>> stats;    // label, side A, side B
   std::vector<std::array<std::string, 2>> metrics;  // label, value
-  Bars hist_a, hist_b;                // value histogram, shared bins (heights on one scale)
-  std::string hist_range;             // "[-3.2, 4.1], 64 bins"
-  Bars diff;                          // |b−a| log bins: negative decades, zero, positive
-  std::vector<std::string> diff_axis; // a few labels under the diff histogram
-  std::vector<TopElement> top;        // largest |b−a| first
-  size_t sign_flips = 0;              // in top
-  Bars per_token, per_head;           // relative RMS
-  std::string verdict;                // "introduced", "inherited", "not replayed"
-  std::string verdict_text;           // the numbers behind it
-  bool replayed_on_request = false;   // the verdict comes from the Replay button
-  std::string diagnosis_class;        // bug_class_name, or "" when none
+  Bars hist_a, hist_b;                 // value histogram, shared bins (heights on one scale)
+  std::string hist_range;              // "[-3.2, 4.1], 64 bins"
+  Bars diff;                           // |b−a| log bins: negative decades, zero, positive
+  std::vector<std::string> diff_axis;  // a few labels under the diff histogram
+  std::vector<TopElement> top;         // largest |b−a| first
+  size_t sign_flips = 0;               // in top
+  Bars per_token, per_head;            // relative RMS
+  std::string verdict;                 // "introduced", "inherited", "not replayed"
+  std::string verdict_text;            // the numbers behind it
+  bool replayed_on_request = false;    // the verdict comes from the Replay button
+  std::string diagnosis_class;         // bug_class_name, or "" when none
   std::string diagnosis_headline;
   std::vector<std::string> evidence;
-  std::string clipboard;              // what "Copy values" copies
+  std::string clipboard;  // what "Copy values" copies
 };
 
 enum class JobKind : uint8_t { None, Run, Select, Replay };

@@ -16,7 +16,7 @@ struct UiState {
 };
 
 struct NamedRect {
-  std::string name;  // "map.cell.lm_head", "panel.drilldown"
+  std::string name;                      // "map.cell.lm_head", "panel.drilldown"
   float x0 = 0, y0 = 0, x1 = 0, y1 = 0;  // window pixels
 };
 using RectSink = std::vector<NamedRect>;

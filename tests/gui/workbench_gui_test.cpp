@@ -134,7 +134,9 @@ class XServer {
 struct Image {
   int w = 0, h = 0;
   std::vector<unsigned char> rgb;  // [h, w, 3]
-  const unsigned char* at(int x, int y) const { return &rgb[(size_t(y) * size_t(w) + size_t(x)) * 3]; }
+  const unsigned char* at(int x, int y) const {
+    return &rgb[(size_t(y) * size_t(w) + size_t(x)) * 3];
+  }
 };
 
 std::optional<Image> load_png(const fs::path& p) {
@@ -242,10 +244,13 @@ class Workbench : public ::testing::Test {
   }
 
   void wait_for_demo() {
-    ASSERT_TRUE(wait_for(180, [&] {
-      return !app_alive() ||
-             (state().value("map_ready", false) && !state().value("running", true));
-    })) << "the demo did not finish; app log:\n" << app_log();
+    ASSERT_TRUE(wait_for(180,
+                         [&] {
+                           return !app_alive() || (state().value("map_ready", false) &&
+                                                   !state().value("running", true));
+                         }))
+        << "the demo did not finish; app log:\n"
+        << app_log();
     ASSERT_TRUE(app_alive()) << app_log();
     EXPECT_EQ(state()["first_divergence"], "lm_head");
     EXPECT_EQ(state()["errors"], 0) << app_log();
@@ -316,8 +321,8 @@ TEST_F(Workbench, DemoOpensAndClickingTheFirstDivergenceShowsItsEvidence) {
       const unsigned char* p = shot->at(x, y);
       if (p[0] > 200 && p[1] < 80 && p[2] > 200) ++magenta;
     }
-  EXPECT_GT(magenta, perimeter / 3) << magenta << " of " << perimeter
-                                    << " edge pixels of lm_head are the outline's magenta";
+  EXPECT_GT(magenta, perimeter / 3)
+      << magenta << " of " << perimeter << " edge pixels of lm_head are the outline's magenta";
   // The drill-down is drawn: not background, and its value histogram's A bars are there.
   const auto panel = window_rect("panel.drilldown");
   ASSERT_TRUE(panel);
@@ -371,7 +376,8 @@ TEST_F(Workbench, KeyNDecodeRunAndAFailedRunThatShowsTheErrorAndKeepsTheResult) 
   for (int attempt = 0; attempt < 6 && !picked; ++attempt) {
     ASSERT_TRUE(wait_for(30, [&] { return screen_rect("run.fault").has_value(); }));
     ASSERT_TRUE(click("run.fault"));
-    if (!wait_for(10, [&] { return screen_rect("run.fault.item.drop_qkv_bias@qkv_bias").has_value(); }))
+    if (!wait_for(10,
+                  [&] { return screen_rect("run.fault.item.drop_qkv_bias@qkv_bias").has_value(); }))
       continue;
     ASSERT_TRUE(click("run.fault.item.drop_qkv_bias@qkv_bias"));
     picked = wait_for(10, [&] { return state().value("fault", "") == "drop_qkv_bias@qkv_bias"; });
@@ -401,7 +407,8 @@ TEST(WorkbenchHeadless, WithoutADisplayItNamesTheHeadlessCommandAndExits2) {
   while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
   pclose(p);
   const int code = std::system(
-      (std::string("env -u DISPLAY -u WAYLAND_DISPLAY ") + LOCKSTEP_EXE + " >/dev/null 2>&1").c_str());
+      (std::string("env -u DISPLAY -u WAYLAND_DISPLAY ") + LOCKSTEP_EXE + " >/dev/null 2>&1")
+          .c_str());
   EXPECT_EQ(WEXITSTATUS(code), 2);
   EXPECT_NE(out.find("lockstep demo"), std::string::npos) << out;
   EXPECT_NE(out.find("lockstep bisect"), std::string::npos) << out;
