@@ -10,12 +10,12 @@
 
 #include "app/bisect_output.h"
 #include "app/commands.h"
+#include "app/demo_model.h"
 #include "app/interrupt.h"
 #include "app/lanes.h"
 #include "app/model_input.h"
 #include "engine/family.h"
 #include "engine/faults.h"
-#include "engine/synthetic_model.h"
 #include "engine/weights.h"
 #include "formats/error.h"
 
@@ -25,9 +25,9 @@ namespace {
 namespace fs = std::filesystem;
 
 struct DemoArgs {
-  std::string fault = "gemv_transposed@lm_head";
+  std::string fault = kDemoFault;
   std::string family = "llama";
-  std::string prompt = "Once upon a time there was a little robot";
+  std::string prompt = kDemoPrompt;
   std::string keep_model;
   BisectArgs bisect;
 };
@@ -57,8 +57,7 @@ int cmd_demo(const DemoArgs& a) {
   const engine::FaultSpec fault = engine::FaultSpec::parse(a.fault);
   const auto start = std::chrono::steady_clock::now();
 
-  // A small Llama-shaped model with grouped heads, written fresh each time (a fraction of a
-  // second): F32 weights, as in the aprender F32 GEMV bug the default fault copies.
+  // The demo model (app/demo_model.h), written fresh each time.
   std::optional<TempDir> temp;
   fs::path path;
   if (a.keep_model.empty()) {
@@ -67,21 +66,8 @@ int cmd_demo(const DemoArgs& a) {
   } else {
     path = a.keep_model;
   }
-  engine::SyntheticModelOptions m;
-  m.family = a.family;
-  m.hidden = 128;
-  m.layers = 4;
-  m.heads = 8;
-  m.kv_heads = 2;
-  m.ffn = 352;
-  m.vocab = 384;
-  m.context = 512;
-  m.seed = 7;
-  m.qk_gain = 2.0;  // peaked attention, as trained models have: softmax_no_max overflows
-  m.out = path;
-  m.threads = a.bisect.threads ? a.bisect.threads : 2;
+  write_demo_model(path, a.family, a.bisect.threads);
   const engine::FamilyRegistry families = engine::FamilyRegistry::load();
-  engine::write_synthetic_model(m, families);
   engine::Model model = engine::open_model(path, families);
   engine::resolve_fault(fault, model.plan, model.config);  // refuses one this family cannot show
   const std::vector<int32_t> tokens =

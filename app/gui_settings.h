@@ -1,0 +1,22 @@
+#pragma once
+// The workbench's settings: a small JSON file next to imgui.ini, in
+// $XDG_CONFIG_HOME/lockstep/ (else ~/.config/lockstep/). A missing or unreadable file gives the
+// defaults; a bad value is ignored.
+
+#include <filesystem>
+#include <string>
+
+namespace lockstep::app {
+
+struct GuiSettings {
+  float font_scale = 1.0f;
+  std::string metric = "relative_rms";  // engine::map_metric_name
+};
+
+std::filesystem::path settings_dir();  // created on first save
+GuiSettings load_settings(const std::filesystem::path& dir);
+// Writes dir/settings.json through a temporary file; returns false (and leaves the old file)
+// when it cannot.
+bool save_settings(const std::filesystem::path& dir, const GuiSettings& settings);
+
+}  // namespace lockstep::app

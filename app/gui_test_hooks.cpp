@@ -1,0 +1,99 @@
+#include "app/gui_test_hooks.h"
+
+#include <GL/gl.h>
+#include <stb_image_write.h>  // Debian's libstb (linked with ImGui) holds the implementation
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <system_error>
+#include <vector>
+
+namespace lockstep::app {
+namespace {
+
+void write_atomically(const std::filesystem::path& path, const std::string& text) {
+  const std::filesystem::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << text;
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+}
+
+}  // namespace
+
+std::optional<GuiTestHooks> GuiTestHooks::from_environment() {
+  const char* dir = std::getenv("LOCKSTEP_GUI_TEST_DIR");
+  if (!dir || !*dir) return std::nullopt;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  return GuiTestHooks(dir);
+}
+
+void GuiTestHooks::write_rects(const views::RectSink& rects, int win_x, int win_y, int win_w,
+                               int win_h) {
+  nlohmann::json r = nlohmann::json::object();
+  for (const views::NamedRect& n : rects) r[n.name] = {n.x0, n.y0, n.x1, n.y1};
+  const std::string text = nlohmann::json{
+      {"window", {{"x", win_x}, {"y", win_y}, {"w", win_w}, {"h", win_h}}},
+      {"rects", r}}.dump(1);
+  if (text == last_rects_) return;
+  last_rects_ = text;
+  write_atomically(dir_ / "rects.json", text);
+}
+
+void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& ui) {
+  nlohmann::json j;
+  j["running"] = s.job.running;
+  j["title"] = s.title;
+  j["map_ready"] = s.map != nullptr;
+  j["first_divergence"] =
+      s.map && s.map->first ? nlohmann::json(s.map->cells[*s.map->first].name) : nlohmann::json();
+  const views::CellDetail* d = s.detail.get();
+  j["selected"] = d ? nlohmann::json(d->name) : nlohmann::json();
+  j["verdict"] = d ? nlohmann::json(d->verdict) : nlohmann::json();
+  j["diagnosis"] = d ? nlohmann::json(d->diagnosis_class) : nlohmann::json();
+  j["replayed"] = d && d->replayed_on_request;
+  j["top_k"] = d ? d->top.size() : 0;
+  j["sign_flips"] = d ? d->sign_flips : 0;
+  j["metric"] = std::string(engine::map_metric_name(views::kMetrics[ui.metric]));
+  j["fault"] = ui.fault;
+  j["decode"] = ui.decode;
+  j["errors"] = s.error_seq;
+  const std::string text = j.dump(1);
+  if (text == last_state_) return;
+  last_state_ = text;
+  nlohmann::json with_seq = j;
+  with_seq["seq"] = s.seq;
+  write_atomically(dir_ / "state.json", with_seq.dump(1));
+}
+
+void GuiTestHooks::maybe_screenshot(int w, int h) {
+  const std::filesystem::path request = dir_ / "screenshot.request";
+  std::error_code ec;
+  if (!std::filesystem::exists(request, ec)) return;
+  std::string target;
+  {
+    std::ifstream in(request);
+    std::getline(in, target);
+  }
+  std::filesystem::remove(request, ec);
+  if (target.empty() || w <= 0 || h <= 0) return;
+  std::vector<unsigned char> pixels(size_t(w) * size_t(h) * 3);  // [h, w, rgb], bottom row first
+  glPixelStorei(GL_PACK_ALIGNMENT, 1);
+  glReadBuffer(GL_BACK);
+  glReadPixels(0, 0, w, h, GL_RGB, GL_UNSIGNED_BYTE, pixels.data());
+  stbi_flip_vertically_on_write(1);
+  const std::string tmp = target + ".tmp.png";
+  if (stbi_write_png(tmp.c_str(), w, h, 3, pixels.data(), w * 3))
+    std::filesystem::rename(tmp, target, ec);
+}
+
+bool GuiTestHooks::quit_requested() const {
+  std::error_code ec;
+  return std::filesystem::exists(dir_ / "quit.request", ec);
+}
+
+}  // namespace lockstep::app

@@ -1,0 +1,41 @@
+#pragma once
+// Hooks for the GUI tests, off unless LOCKSTEP_GUI_TEST_DIR names a directory. Then the app
+//   - writes DIR/rects.json: {"window": {x, y, w, h}, "rects": {name: [x0, y0, x1, y1]...}} in
+//     window pixels, whenever a rectangle changes;
+//   - writes DIR/state.json whenever what is shown changes:
+//     {"seq", "running", "title", "map_ready", "first_divergence", "selected", "verdict",
+//     "replayed",
+//      "diagnosis",
+//      "top_k", "sign_flips", "metric", "fault", "decode", "errors"};
+//   - when DIR/screenshot.request appears (its content: the PNG path to write), reads the frame
+//     back (glReadPixels) after rendering it, writes the PNG and removes the request;
+//   - when DIR/quit.request appears, closes the window (the test's clean exit).
+// Every file is written to a temporary name and renamed, so a reader never sees half of one.
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "views/snapshot.h"
+#include "views/ui_state.h"
+
+namespace lockstep::app {
+
+class GuiTestHooks {
+ public:
+  static std::optional<GuiTestHooks> from_environment();
+
+  void write_rects(const views::RectSink& rects, int win_x, int win_y, int win_w, int win_h);
+  void write_state(const views::Snapshot& snapshot, const views::UiState& ui);
+  // Call after rendering, before swapping buffers.
+  void maybe_screenshot(int framebuffer_w, int framebuffer_h);
+  bool quit_requested() const;
+
+ private:
+  explicit GuiTestHooks(std::filesystem::path dir) : dir_(std::move(dir)) {}
+  std::filesystem::path dir_;
+  std::string last_rects_, last_state_;
+};
+
+}  // namespace lockstep::app

@@ -1,0 +1,418 @@
+// The workbench end to end in a real window: the real binary under Xvfb (its own server when
+// $DISPLAY is unset), driven with real input events (xdotool), checked through the app's test
+// hooks (app/gui_test_hooks.h: widget rectangles, a state dump, screenshots) and the pixels.
+// Every wait polls with a generous timeout: CI runs this on 2 slow cores with Mesa llvmpipe.
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <stb_image.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+bool on_path(const std::string& tool) {
+  return std::system(("command -v " + tool + " >/dev/null 2>&1").c_str()) == 0;
+}
+
+// Polls `ready` every 100 ms until it holds or `seconds` pass.
+bool wait_for(double seconds, const std::function<bool()>& ready) {
+  const auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
+  while (Clock::now() < deadline) {
+    if (ready()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return ready();
+}
+
+std::optional<nlohmann::json> read_json(const fs::path& p) {
+  std::ifstream in(p);
+  if (!in) return std::nullopt;
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) return std::nullopt;
+  return j;
+}
+
+pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
+            const fs::path& log = "/dev/null") {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
+    FILE* f = std::fopen(log.c_str(), "w");
+    if (f) {
+      dup2(fileno(f), 1);
+      dup2(fileno(f), 2);
+    }
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+bool exited(pid_t pid, int* status = nullptr) {
+  int s = 0;
+  const pid_t r = waitpid(pid, &s, WNOHANG);
+  if (r == pid && status) *status = s;
+  return r == pid || (r < 0 && errno == ECHILD);  // ECHILD: reaped by an earlier call
+}
+
+// Our own X server on a free display number, unless one is already there ($DISPLAY). Xvfb
+// picks the number itself (-displayfd), so tests running in parallel never race for one.
+class XServer {
+ public:
+  XServer() {
+    if (const char* d = std::getenv("DISPLAY"); d && *d) {
+      display_ = d;
+      return;
+    }
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    const pid_t pid = spawn({"Xvfb", "-displayfd", std::to_string(fds[1]), "-screen", "0",
+                             "1600x1000x24", "-nolisten", "tcp"});
+    close(fds[1]);
+    std::string number;
+    const auto deadline = Clock::now() + std::chrono::seconds(30);
+    while (Clock::now() < deadline && number.find('\n') == std::string::npos) {
+      pollfd p{fds[0], POLLIN, 0};
+      if (poll(&p, 1, 200) <= 0) continue;
+      char buf[32];
+      const ssize_t n = read(fds[0], buf, sizeof buf);
+      if (n <= 0) break;  // Xvfb exited without a display
+      number.append(buf, size_t(n));
+    }
+    close(fds[0]);
+    if (number.find('\n') != std::string::npos) {
+      pid_ = pid;
+      display_ = ":" + number.substr(0, number.find('\n'));
+    } else {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+  ~XServer() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      if (!wait_for(10, [&] { return exited(pid_); })) {
+        kill(pid_, SIGKILL);
+        waitpid(pid_, nullptr, 0);
+      }
+    }
+  }
+  XServer(const XServer&) = delete;
+  XServer& operator=(const XServer&) = delete;
+  const std::string& display() const { return display_; }
+
+ private:
+  std::string display_;
+  pid_t pid_ = -1;
+};
+
+struct Image {
+  int w = 0, h = 0;
+  std::vector<unsigned char> rgb;  // [h, w, 3]
+  const unsigned char* at(int x, int y) const {
+    return &rgb[(size_t(y) * size_t(w) + size_t(x)) * 3];
+  }
+};
+
+std::optional<Image> load_png(const fs::path& p) {
+  int w = 0, h = 0, n = 0;
+  unsigned char* data = stbi_load(p.c_str(), &w, &h, &n, 3);
+  if (!data) return std::nullopt;
+  Image img{w, h, std::vector<unsigned char>(data, data + size_t(w) * size_t(h) * 3)};
+  stbi_image_free(data);
+  return img;
+}
+
+class Workbench : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!on_path("xdotool")) GTEST_SKIP() << "xdotool is not installed (scripts/setup.sh deps)";
+    if (!std::getenv("DISPLAY") && !on_path("Xvfb"))
+      GTEST_SKIP() << "no $DISPLAY and Xvfb is not installed (scripts/setup.sh deps)";
+    if (const char* d = std::getenv("DISPLAY")) original_display_ = d;
+    x_ = std::make_unique<XServer>();
+    ASSERT_FALSE(x_->display().empty()) << "could not start Xvfb on a free display";
+    setenv("DISPLAY", x_->display().c_str(), 1);
+    dir_ = fs::path(LOCKSTEP_BINARY_DIR) / "gui-test" / std::to_string(getpid());
+    shots_ = fs::path(LOCKSTEP_BINARY_DIR) / "gui-screenshots";
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    fs::create_directories(shots_);
+    app_ = spawn({LOCKSTEP_EXE},
+                 {"DISPLAY=" + x_->display(), "LOCKSTEP_GUI_TEST_DIR=" + dir_.string(),
+                  "XDG_CONFIG_HOME=" + (dir_ / "config").string()},
+                 dir_ / "app.log");
+    ASSERT_GT(app_, 0);
+  }
+
+  void TearDown() override {
+    if (app_ > 0) {
+      std::ofstream(dir_ / "quit.request") << "\n";
+      int status = 0;
+      if (!wait_for(30, [&] { return exited(app_, &status); })) {
+        kill(-app_, SIGKILL);
+        waitpid(app_, nullptr, 0);
+        ADD_FAILURE() << "the workbench did not close on request";
+      } else {
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit status " << status;
+      }
+    }
+    x_.reset();
+    if (original_display_)
+      setenv("DISPLAY", original_display_->c_str(), 1);
+    else
+      unsetenv("DISPLAY");
+    if (!HasFailure()) fs::remove_all(dir_);  // on failure app.log and the dumps stay
+  }
+
+  std::string app_log() {
+    std::ifstream in(dir_ / "app.log");
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+
+  nlohmann::json state() {
+    auto j = read_json(dir_ / "state.json");
+    return j && j->is_object() ? *j : nlohmann::json::object();
+  }
+
+  bool app_alive() { return !exited(app_); }
+
+  // The named widget's rectangle on the screen [x0, y0, x1, y1].
+  std::optional<std::array<double, 4>> screen_rect(const std::string& name) {
+    auto j = read_json(dir_ / "rects.json");
+    if (!j || !j->contains("rects") || !(*j)["rects"].contains(name)) return std::nullopt;
+    const auto& r = (*j)["rects"][name];
+    const double wx = (*j)["window"]["x"], wy = (*j)["window"]["y"];
+    return std::array<double, 4>{wx + double(r[0]), wy + double(r[1]), wx + double(r[2]),
+                                 wy + double(r[3])};
+  }
+  std::optional<std::array<double, 4>> window_rect(const std::string& name) {
+    auto j = read_json(dir_ / "rects.json");
+    if (!j || !(*j)["rects"].contains(name)) return std::nullopt;
+    const auto& r = (*j)["rects"][name];
+    return std::array<double, 4>{r[0], r[1], r[2], r[3]};
+  }
+
+  // Moves the pointer off the window, then onto the widget's centre, and clicks.
+  bool click(const std::string& widget) {
+    auto r = screen_rect(widget);
+    if (!r) return false;
+    const int x = int(((*r)[0] + (*r)[2]) / 2), y = int(((*r)[1] + (*r)[3]) / 2);
+    std::system("xdotool mousemove 1595 995");
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    std::system(("xdotool mousemove " + std::to_string(x) + " " + std::to_string(y)).c_str());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    return std::system("xdotool click 1") == 0;
+  }
+
+  // Clicks a map cell until the state dump shows it selected (a click can land while a frame
+  // is being built; retrying is safe).
+  bool click_cell(const std::string& cell) {
+    for (int attempt = 0; attempt < 6; ++attempt) {
+      if (!click("map.cell." + cell)) return false;
+      if (wait_for(10, [&] { return state().value("selected", nlohmann::json()) == cell; }))
+        return true;
+    }
+    return false;
+  }
+
+  void wait_for_demo() {
+    ASSERT_TRUE(wait_for(180,
+                         [&] {
+                           return !app_alive() || (state().value("map_ready", false) &&
+                                                   !state().value("running", true));
+                         }))
+        << "the demo did not finish; app log:\n"
+        << app_log();
+    ASSERT_TRUE(app_alive()) << app_log();
+    EXPECT_EQ(state()["first_divergence"], "lm_head");
+    EXPECT_EQ(state()["errors"], 0) << app_log();
+  }
+
+  std::optional<Image> screenshot(const std::string& name) {
+    const fs::path png = shots_ / (name + ".png");
+    fs::remove(png);
+    {
+      std::ofstream out(dir_ / "screenshot.request.tmp");
+      out << png.string() << "\n";
+    }
+    fs::rename(dir_ / "screenshot.request.tmp", dir_ / "screenshot.request");
+    if (!wait_for(30, [&] { return fs::exists(png); })) return std::nullopt;
+    return load_png(png);
+  }
+
+  std::optional<std::string> original_display_;
+  std::unique_ptr<XServer> x_;
+  fs::path dir_, shots_;
+  pid_t app_ = -1;
+};
+
+TEST_F(Workbench, DemoOpensAndClickingTheFirstDivergenceShowsItsEvidence) {
+  // The embedded demo runs by itself: the map shows the planted bug's cell as the first
+  // divergence.
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  ASSERT_TRUE(wait_for(30, [&] {
+    return screen_rect("map.cell.lm_head") && screen_rect("map.cell.attn_norm@0");
+  })) << "no rectangles for the map cells";
+  std::optional<Image> initial = screenshot("demo-initial");
+  ASSERT_TRUE(initial) << "no screenshot";
+
+  // Click another cell, then the first divergence: real pointer events both times.
+  ASSERT_TRUE(click_cell("attn_norm@0")) << "clicking attn_norm@0 did not select it";
+  EXPECT_EQ(state()["verdict"], "inherited");
+  ASSERT_TRUE(click_cell("lm_head")) << "clicking lm_head did not select it";
+  const nlohmann::json s = state();
+  EXPECT_EQ(s["verdict"], "introduced");
+  EXPECT_EQ(s["diagnosis"], "layout");
+  EXPECT_GT(s["sign_flips"].get<int>(), 0) << "a transposed GEMV flips signs in its top errors";
+
+  // Replay on request: lane cpu's lm_head on lane ref's inputs still introduces the error.
+  bool replayed = false;
+  for (int attempt = 0; attempt < 3 && !replayed; ++attempt) {
+    ASSERT_TRUE(click("drilldown.replay"));
+    replayed = wait_for(20, [&] {
+      const nlohmann::json r = state();
+      return r.value("replayed", false) && !r.value("running", true);
+    });
+  }
+  ASSERT_TRUE(replayed) << "the Replay button did not replay lm_head";
+  EXPECT_EQ(state()["verdict"], "introduced");
+  EXPECT_EQ(state()["diagnosis"], "layout");
+
+  std::optional<Image> shot = screenshot("lm_head-selected");
+  ASSERT_TRUE(shot);
+  // The first divergence's outline: magenta along the cell's edges.
+  const auto cell = window_rect("map.cell.lm_head");
+  ASSERT_TRUE(cell);
+  const int x0 = int((*cell)[0]), y0 = int((*cell)[1]), x1 = int((*cell)[2]), y1 = int((*cell)[3]);
+  int magenta = 0, perimeter = 0;
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x) {
+      const bool edge = x - x0 < 4 || x1 - 1 - x < 4 || y - y0 < 4 || y1 - 1 - y < 4;
+      if (!edge || x < 0 || y < 0 || x >= shot->w || y >= shot->h) continue;
+      ++perimeter;
+      const unsigned char* p = shot->at(x, y);
+      if (p[0] > 200 && p[1] < 80 && p[2] > 200) ++magenta;
+    }
+  EXPECT_GT(magenta, perimeter / 3)
+      << magenta << " of " << perimeter << " edge pixels of lm_head are the outline's magenta";
+  // The drill-down is drawn: not background, and its value histogram's A bars are there.
+  const auto panel = window_rect("panel.drilldown");
+  ASSERT_TRUE(panel);
+  const unsigned char* bg = shot->at(int((*panel)[0]) + 3, int((*panel)[3]) - 3);
+  int differ = 0, a_bars = 0, total = 0;
+  for (int y = int((*panel)[1]); y < int((*panel)[3]) && y < shot->h; ++y)
+    for (int x = int((*panel)[0]); x < int((*panel)[2]) && x < shot->w; ++x) {
+      const unsigned char* p = shot->at(x, y);
+      ++total;
+      if (std::abs(p[0] - bg[0]) + std::abs(p[1] - bg[1]) + std::abs(p[2] - bg[2]) > 30) ++differ;
+      if (std::abs(p[0] - 80) + std::abs(p[1] - 150) + std::abs(p[2] - 230) < 12) ++a_bars;
+    }
+  EXPECT_GT(differ, total / 50) << "the drill-down panel looks empty";
+  EXPECT_GT(a_bars, 100) << "no value histogram bars in the drill-down";
+}
+
+TEST_F(Workbench, KeyNDecodeRunAndAFailedRunThatShowsTheErrorAndKeepsTheResult) {
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  // Keyboard: N from a cell that agrees goes to the next diverging cell.
+  ASSERT_TRUE(click_cell("attn_norm@0"));
+  bool moved = false;
+  for (int attempt = 0; attempt < 3 && !moved; ++attempt) {
+    std::system("xdotool key n");
+    moved = wait_for(10, [&] { return state().value("selected", nlohmann::json()) == "lm_head"; });
+  }
+  EXPECT_TRUE(moved) << "N did not select the next diverging cell";
+  // Decode mode: one token per forward, stitched; the same cell diverges.
+  bool decode = false;
+  for (int attempt = 0; attempt < 3 && !decode; ++attempt) {
+    ASSERT_TRUE(click("run.decode"));
+    decode = wait_for(10, [&] { return state().value("decode", false); });
+  }
+  ASSERT_TRUE(decode) << "the decode radio button did not take";
+  bool ran = false;
+  auto ends_with_decode = [&] {
+    const nlohmann::json r = state();
+    const std::string title = r.value("title", "");
+    return !r.value("running", true) && title.size() > 6 &&
+           title.compare(title.size() - 6, 6, "decode") == 0;
+  };
+  for (int attempt = 0; attempt < 3 && !ran; ++attempt) {
+    ASSERT_TRUE(click("run.run"));
+    ran = wait_for(60, ends_with_decode);
+  }
+  ASSERT_TRUE(ran) << "no decode run finished; app log:\n" << app_log();
+  EXPECT_EQ(state()["first_divergence"], "lm_head");
+  EXPECT_EQ(state()["verdict"], "introduced");
+  EXPECT_EQ(state()["diagnosis"], "layout");
+  // drop_qkv_bias cannot show on a Llama (no QKV bias): the run fails before any lane runs.
+  bool picked = false;
+  for (int attempt = 0; attempt < 6 && !picked; ++attempt) {
+    ASSERT_TRUE(wait_for(30, [&] { return screen_rect("run.fault").has_value(); }));
+    ASSERT_TRUE(click("run.fault"));
+    if (!wait_for(10,
+                  [&] { return screen_rect("run.fault.item.drop_qkv_bias@qkv_bias").has_value(); }))
+      continue;
+    ASSERT_TRUE(click("run.fault.item.drop_qkv_bias@qkv_bias"));
+    picked = wait_for(10, [&] { return state().value("fault", "") == "drop_qkv_bias@qkv_bias"; });
+  }
+  ASSERT_TRUE(picked) << "could not pick drop_qkv_bias in the fault combo";
+  bool failed = false;
+  for (int attempt = 0; attempt < 6 && !failed; ++attempt) {
+    ASSERT_TRUE(click("run.run"));
+    failed = wait_for(20, [&] { return state().value("errors", 0) >= 1; });
+  }
+  ASSERT_TRUE(failed) << "running drop_qkv_bias did not report an error";
+  ASSERT_TRUE(screenshot("failed-run-dialog"));
+  EXPECT_TRUE(app_alive());
+  const nlohmann::json s = state();
+  EXPECT_TRUE(s.value("map_ready", false));
+  EXPECT_EQ(s["first_divergence"], "lm_head") << "the map keeps the last good result";
+  EXPECT_FALSE(s.value("running", true));
+}
+
+TEST(WorkbenchHeadless, WithoutADisplayItNamesTheHeadlessCommandAndExits2) {
+  const std::string cmd = std::string("env -u DISPLAY -u WAYLAND_DISPLAY ") + LOCKSTEP_EXE +
+                          " 2>&1 >/dev/null | head -c 2000";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_TRUE(p);
+  std::string out;
+  char buf[512];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  pclose(p);
+  const int code = std::system(
+      (std::string("env -u DISPLAY -u WAYLAND_DISPLAY ") + LOCKSTEP_EXE + " >/dev/null 2>&1")
+          .c_str());
+  EXPECT_EQ(WEXITSTATUS(code), 2);
+  EXPECT_NE(out.find("lockstep demo"), std::string::npos) << out;
+  EXPECT_NE(out.find("lockstep bisect"), std::string::npos) << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+}
+
+}  // namespace

@@ -1,0 +1,150 @@
+#include "views/map_view.h"
+
+#include <imgui.h>
+
+#include <algorithm>
+#include <string>
+
+#include "views/plot.h"
+
+namespace lockstep::views {
+namespace {
+
+// "post_attn_residual" → "post\nattn\nresidual": narrow columns, readable headers.
+std::string header_label(const std::string& stage) {
+  std::string s = stage;
+  std::replace(s.begin(), s.end(), '_', '\n');
+  return s;
+}
+
+void draw_legend(const MapData& map, size_t metric) {
+  ImDrawList* dl = ImGui::GetWindowDrawList();
+  ImGui::TextUnformatted(map.legend_low[metric].c_str());
+  ImGui::SameLine();
+  const ImVec2 p = ImGui::GetCursorScreenPos();
+  const float w = 160, h = ImGui::GetTextLineHeight();
+  for (int i = 0; i < 32; ++i)
+    dl->AddRectFilled(ImVec2(p.x + w * float(i) / 32, p.y),
+                      ImVec2(p.x + w * float(i + 1) / 32, p.y + h), heat_colour(float(i) / 31));
+  ImGui::Dummy(ImVec2(w, h));
+  ImGui::SameLine();
+  ImGui::TextUnformatted(map.legend_high[metric].c_str());
+  ImGui::SameLine();
+  const ImVec2 q = ImGui::GetCursorScreenPos();
+  dl->AddRect(ImVec2(q.x + 8, q.y), ImVec2(q.x + 8 + h, q.y + h), IM_COL32(255, 0, 255, 255), 0, 0,
+              3);
+  ImGui::Dummy(ImVec2(h + 12, h));
+  ImGui::SameLine();
+  ImGui::TextUnformatted("first divergence");
+}
+
+}  // namespace
+
+void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands, RectSink* rects) {
+  ImGui::SetNextItemWidth(240);
+  const std::string preview(engine::map_metric_label(kMetrics[ui.metric]));
+  if (ImGui::BeginCombo("metric", preview.c_str())) {
+    for (size_t k = 0; k < kMetricCount; ++k) {
+      const std::string label(engine::map_metric_label(kMetrics[k]));
+      if (ImGui::Selectable(label.c_str(), k == ui.metric)) {
+        ui.metric = k;
+        ui.settings_changed = true;
+      }
+    }
+    ImGui::EndCombo();
+  }
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip(
+        "The per-cell number the map colours and shows. Local error is each cell's\n"
+        "node replayed on lane A's inputs (what it introduces itself).");
+  const MapData* map = snapshot.map.get();
+  if (!map) {
+    ImGui::SameLine();
+    ImGui::TextDisabled(snapshot.job.running ? "  running the first bisection..."
+                                             : "  nothing yet: press Run (Ctrl+R)");
+    return;
+  }
+  ImGui::SameLine(0, 24);
+  draw_legend(*map, ui.metric);
+  ImGui::SameLine(0, 24);
+  ImGui::TextUnformatted(map->headline.c_str());
+
+  const CellDetail* selected = snapshot.detail.get();
+  // N / P: next / previous diverging cell in plan order.
+  const bool popup =
+      ImGui::IsPopupOpen("", ImGuiPopupFlags_AnyPopupId | ImGuiPopupFlags_AnyPopupLevel);
+  if (!ImGui::GetIO().WantTextInput && !popup && !map->divergent.empty() &&
+      !ImGui::GetIO().KeyCtrl) {
+    const bool next = ImGui::IsKeyPressed('N'), prev = ImGui::IsKeyPressed('P');
+    if (next || prev) {
+      long at = -1;
+      for (size_t i = 0; i < map->divergent.size(); ++i)
+        if (selected && map->cells[map->divergent[i]].cell == selected->cell) at = long(i);
+      const long n = long(map->divergent.size());
+      const long to = at < 0 ? (next ? 0 : n - 1) : (at + (next ? 1 : n - 1)) % n;
+      commands.push_back(SelectCommand{map->cells[map->divergent[size_t(to)]].cell});
+    }
+  }
+
+  const int columns = int(map->columns.size()) + 1;
+  const ImGuiTableFlags flags = ImGuiTableFlags_Borders | ImGuiTableFlags_SizingStretchSame |
+                                ImGuiTableFlags_ScrollX | ImGuiTableFlags_ScrollY;
+  if (!ImGui::BeginTable("map", columns, flags)) return;
+  ImGui::TableSetupScrollFreeze(1, 1);
+  ImGui::TableSetupColumn("layer", ImGuiTableColumnFlags_WidthFixed, 64);
+  for (const std::string& c : map->columns)
+    ImGui::TableSetupColumn(header_label(c).c_str(), ImGuiTableColumnFlags_WidthStretch, 1.0f);
+  ImGui::TableHeadersRow();
+  const float row_h = ImGui::GetTextLineHeight() + 8;
+  ImDrawList* dl = ImGui::GetWindowDrawList();
+  for (size_t r = 0; r < map->rows.size(); ++r) {
+    ImGui::TableNextRow(0, row_h);
+    ImGui::TableNextColumn();
+    ImGui::TextUnformatted(map->rows[r].c_str());
+    for (size_t c = 0; c < map->columns.size(); ++c) {
+      ImGui::TableNextColumn();
+      const MapCell& cell = map->at(r, c);
+      if (!cell.present) {
+        // "—": no such cell (drawn, since the default font has no em dash).
+        const ImVec2 p = ImGui::GetCursorScreenPos();
+        const float w = ImGui::GetContentRegionAvail().x;
+        dl->AddLine(ImVec2(p.x + w / 2 - 6, p.y + row_h / 2 - 1),
+                    ImVec2(p.x + w / 2 + 6, p.y + row_h / 2 - 1), IM_COL32(120, 120, 120, 255),
+                    1.5f);
+        ImGui::Dummy(ImVec2(w, row_h - 2));
+        if (ImGui::IsItemHovered()) ImGui::SetTooltip("no such cell in this model's plan");
+        continue;
+      }
+      ImGui::PushID(int(r * map->columns.size() + c));
+      const ImVec2 p0 = ImGui::GetCursorScreenPos();
+      const ImVec2 size(std::max(ImGui::GetContentRegionAvail().x, 8.0f), row_h - 2);
+      if (ImGui::InvisibleButton("cell", size)) {
+        commands.push_back(SelectCommand{cell.cell});
+        commands.push_back(LogCommand{"selected " + cell.name});
+      }
+      const bool hovered = ImGui::IsItemHovered();
+      const ImVec2 p1(p0.x + size.x, p0.y + size.y);
+      dl->AddRectFilled(p0, p1, heat_colour(cell.heat[ui.metric]));
+      const std::string& text = cell.text[ui.metric];
+      const ImVec2 ts = ImGui::CalcTextSize(text.c_str());
+      dl->PushClipRect(p0, p1, true);
+      dl->AddText(ImVec2(p0.x + std::max((size.x - ts.x) / 2, 2.0f), p0.y + (size.y - ts.y) / 2),
+                  IM_COL32(245, 245, 245, 255), text.c_str());
+      dl->PopClipRect();
+      if (selected && selected->cell == cell.cell)
+        dl->AddRect(ImVec2(p0.x + 4, p0.y + 4), ImVec2(p1.x - 4, p1.y - 4),
+                    IM_COL32(255, 255, 255, 255), 0, 0, 2);
+      if (cell.first)
+        dl->AddRect(ImVec2(p0.x + 1, p0.y + 1), ImVec2(p1.x - 1, p1.y - 1),
+                    IM_COL32(255, 0, 255, 255), 0, 0, 3);
+      else if (hovered)
+        dl->AddRect(p0, p1, IM_COL32(255, 255, 255, 120));
+      if (hovered) ImGui::SetTooltip("%s\n(click to drill in)", cell.tooltip.c_str());
+      if (rects) rects->push_back({"map.cell." + cell.name, p0.x, p0.y, p1.x, p1.y});
+      ImGui::PopID();
+    }
+  }
+  ImGui::EndTable();
+}
+
+}  // namespace lockstep::views

@@ -1,0 +1,24 @@
+#pragma once
+// What the views keep between frames that is not data (the chosen metric, the run controls,
+// settings), and the screen rectangles of named widgets they report for the GUI tests.
+
+#include <string>
+#include <vector>
+
+namespace lockstep::views {
+
+struct UiState {
+  size_t metric = 0;  // index into kMetrics
+  std::string fault;  // FaultSpec text; "" = none
+  bool decode = false;
+  float font_scale = 1.0f;
+  bool settings_changed = false;  // set by a view when a persisted setting changed
+};
+
+struct NamedRect {
+  std::string name;                      // "map.cell.lm_head", "panel.drilldown"
+  float x0 = 0, y0 = 0, x1 = 0, y1 = 0;  // window pixels
+};
+using RectSink = std::vector<NamedRect>;
+
+}  // namespace lockstep::views
