@@ -29,6 +29,11 @@ std::string version_text() {
 #else
   s += "CUDA lanes: not built";
 #endif
+#ifdef LOCKSTEP_HAVE_GUI
+  s += "\nGUI: built (lockstep with no arguments opens the workbench window)";
+#else
+  s += "\nGUI: not built (the headless commands only)";
+#endif
   return s;  // CLI11 adds the final newline
 }
 

@@ -230,22 +230,12 @@ std::vector<views::TopElement> top_elements(const engine::Cell& cell, const engi
                     });
   for (size_t j = 0; j < k; ++j) {
     views::TopElement e;
-    e.index = diffs[j].second;
-    const uint64_t i = static_cast<uint64_t>(e.index);
-    if (a.shape.size() == 2) {
-      const uint64_t width = a.shape[1];
-      e.token = static_cast<int64_t>(i / width);
-      e.channel = static_cast<int64_t>(i % width);
-      if (engine::per_head_rows(cell.stage) && head_dim && *head_dim)
-        e.head = e.channel / static_cast<int64_t>(*head_dim);
-    } else if (a.shape.size() == 3) {
-      const uint64_t tokens = a.shape[1], ctx = a.shape[2];
-      e.head = static_cast<int64_t>(i / (tokens * ctx));
-      e.token = static_cast<int64_t>(i / ctx % tokens);
-      e.channel = static_cast<int64_t>(i % ctx);
-    } else {
-      e.channel = e.index;
-    }
+    const uint64_t i = static_cast<uint64_t>(diffs[j].second);
+    const engine::MaxDiffLocation at = engine::locate_index(cell.stage, a.shape, i, head_dim);
+    e.index = at.index;
+    e.token = at.token;
+    e.channel = at.channel;
+    e.head = at.head;
     e.a = a.data[i];
     e.b = b.data[i];
     e.abs_diff = diffs[j].first;

@@ -109,6 +109,17 @@ Layout make_layout(Stage stage, const std::vector<uint64_t>& shape, uint64_t n,
   return l;
 }
 
+}  // namespace
+
+MaxDiffLocation locate_index(Stage stage, const std::vector<uint64_t>& shape, uint64_t index,
+                             std::optional<uint64_t> head_dim) {
+  uint64_t n = 1;
+  for (uint64_t d : shape) n *= d;
+  return make_layout(stage, shape, n, head_dim).decode(index);
+}
+
+namespace {
+
 // ---- per-chunk accumulation --------------------------------------------------------------
 
 // Sums over one segment's part in a chunk.

@@ -188,6 +188,11 @@ struct CompareProgress {
 };
 using CompareProgressFn = std::function<void(const CompareProgress&)>;
 
+// Flat index `index` of a cell of `stage` and `shape` decoded to (token, channel, head) by the
+// rules above ("Index decoding"); a and b are left 0.
+MaxDiffLocation locate_index(Stage stage, const std::vector<uint64_t>& shape, uint64_t index,
+                             std::optional<uint64_t> head_dim);
+
 // Compares one cell; a shape mismatch is reported in the result, never thrown. Throws
 // lockstep::Error for bad options (value_bins 0, min_decade > max_decade, topk 0).
 CellComparison compare_cell(const Cell& cell, const Tensor& a, const Tensor& b,

@@ -34,6 +34,7 @@ TEST(Cli, VersionNamesBuildFeatures) {
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("lockstep "), std::string::npos);
   EXPECT_NE(r.out.find("CUDA lanes"), std::string::npos);
+  EXPECT_NE(r.out.find("GUI: "), std::string::npos);
 }
 
 TEST(Cli, UsageErrorsExitTwoWithOneLine) {
