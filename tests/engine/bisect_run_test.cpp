@@ -16,6 +16,7 @@
 #include "engine/faults.h"
 #include "engine/ref_lane.h"
 #include "engine/synthetic_model.h"
+#include "tests/engine/fault_cases.h"
 #include "tests/engine/lane_test_util.h"
 
 namespace lockstep::engine {
@@ -142,25 +143,12 @@ void PrintTo(const FaultCase& c, std::ostream* os) {
   *os << c.spec << " on " << c.family << " (" << run_mode_name(c.mode) << ")";
 }
 
+// test_faults::fault_cases() in both modes.
 std::vector<FaultCase> fault_cases() {
   std::vector<FaultCase> cases;
-  // Llama (normal RoPE, no biases), Qwen2 (NeoX RoPE, QKV bias), StarCoder2 (LayerNorm, GELU
-  // MLP without a gate, biases everywhere): every fault shows on at least two of them.
   for (RunMode mode : {RunMode::Prefill, RunMode::Decode})
-    for (const std::string family : {"llama", "qwen2", "starcoder2"})
-      for (const std::string spec :
-           {"gemv_transposed", "gemv_transposed@qkv_matmul,1", "gemv_transposed@ffn_up",
-            "gqa_head_map", "gqa_head_map@attention", "rope_neox_swap",
-            "rope_neox_swap@k_post_rope", "drop_qkv_bias", "rms_eps_wrong",
-            "rms_eps_wrong@ffn_norm,1", "rms_eps_wrong@final_norm", "kv_cache_off_by_one",
-            "kv_cache_off_by_one@attention,1", "softmax_no_max", "silu_as_gelu",
-            "attn_scale_missing", "partial_write", "partial_write@attention",
-            "partial_write@ffn_swigl,1", "partial_write@lm_head"}) {
-        const bool gated = family != "starcoder2";
-        if (spec == "drop_qkv_bias" && family == "llama") continue;
-        if (!gated && (spec == "silu_as_gelu" || spec == "partial_write@ffn_swigl,1")) continue;
-        cases.push_back({spec, family, mode});
-      }
+    for (const test_faults::FaultCase& c : test_faults::fault_cases())
+      cases.push_back({c.spec, c.family, mode});
   return cases;
 }
 

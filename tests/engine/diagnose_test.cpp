@@ -14,6 +14,7 @@
 #include "engine/cpu_lane.h"
 #include "engine/ref_lane.h"
 #include "engine/synthetic_model.h"
+#include "tests/engine/fault_cases.h"
 #include "tests/engine/lane_test_util.h"
 
 namespace lockstep::engine {
@@ -493,45 +494,8 @@ const Model& synthetic(const std::string& family, QuantMix mix = QuantMix::F32,
   return *m;
 }
 
-struct FaultCase {
-  std::string spec;
-  std::string family;
-};
-void PrintTo(const FaultCase& c, std::ostream* os) {
-  *os << c.spec << " on " << c.family;
-}
-
-// faults_test.cpp's fault_cases(): every fault, at its default and other stages.
-std::vector<FaultCase> fault_cases() {
-  std::vector<FaultCase> cases;
-  for (const std::string family : {"llama", "qwen2", "starcoder2"})
-    for (const std::string spec : {"gemv_transposed",
-                                   "gemv_transposed@qkv_matmul,1",
-                                   "gemv_transposed@ffn_up",
-                                   "gqa_head_map",
-                                   "gqa_head_map@attention",
-                                   "rope_neox_swap",
-                                   "rope_neox_swap@k_post_rope",
-                                   "drop_qkv_bias",
-                                   "rms_eps_wrong",
-                                   "rms_eps_wrong@ffn_norm,1",
-                                   "rms_eps_wrong@final_norm",
-                                   "kv_cache_off_by_one",
-                                   "kv_cache_off_by_one@attention,1",
-                                   "softmax_no_max",
-                                   "silu_as_gelu",
-                                   "attn_scale_missing",
-                                   "partial_write",
-                                   "partial_write@attention",
-                                   "partial_write@ffn_swigl,1",
-                                   "partial_write@lm_head"}) {
-      const bool gated = family != "starcoder2";
-      if (spec == "drop_qkv_bias" && family == "llama") continue;
-      if (!gated && (spec == "silu_as_gelu" || spec == "partial_write@ffn_swigl,1")) continue;
-      cases.push_back({spec, family});
-    }
-  return cases;
-}
+using test_faults::fault_cases;
+using test_faults::FaultCase;
 
 // The figures a reader of the log wants per case.
 void print_case(const char* tag, const FaultCase& c, const Cell& cell, const char* how,

@@ -15,6 +15,7 @@
 #include "engine/lanes.h"
 #include "engine/ref_lane.h"
 #include "engine/synthetic_model.h"
+#include "tests/engine/fault_cases.h"
 #include "tests/engine/lane_test_util.h"
 
 namespace lockstep::engine {
@@ -333,46 +334,8 @@ TEST(FaultResolve, RefusesFaultsThatCannotShowOnTheModel) {
   EXPECT_EQ(dynamic_cast<CpuLane*>(cpu.get())->fault(), options.fault);
 }
 
-struct FaultCase {
-  std::string spec;
-  std::string family;
-};
-void PrintTo(const FaultCase& c, std::ostream* os) {
-  *os << c.spec << " on " << c.family;
-}
-
-std::vector<FaultCase> fault_cases() {
-  std::vector<FaultCase> cases;
-  // Llama (normal RoPE, no biases), Qwen2 (NeoX RoPE, QKV bias) and StarCoder2 (LayerNorm,
-  // a non-gated GELU MLP, biases everywhere).
-  for (const std::string family : {"llama", "qwen2", "starcoder2"})
-    for (const std::string spec : {"gemv_transposed",
-                                   "gemv_transposed@qkv_matmul,1",
-                                   "gemv_transposed@ffn_up",
-                                   "gqa_head_map",
-                                   "gqa_head_map@attention",
-                                   "rope_neox_swap",
-                                   "rope_neox_swap@k_post_rope",
-                                   "drop_qkv_bias",
-                                   "rms_eps_wrong",
-                                   "rms_eps_wrong@ffn_norm,1",
-                                   "rms_eps_wrong@final_norm",
-                                   "kv_cache_off_by_one",
-                                   "kv_cache_off_by_one@attention,1",
-                                   "softmax_no_max",
-                                   "silu_as_gelu",
-                                   "attn_scale_missing",
-                                   "partial_write",
-                                   "partial_write@attention",
-                                   "partial_write@ffn_swigl,1",
-                                   "partial_write@lm_head"}) {
-      const bool gated = family != "starcoder2";
-      if (spec == "drop_qkv_bias" && family == "llama") continue;
-      if (!gated && (spec == "silu_as_gelu" || spec == "partial_write@ffn_swigl,1")) continue;
-      cases.push_back({spec, family});
-    }
-  return cases;
-}
+using test_faults::fault_cases;
+using test_faults::FaultCase;
 
 class FaultFound : public ::testing::TestWithParam<FaultCase> {};
 
