@@ -27,4 +27,18 @@ struct DeviceReport {
 // Never throws: a machine without a driver or GPU yields an empty list and a reason.
 DeviceReport probe_devices();
 
+// Device memory bandwidth as a device-to-device copy of `bytes` moves it: each of
+// `repetitions` timed copies (after one untimed) counts the bytes read plus the bytes written,
+// 2·bytes, as NVIDIA's bandwidthTest does; timed with CUDA events on one stream. `bytes` should
+// be well above the L2 cache (the default 1 GiB is 20× an H100's). Throws lockstep::Error when
+// the device cannot be used or the buffers do not fit.
+struct CopyBandwidth {
+  uint64_t bytes = 0;               // copied per repetition
+  std::vector<double> bytes_per_s;  // (read + written) per second, one per repetition
+  double best = 0.0;
+  double median = 0.0;
+};
+CopyBandwidth measure_copy_bandwidth(int device, uint64_t bytes = uint64_t{1} << 30,
+                                     int repetitions = 10);
+
 }  // namespace lockstep::cuda

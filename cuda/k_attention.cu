@@ -1,6 +1,8 @@
 // RoPE and attention over a KV cache, each stage materialised (scores, probabilities, weighted
 // sum) so that any of them can be captured. GQA: query head h reads KV head h / ratio.
-// Correct first: one thread per output element (see issue 5 for the fused, fast path).
+// RoPE and the softmax take a thread per element and a block per row; scores take a warp per
+// score and the weighted sum splits the keys over 32 warps, so a decode step (one query) still
+// fills the GPU.
 
 #include <cmath>
 
@@ -48,14 +50,18 @@ __global__ void rope_kernel(const float* x, uint64_t x_stride, uint64_t offset, 
   y[i] = static_cast<float>(d == a ? x0 * cs - x1 * sn : x0 * sn + x1 * cs);
 }
 
+// One warp per score: lane l sums q·k over d = l, l + 32, ... in order, then the 32 partials
+// are reduced with xor shuffles; reads of q and of the key row are coalesced. The arithmetic
+// does not depend on the token count or the position, so prefill equals decode bit for bit.
 __global__ void scores_kernel(const float* q, const float* k, uint64_t k_stride, AttnShape s,
                               float scale, float* y) {
-  const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  if (i >= s.heads * s.tokens * s.ctx) return;
+  const uint64_t i = (uint64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (i >= s.heads * s.tokens * s.ctx) return;  // whole warps
   const uint64_t j = i % s.ctx, t = (i / s.ctx) % s.tokens, h = i / (s.ctx * s.tokens);
   const uint64_t qpos = s.pos + t;
   if (j > qpos || (s.window != 0 && qpos - j >= s.window)) {
-    y[i] = -INFINITY;
+    if (lane == 0) y[i] = -INFINITY;
     return;
   }
   const uint64_t kh = s.interleaved_heads ? h % s.kv_heads : h / (s.heads / s.kv_heads);
@@ -63,8 +69,9 @@ __global__ void scores_kernel(const float* q, const float* k, uint64_t k_stride,
   const float* qv = q + t * s.heads * s.head_dim + h * s.head_dim;  // [head_dim]
   const float* kv = k + slot * k_stride + kh * s.head_dim;          // [head_dim]
   float dot = 0.0f;
-  for (uint64_t d = 0; d < s.head_dim; ++d) dot = fmaf(qv[d], kv[d], dot);
-  y[i] = scale * dot;
+  for (uint64_t d = lane; d < s.head_dim; d += 32) dot = fmaf(qv[d], kv[d], dot);
+  dot = reduce::warp_all(dot, reduce::Sum{});
+  if (lane == 0) y[i] = scale * dot;
 }
 
 __global__ void softmax_kernel(const float* x, float* y, uint64_t width) {
@@ -101,21 +108,38 @@ __global__ void softmax_fp16_no_max_kernel(const float* x, float* y, uint64_t ro
   for (uint64_t j = 0; j < width; ++j) yr[j] = fp16(yr[j] / sum);
 }
 
-__global__ void weighted_sum_kernel(const float* p, const float* v, uint64_t v_stride, AttnShape s,
-                                    float* y) {
-  const uint64_t q_dim = s.heads * s.head_dim;
-  const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  if (i >= s.tokens * q_dim) return;
-  const uint64_t t = i / q_dim, h = (i % q_dim) / s.head_dim, d = i % s.head_dim;
+// One block per (token, head, 32 output dims): warp g sums p·v over the keys j = g, g + 32, ...
+// in order (lane l on dim l, so value rows are read coalesced), then thread l of warp 0 adds
+// the 32 partials in order. Every key of the context is summed, masked ones too (their p is 0,
+// which adds nothing to a finite sum), so the arithmetic does not depend on the token count:
+// prefill equals decode bit for bit, and replay computes exactly Σ p·v on any inputs.
+constexpr int kSumGroups = 32;
+__global__ void __launch_bounds__(32 * kSumGroups)
+    weighted_sum_kernel(const float* p, const float* v, uint64_t v_stride, AttnShape s, float* y) {
+  __shared__ float partial[kSumGroups][33];
+  const uint64_t groups_per_head = (s.head_dim + 31) / 32;
+  const uint64_t b = blockIdx.x;
+  const uint64_t t = b / (s.heads * groups_per_head);
+  const uint64_t h = (b / groups_per_head) % s.heads;
+  const uint64_t d = (b % groups_per_head) * 32 + threadIdx.x % 32;
+  const uint64_t g = threadIdx.x / 32;
   const uint64_t kh = s.interleaved_heads ? h % s.kv_heads : h / (s.heads / s.kv_heads);
   const float* pr = p + (h * s.tokens + t) * s.ctx;  // [ctx]
-  const float* vc = v + kh * s.head_dim + d;         // column d of KV head kh, rows of v_stride
   float acc = 0.0f;
-  for (uint64_t j = 0; j < s.ctx; ++j) {
-    const uint64_t slot = s.lagged_slots && j > 0 ? j - 1 : j;
-    acc = fmaf(pr[j], vc[slot * v_stride], acc);
+  if (d < s.head_dim) {
+    const float* vc = v + kh * s.head_dim + d;  // column d of KV head kh, rows of v_stride
+    for (uint64_t j = g; j < s.ctx; j += kSumGroups) {
+      const uint64_t slot = s.lagged_slots && j > 0 ? j - 1 : j;
+      acc = fmaf(pr[j], vc[slot * v_stride], acc);
+    }
   }
-  y[i] = acc;
+  partial[g][threadIdx.x % 32] = acc;
+  __syncthreads();
+  if (g == 0 && d < s.head_dim) {
+    float sum = partial[0][threadIdx.x];
+    for (int i = 1; i < kSumGroups; ++i) sum += partial[i][threadIdx.x];
+    y[t * s.heads * s.head_dim + h * s.head_dim + d] = sum;
+  }
 }
 
 }  // namespace
@@ -133,10 +157,9 @@ void attn_scores(const float* q, const float* k, uint64_t k_stride, const AttnSh
                  float scale, float* y, cudaStream_t stream) {
   const uint64_t n = s.heads * s.tokens * s.ctx;
   if (n == 0) return;
-  scores_kernel<<<blocks_for(n), kThreads, 0, stream>>>(q, k, k_stride, s, scale, y);
+  scores_kernel<<<blocks_for(32 * n), kThreads, 0, stream>>>(q, k, k_stride, s, scale, y);
   LOCKSTEP_CUDA_CHECK(cudaGetLastError());
 }
-
 void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream) {
   if (rows == 0) return;
   softmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, y, width);
@@ -152,9 +175,10 @@ void softmax_fp16_no_max(const float* x, float* y, uint64_t rows, uint64_t width
 
 void attn_weighted_sum(const float* p, const float* v, uint64_t v_stride, const AttnShape& s,
                        float* y, cudaStream_t stream) {
-  const uint64_t n = s.tokens * s.heads * s.head_dim;
-  if (n == 0) return;
-  weighted_sum_kernel<<<blocks_for(n), kThreads, 0, stream>>>(p, v, v_stride, s, y);
+  const uint64_t blocks = s.tokens * s.heads * ((s.head_dim + 31) / 32);
+  if (blocks == 0 || s.ctx == 0) return;
+  weighted_sum_kernel<<<static_cast<unsigned>(blocks), 32 * kSumGroups, 0, stream>>>(p, v, v_stride,
+                                                                                     s, y);
   LOCKSTEP_CUDA_CHECK(cudaGetLastError());
 }
 

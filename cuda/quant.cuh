@@ -6,6 +6,7 @@
 // Decoding reproduces formats/codec_*.cpp bit for bit: the same products in the same order,
 // through the _rn intrinsics, which the compiler never fuses into an FMA.
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -197,6 +198,245 @@ __device__ __forceinline__ void load_chunk(const uint8_t* row, int64_t c, int64_
       }
     }
   }
+}
+
+// Exact small integers as floats without the conversion unit (I2F runs at a quarter of the FMA
+// rate): 2^23 + q has q in its low mantissa bits, so subtracting 2^23 leaves exactly q.
+__device__ __forceinline__ float small_uint_to_float(uint32_t q) {  // q < 2^23
+  return __fsub_rn(__uint_as_float(0x4B000000u | q), 8388608.0f);
+}
+__device__ __forceinline__ float small_int_to_float(int32_t q) {  // |q| < 2^22
+  return __fsub_rn(__uint_as_float(0x4B000000u | static_cast<uint32_t>(q + 4194304)),
+                   12582912.0f);  // 2^23 + 2^22
+}
+__device__ __forceinline__ uint32_t u16_at(const uint8_t* p) {  // p 2-byte aligned
+  return *reinterpret_cast<const uint16_t*>(p);
+}
+
+// Whether decode_half<T> reads with wide loads rather than falling back to load_chunk: the
+// types that matter for speed, whose blocks keep the fields it loads aligned.
+template <GgmlType T>
+constexpr bool kFastHalf = T == GgmlType::Q4_0 || T == GgmlType::Q8_0 || T == GgmlType::Q4_K ||
+                           T == GgmlType::Q5_K || T == GgmlType::Q6_K || T == GgmlType::F32 ||
+                           T == GgmlType::F16 || T == GgmlType::BF16;
+
+// w[k] = element 32·c + 16·h + k of the row, k < 16: half h of load_chunk's chunk c, the same
+// floats bit for bit (the same products in the same order), read with 16-byte loads where the
+// block layout allows (Q4_K, Q5_K, plain rows of whole chunks) and 2-byte loads otherwise
+// (Q4_0, Q8_0, Q6_K, whose blocks are only 2-byte aligned). Plain types take the vector path
+// only when `wide` (the row is 16-byte aligned and holds whole chunks); otherwise, and for the
+// other block types, it is load_chunk's half.
+template <GgmlType T>
+__device__ __forceinline__ void decode_half(const uint8_t* row, int64_t c, int h, int64_t cols,
+                                            bool wide, float (&w)[16]) {
+  if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q5_K) {
+    constexpr int kBytes = Block<T>::bytes;
+    const uint8_t* b = row + (c / 8) * kBytes;
+    const int sub = static_cast<int>(c % 8);
+    const uint32_t dd = *reinterpret_cast<const uint32_t*>(b);
+    const float d = fp16_bits_to_f32(dd & 0xFFFFu), dmin = fp16_bits_to_f32(dd >> 16);
+    uint32_t sc, mn;
+    scale_min_6bit(b + 4, sub, sc, mn);
+    const float d1 = __fmul_rn(d, small_uint_to_float(sc));
+    const float m1 = __fmul_rn(dmin, small_uint_to_float(mn));
+    const int shift = 4 * (sub % 2);
+    const uint4 q = *reinterpret_cast<const uint4*>(
+        b + (T == GgmlType::Q4_K ? 16 : 48) + 32 * (sub / 2) + 16 * h);
+    const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+    uint32_t hw[4] = {0, 0, 0, 0};
+    if constexpr (T == GgmlType::Q5_K) {
+      const uint4 qh = *reinterpret_cast<const uint4*>(b + 16 + 16 * h);
+      hw[0] = qh.x, hw[1] = qh.y, hw[2] = qh.z, hw[3] = qh.w;
+    }
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      uint32_t v = (words[k / 4] >> (8 * (k % 4) + shift)) & 0x0Fu;
+      if constexpr (T == GgmlType::Q5_K) v |= ((hw[k / 4] >> (8 * (k % 4) + sub)) & 1u) << 4;
+      w[k] = __fsub_rn(__fmul_rn(d1, small_uint_to_float(v)), m1);
+    }
+  } else if constexpr (T == GgmlType::Q6_K) {
+    const uint8_t* b = row + (c / 8) * Block<T>::bytes;
+    const int sub = static_cast<int>(c % 8);
+    const float d = fp16_bits_to_f32(u16_at(b + 208));
+    const int half = sub / 4, g = sub % 4, shift = g < 2 ? 0 : 4;
+    const uint8_t* ql = b + 64 * half + 32 * (g % 2) + 16 * h;
+    const uint8_t* qh = b + 128 + 32 * half + 16 * h;
+    const float d1 =
+        __fmul_rn(d, small_int_to_float(static_cast<int8_t>(b[192 + 2 * sub + h])));
+#pragma unroll
+    for (int k = 0; k < 16; k += 2) {
+      const uint32_t l = u16_at(ql + k), hi = u16_at(qh + k);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const uint32_t u = ((l >> (8 * j + shift)) & 0x0Fu) | (((hi >> (8 * j + 2 * g)) & 3u) << 4);
+        w[k + j] = __fmul_rn(d1, small_int_to_float(static_cast<int32_t>(u) - 32));
+      }
+    }
+  } else if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0) {
+    const uint8_t* b = row + c * Block<T>::bytes;
+    const float d = fp16_bits_to_f32(u16_at(b));
+    const uint8_t* qs = b + 2 + (T == GgmlType::Q8_0 ? 16 * h : 0);
+#pragma unroll
+    for (int k = 0; k < 16; k += 2) {
+      const uint32_t pair = u16_at(qs + k);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const uint32_t byte = (pair >> (8 * j)) & 0xFFu;
+        const int32_t v = T == GgmlType::Q8_0 ? static_cast<int32_t>(static_cast<int8_t>(byte))
+                                              : static_cast<int32_t>((byte >> (4 * h)) & 0x0Fu) - 8;
+        w[k + j] = __fmul_rn(small_int_to_float(v), d);
+      }
+    }
+  } else if constexpr (T == GgmlType::F32 || T == GgmlType::F16 || T == GgmlType::BF16) {
+    if (wide) {
+      const int64_t first = 32 * c + 16 * h;
+      if constexpr (T == GgmlType::F32) {
+        const uint4* p = reinterpret_cast<const uint4*>(row + 4 * first);
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {
+          const uint4 q = p[v];
+          w[4 * v] = __uint_as_float(q.x), w[4 * v + 1] = __uint_as_float(q.y);
+          w[4 * v + 2] = __uint_as_float(q.z), w[4 * v + 3] = __uint_as_float(q.w);
+        }
+      } else {
+        const uint4* p = reinterpret_cast<const uint4*>(row + 2 * first);
+#pragma unroll
+        for (int v = 0; v < 2; ++v) {
+          const uint4 q = p[v];
+          const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const uint32_t bits = (words[j / 2] >> (16 * (j % 2))) & 0xFFFFu;
+            w[8 * v + j] = T == GgmlType::F16 ? fp16_bits_to_f32(bits) : __uint_as_float(bits << 16);
+          }
+        }
+      }
+    } else {
+      float all[32];
+      load_chunk<T>(row, c, cols, all);
+#pragma unroll
+      for (int k = 0; k < 16; ++k) w[k] = all[16 * h + k];
+    }
+  } else {
+    float all[32];
+    load_chunk<T>(row, c, cols, all);
+#pragma unroll
+    for (int k = 0; k < 16; ++k) w[k] = all[16 * h + k];
+  }
+}
+
+// The matmuls' factored form for the types that matter for speed: a chunk's weights are
+// scale · integer (− min), so Σ w·x over the chunk is computed as scale · Σ q·x (− min · Σ x):
+// one multiply-add per element instead of a decode and a multiply-add. kFactored says which
+// types take it; chunk_ints_half gives the integers of half a chunk as exact floats, and
+// ChunkScales the chunk's factors, each the codec's own product (so a one-hot x still reads
+// back the codec's weight bit for bit).
+template <GgmlType T>
+constexpr bool kFactored = T == GgmlType::Q4_0 || T == GgmlType::Q8_0 || T == GgmlType::Q4_K ||
+                           T == GgmlType::Q5_K || T == GgmlType::Q6_K;
+// Whether the chunk has a min term (needs Σ x) and whether its halves have separate scales.
+template <GgmlType T>
+constexpr bool kHasMin = T == GgmlType::Q4_K || T == GgmlType::Q5_K;
+template <GgmlType T>
+constexpr bool kHalfScales = T == GgmlType::Q6_K;
+
+// An fp16 field as f32 through the conversion instruction: exact, as fp16_bits_to_f32, for
+// every finite value and the infinities; a NaN scale makes a NaN chunk either way.
+__device__ __forceinline__ float half_bits(uint32_t h) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+}
+
+struct ChunkScales {
+  float a0 = 0.0f, a1 = 0.0f;  // the scale (a1: of the second half, Q6_K)
+  float m = 0.0f;              // the min (Q4_K, Q5_K)
+};
+
+template <GgmlType T>
+__device__ __forceinline__ ChunkScales chunk_scales(const uint8_t* row, int64_t c) {
+  ChunkScales s;
+  if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q5_K) {
+    const uint8_t* b = row + (c / 8) * Block<T>::bytes;
+    const uint32_t dd = *reinterpret_cast<const uint32_t*>(b);
+    uint32_t sc, mn;
+    scale_min_6bit(b + 4, static_cast<int>(c % 8), sc, mn);
+    s.a0 = __fmul_rn(half_bits(dd & 0xFFFFu), small_uint_to_float(sc));
+    s.m = __fmul_rn(half_bits(dd >> 16), small_uint_to_float(mn));
+  } else if constexpr (T == GgmlType::Q6_K) {
+    const uint8_t* b = row + (c / 8) * Block<T>::bytes;
+    const int sub = static_cast<int>(c % 8);
+    const float d = half_bits(u16_at(b + 208));
+    const uint32_t pair = u16_at(b + 192 + 2 * sub);
+    s.a0 = __fmul_rn(d, small_int_to_float(static_cast<int8_t>(pair & 0xFFu)));
+    s.a1 = __fmul_rn(d, small_int_to_float(static_cast<int8_t>(pair >> 8)));
+  } else if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0) {
+    s.a0 = half_bits(u16_at(row + c * Block<T>::bytes));
+  }
+  return s;
+}
+
+// Four small integers packed one per byte (each < 128), as exact floats: byte k is placed under
+// the exponent of 2^23 (one byte permute), and `bias` (2^23 plus any offset folded into the
+// bytes) is subtracted: q[k] = byte k + 2^23 − bias.
+__device__ __forceinline__ void bytes_to_floats(uint32_t bytes, float bias, float* q) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    q[k] = __fsub_rn(__uint_as_float(__byte_perm(bytes, 0x4B000000u, 0x7540u | k)), bias);
+}
+
+// q[k], k < 16: the integers of elements 16·h + k of chunk c (Q4_0 less 8, Q6_K less 32).
+template <GgmlType T>
+__device__ __forceinline__ void chunk_ints_half(const uint8_t* row, int64_t c, int h,
+                                                float (&q)[16]) {
+  if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q5_K) {
+    const uint8_t* b = row + (c / 8) * Block<T>::bytes;
+    const uint32_t sub = static_cast<uint32_t>(c % 8), shift = 4 * (sub % 2);
+    const uint4 v = *reinterpret_cast<const uint4*>(
+        b + (T == GgmlType::Q4_K ? 16 : 48) + 32 * (sub / 2) + 16 * h);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+    uint32_t hw[4] = {0, 0, 0, 0};
+    if constexpr (T == GgmlType::Q5_K) {
+      const uint4 qh = *reinterpret_cast<const uint4*>(b + 16 + 16 * h);
+      hw[0] = qh.x, hw[1] = qh.y, hw[2] = qh.z, hw[3] = qh.w;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      uint32_t bytes = (words[i] >> shift) & 0x0F0F0F0Fu;
+      if constexpr (T == GgmlType::Q5_K) bytes |= ((hw[i] >> sub) & 0x01010101u) << 4;
+      bytes_to_floats(bytes, 8388608.0f, q + 4 * i);
+    }
+  } else if constexpr (T == GgmlType::Q6_K) {
+    const uint8_t* b = row + (c / 8) * Block<T>::bytes;
+    const uint32_t sub = static_cast<uint32_t>(c % 8);
+    const uint32_t half = sub / 4, g = sub % 4, shift = g < 2 ? 0 : 4;
+    const uint8_t* ql = b + 64 * half + 32 * (g % 2) + 16 * h;
+    const uint8_t* qh = b + 128 + 32 * half + 16 * h;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t l = u16_at(ql + 4 * i) | (u16_at(ql + 4 * i + 2) << 16);
+      const uint32_t hi = u16_at(qh + 4 * i) | (u16_at(qh + 4 * i + 2) << 16);
+      const uint32_t bytes = ((l >> shift) & 0x0F0F0F0Fu) | (((hi >> (2 * g)) & 0x03030303u) << 4);
+      bytes_to_floats(bytes, 8388640.0f, q + 4 * i);  // 2^23 + 32
+    }
+  } else if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0) {
+    const uint8_t* qs = row + c * Block<T>::bytes + 2 + (T == GgmlType::Q8_0 ? 16 * h : 0);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t raw = u16_at(qs + 4 * i) | (u16_at(qs + 4 * i + 2) << 16);
+      if constexpr (T == GgmlType::Q8_0)
+        bytes_to_floats(raw ^ 0x80808080u, 8388736.0f, q + 4 * i);  // int8 + 128; 2^23 + 128
+      else
+        bytes_to_floats((raw >> (4 * h)) & 0x0F0F0F0Fu, 8388616.0f, q + 4 * i);  // 2^23 + 8
+    }
+  }
+}
+
+// Σ w·x over the chunk from its factors and the integer sums: s0 over the first half (or the
+// whole chunk when the halves share a scale), s1 over the second half (Q6_K), sx = Σ x.
+template <GgmlType T>
+__device__ __forceinline__ float combine_chunk(const ChunkScales& f, float s0, float s1, float sx) {
+  if constexpr (kHasMin<T>) return __fsub_rn(__fmul_rn(f.a0, s0), __fmul_rn(f.m, sx));
+  else if constexpr (kHalfScales<T>) return __fadd_rn(__fmul_rn(f.a0, s0), __fmul_rn(f.a1, s1));
+  else return __fmul_rn(f.a0, s0);
 }
 
 // Calls f.template operator()<T>() for a runtime type; false when no kernel exists for it.

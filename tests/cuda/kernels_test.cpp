@@ -137,6 +137,92 @@ TEST_P(CudaWeightKernels, EmbeddingRowsAreTheDecodedRowsTimesTheScale) {
   }
 }
 
+// Multiplying by one-hot tokens reads single weights back: y[t, r] = w[r, i] exactly (every
+// other product is w·0 and adds nothing), so the matmul's own decoding (16-byte and 2-byte
+// loads, no conversion unit) must give the codec's floats bit for bit. Both kernel shapes of a
+// decode step (few rows: one a warp; many rows: four a warp) and the prefill tile are covered,
+// with a token count that leaves the last tile partial.
+TEST_P(CudaWeightKernels, MatmulDecodesTheWeightsBitForBitInEveryKernelShape) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  const GgmlType type = GetParam();
+  // Plain types: a row with a tail chunk (scalar loads) and one of whole aligned chunks
+  // (16-byte loads).
+  std::vector<uint64_t> widths{odd_cols(type) * 2};
+  if (formats::ggml_type_info(type).block_elems == 1) widths.push_back(256);
+  for (auto [rows, cols] : {std::pair{uint64_t{37}, widths.front()},
+                            std::pair{uint64_t{9001}, widths.back()}}) {
+    SCOPED_TRACE(testing::Message() << rows << " x " << cols);
+    std::vector<float> wf;
+    std::vector<std::byte> w = random_weights(type, rows, cols, 11, &wf);
+    // Prefill: 21 one-hot tokens spread over the row (2 tiles, the second partial).
+    std::vector<uint64_t> picks;
+    for (uint64_t t = 0; t < 21; ++t) picks.push_back((t * 37 + 5) % cols);
+    picks.back() = cols - 1;
+    std::vector<float> x(picks.size() * cols, 0.0f);
+    for (size_t t = 0; t < picks.size(); ++t) x[t * cols + picks[t]] = 1.0f;
+    std::vector<float> y = ops::matmul(0, type, w, rows, cols, x, picks.size());
+    std::vector<float> one = ops::matmul(0, type, w, rows, cols,
+                                         std::span(x).subspan(3 * cols, cols), 1);
+    size_t differ = 0;
+    for (uint64_t r = 0; r < rows; ++r) {
+      for (size_t t = 0; t < picks.size(); ++t) {
+        const float want = wf[r * cols + picks[t]] + 0.0f;  // a -0 weight sums to +0
+        if (std::memcmp(&want, &y[t * rows + r], sizeof(float)) != 0 && differ++ < 5)
+          ADD_FAILURE() << "row " << r << " column " << picks[t] << ": " << want << " vs "
+                        << y[t * rows + r];
+      }
+      const float want = wf[r * cols + picks[3]] + 0.0f;
+      if (std::memcmp(&want, &one[r], sizeof(float)) != 0 && differ++ < 5)
+        ADD_FAILURE() << "decode, row " << r << ": " << want << " vs " << one[r];
+    }
+    EXPECT_EQ(differ, 0u);
+  }
+}
+
+// Random tokens through the many-row decode shape and the prefill tile: every token's row of a
+// 21-token product is bit-identical to that token alone.
+TEST_P(CudaWeightKernels, ManyRowsPrefillEqualsDecodeBitForBit) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  const GgmlType type = GetParam();
+  const uint64_t rows = 9001, cols = odd_cols(type) * 3, tokens = 21;
+  std::vector<float> wf;
+  std::vector<std::byte> w = random_weights(type, rows, cols, 13, &wf);
+  std::vector<float> x = test::random_nonzero(tokens * cols, 17);
+  std::vector<float> y = ops::matmul(0, type, w, rows, cols, x, tokens);
+  for (uint64_t t : {0u, 7u, 16u, 20u}) {
+    std::vector<float> one =
+        ops::matmul(0, type, w, rows, cols, std::span(x).subspan(t * cols, cols), 1);
+    EXPECT_EQ(0, std::memcmp(one.data(), &y[t * rows], rows * sizeof(float))) << "token " << t;
+  }
+  // And the values are the product: spot rows against float64.
+  for (uint64_t r : {0u, 4096u, 9000u}) {
+    double ref = 0.0, mag = 0.0;
+    for (uint64_t i = 0; i < cols; ++i) {
+      const double p = static_cast<double>(wf[r * cols + i]) * x[20 * cols + i];
+      ref += p;
+      mag += std::fabs(p);
+    }
+    EXPECT_LE(std::fabs(y[20 * rows + r] - ref), 1e-5 * mag + 1e-30) << "row " << r;
+  }
+}
+
+// Rows too long to stage whole in shared memory (over 45k columns) take the slab kernel at
+// decode too: the same bits as the prefill tile.
+TEST_P(CudaWeightKernels, LongRowsDecodeEqualsPrefillBitForBit) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  const GgmlType type = GetParam();
+  const uint64_t rows = 5, cols = 47104 + (formats::ggml_type_info(type).block_elems == 1 ? 3 : 0);
+  std::vector<float> wf;
+  std::vector<std::byte> w = random_weights(type, rows, cols, 19, &wf);
+  std::vector<float> x = test::random_nonzero(3 * cols, 23);
+  std::vector<float> y = ops::matmul(0, type, w, rows, cols, x, 3);
+  for (uint64_t t = 0; t < 3; ++t) {
+    std::vector<float> one =
+        ops::matmul(0, type, w, rows, cols, std::span(x).subspan(t * cols, cols), 1);
+    EXPECT_EQ(0, std::memcmp(one.data(), &y[t * rows], rows * sizeof(float))) << "token " << t;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, CudaWeightKernels, ::testing::ValuesIn(kTypes), type_name);
 
 TEST(CudaWeightKernels, EveryCodecTypeHasKernelsAndOthersAreRefusedByName) {
