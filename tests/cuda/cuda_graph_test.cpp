@@ -82,7 +82,8 @@ TEST(CudaGraphLane, DecodeFromTheGraphIsBitIdenticalToTheEagerLane) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   for (const char* name : {"stories260K", "ref-qwen2-Q4_K_M"}) {
     SCOPED_TRACE(name);
-    const Model& model = shared_model(model_file(name));
+    const std::string file = model_file(name);
+    const Model& model = shared_model(file);
     const std::vector<int32_t> seq = sequence(name);
     ASSERT_GT(seq.size(), 64u);
     const size_t half = seq.size() / 2;
@@ -134,7 +135,8 @@ TEST(CudaGraphLane, LastLogitsOnlyIsTheFullComputationsLastRow) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   for (const char* name : {"stories260K", "ref-qwen2-Q4_K_M"}) {
     SCOPED_TRACE(name);
-    const Model& model = shared_model(model_file(name));
+    const std::string file = model_file(name);
+    const Model& model = shared_model(file);
     const std::vector<int32_t> seq = sequence(name);
     for (bool graphs : {false, true}) {
       CudaLane lane(CudaLaneOptions{.graphs = graphs});
@@ -203,62 +205,85 @@ TEST(CudaGraphLane, FaultsAreCarriedBitForBit) {
   }
 }
 
-// A budget that streams at least half of the layers: logits and cells bit-identical to the
-// resident lane's, prefill and decode, eager and cuda-graph; replay of a streamed layer's node
-// too. A budget below the non-layer weights is refused with a clear error.
-TEST(CudaLaneStreaming, StreamedLayersGiveBitIdenticalResults) {
-  LOCKSTEP_REQUIRE_CUDA_DEVICE();
-  LOCKSTEP_REQUIRE_SHARED_MODELS();
-  for (const char* name : {"stories260K", "ref-qwen2-Q4_K_M"}) {
-    SCOPED_TRACE(name);
-    const Model& model = shared_model(model_file(name));
-    const std::vector<int32_t> seq = sequence(name);
-    CudaLane resident;
-    resident.load(model);
-    const WeightPlacement p = resident.placement();
-    EXPECT_EQ(p.streamed_layers, 0u);
-    EXPECT_EQ(p.layers, model.config.layers);
-    ASSERT_GT(p.max_layer_bytes, 0u);
-    // Room for the non-layer weights, two slots and one more layer at most.
-    const uint64_t budget = p.non_layer_bytes + 3 * p.max_layer_bytes;
-    ASSERT_LT(budget, p.total_bytes);
-    for (bool graphs : {false, true}) {
-      SCOPED_TRACE(graphs ? "cuda-graph" : "cuda");
-      CudaLane streamed(CudaLaneOptions{.graphs = graphs, .weight_budget_bytes = budget});
-      streamed.load(model);
-      const WeightPlacement& q = streamed.placement();
-      EXPECT_GE(2 * q.streamed_layers, q.layers);
-      EXPECT_EQ(q.budget_bytes, budget);
-      EXPECT_EQ(q.total_bytes, p.total_bytes);
-      Trace a, b;
-      const Logits got = prefill(streamed, seq, CapturePlan::all(), a);
-      const Logits want = prefill(resident, seq, CapturePlan::all(), b);
-      expect_bit_identical(got.values, want.values, "prefill logits");
-      expect_same_trace(a, b, "prefill");
-      prefill_then_decode(streamed, resident, seq, CapturePlan::all(), "decode");
-      prefill_then_decode(streamed, resident, seq, CapturePlan::none(), "decode, no capture");
-      EXPECT_EQ(streamed.graph_captures(), 0u);  // streaming decodes eagerly
-      // Replay of every node (streamed layers uploaded for the one node) on the resident
-      // lane's captures.
-      for (const Node& node : model.plan.nodes) {
-        if (!node.stage || !node.layer || node.op == Op::Embed) continue;
-        std::map<size_t, Tensor> unstaged;
-        std::optional<std::vector<Tensor>> inputs = trace_inputs(model, node, seq, b, unstaged);
-        if (!inputs) continue;
-        expect_bit_identical(streamed.replay(node, *inputs).data,
-                             resident.replay(node, *inputs).data,
-                             "replay of node " + std::to_string(node.index));
-      }
-    }
-    for (uint64_t too_small : {p.non_layer_bytes / 2, p.non_layer_bytes + p.max_layer_bytes}) {
-      CudaLane lane(CudaLaneOptions{.weight_budget_bytes = too_small});
-      Error e = test::expect_error([&] { lane.load(model); });
-      EXPECT_NE(std::string(e.what()).find("GPU weight budget"), std::string::npos) << e.what();
-      // A failed load leaves no model: a forward fails cleanly.
-      Trace t;
-      test::expect_error([&] { lane.forward(std::span(seq).first(1), 0, CapturePlan::none(), t); });
+// A budget that streams at least half of the layers (one resident, the rest streamed): logits
+// and cells bit-identical to the resident lane's, prefill and decode, eager and cuda-graph;
+// replay of a streamed layer's node too. A budget below the non-layer weights plus two slots is
+// refused with a clear error.
+void expect_streaming_bit_identical(const Model& model, std::span<const int32_t> seq) {
+  CudaLane resident;
+  resident.load(model);
+  const WeightPlacement p = resident.placement();
+  EXPECT_EQ(p.streamed_layers, 0u);
+  EXPECT_EQ(p.layers, model.config.layers);
+  ASSERT_GT(p.max_layer_bytes, 0u);
+  const uint64_t budget = p.non_layer_bytes + 3 * p.max_layer_bytes + p.max_layer_bytes / 2;
+  ASSERT_LT(budget, p.total_bytes);
+  for (bool graphs : {false, true}) {
+    SCOPED_TRACE(graphs ? "cuda-graph" : "cuda");
+    CudaLane streamed(CudaLaneOptions{.graphs = graphs, .weight_budget_bytes = budget});
+    streamed.load(model);
+    const WeightPlacement& q = streamed.placement();
+    EXPECT_GE(2 * q.streamed_layers, q.layers);
+    EXPECT_LT(q.streamed_layers, q.layers);  // the first layer fits
+    EXPECT_EQ(q.budget_bytes, budget);
+    EXPECT_EQ(q.total_bytes, p.total_bytes);
+    Trace a, b;
+    const Logits got = prefill(streamed, seq, CapturePlan::all(), a);
+    const Logits want = prefill(resident, seq, CapturePlan::all(), b);
+    expect_bit_identical(got.values, want.values, "prefill logits");
+    expect_same_trace(a, b, "prefill");
+    prefill_then_decode(streamed, resident, seq, CapturePlan::all(), "decode");
+    prefill_then_decode(streamed, resident, seq, CapturePlan::none(), "decode, no capture");
+    EXPECT_EQ(streamed.graph_captures(), 0u);  // streaming decodes eagerly
+    // Replay of every layer node (a streamed layer is uploaded for the one node) on the
+    // resident lane's captures.
+    std::map<size_t, Tensor> unstaged;
+    for (const Node& node : model.plan.nodes) {
+      if (!node.stage || !node.layer || node.op == Op::Embed) continue;
+      std::optional<std::vector<Tensor>> inputs = trace_inputs(model, node, seq, b, unstaged);
+      if (!inputs) continue;
+      expect_bit_identical(streamed.replay(node, *inputs).data,
+                           resident.replay(node, *inputs).data,
+                           "replay of node " + std::to_string(node.index));
     }
   }
+  for (uint64_t too_small : {p.non_layer_bytes / 2, p.non_layer_bytes + p.max_layer_bytes}) {
+    CudaLane lane(CudaLaneOptions{.weight_budget_bytes = too_small});
+    Error e = test::expect_error([&] { lane.load(model); });
+    EXPECT_NE(std::string(e.what()).find("GPU weight budget"), std::string::npos) << e.what();
+    // A failed load leaves no model: a forward fails cleanly.
+    Trace t;
+    test::expect_error([&] { lane.forward(seq.first(1), 0, CapturePlan::none(), t); });
+  }
+}
+
+TEST(CudaLaneStreaming, StoriesStreamedIsBitIdenticalToResident) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  expect_streaming_bit_identical(shared_model("stories260K.gguf"), sequence("stories260K"));
+}
+
+// The shared quantized models have two layers, too few to stream (two slots hold as much as
+// both layers), so a six-layer Q4_K_M model (Q6_K and Q4_K matrices) stands in.
+TEST(CudaLaneStreaming, QuantizedModelStreamedIsBitIdenticalToResident) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  test::ScratchDir dir("cuda_streaming_q4km");
+  SyntheticModelOptions o;
+  o.family = "qwen2";
+  o.hidden = 256;
+  o.layers = 6;
+  o.heads = 4;
+  o.kv_heads = 2;
+  o.ffn = 512;
+  o.vocab = 300;
+  o.mix = QuantMix::Q4_K_M;
+  o.seed = 5;
+  o.out = dir.path / "m.gguf";
+  write_synthetic_model(o, registry());
+  const Model model = open_model(o.out, registry());
+  std::vector<int32_t> seq;
+  for (int i = 0; i < 40; ++i) seq.push_back((i * 37 + 11) % 300);
+  expect_streaming_bit_identical(model, seq);
 }
 
 }  // namespace
