@@ -25,8 +25,8 @@ ReportFormat report_format(const std::string& command, const std::string& path) 
 
 void add_gpu_budget_option(CLI::App& sub, uint64_t& mib) {
   sub.add_option("--gpu-budget", mib,
-                 "MiB of GPU memory the cuda lanes' weights may take; layers beyond it stay in host "
-                 "memory and are streamed to the GPU layer by layer (slower, same results). "
+                 "MiB of GPU memory the cuda lanes' weights may take; layers beyond it stay in "
+                 "host memory and are streamed to the GPU layer by layer (slower, same results). "
                  "0 = the free GPU memory less a margin")
       ->capture_default_str();
 }

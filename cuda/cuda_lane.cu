@@ -309,7 +309,8 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
           kernels::matmul(w.type, ptr(w, node), w.rows, w.cols, in[0], n, y, width, col, stream);
           col += w.rows;
         }
-        if (col != width) engine::fail_node(lane, node, "matrices give width " + std::to_string(col));
+        if (col != width)
+          engine::fail_node(lane, node, "matrices give width " + std::to_string(col));
       } else {
         LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(y, in[0], n * width * sizeof(float),
                                             cudaMemcpyDeviceToDevice, stream));
@@ -319,7 +320,8 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
       } else if (!node.biases.empty()) {
         uint64_t total = 0;
         for (const engine::WeightRef& ref : node.biases) total += weight(m, ref, false, node).cols;
-        if (total != width) engine::fail_node(lane, node, "biases give width " + std::to_string(total));
+        if (total != width)
+          engine::fail_node(lane, node, "biases give width " + std::to_string(total));
         uint64_t col = 0;
         for (const engine::WeightRef& ref : node.biases) {
           const DeviceWeight& b = weight(m, ref, false, node);
@@ -564,7 +566,8 @@ void CudaLane::Impl::capture_graph(const engine::Model& m, const std::vector<boo
     graph.arena = DeviceBuffer(total * sizeof(float));
   }
   graph.out.assign(nodes.size(), nullptr);
-  for (const Node& node : nodes) graph.out[node.index] = graph.arena.as<float>() + offset[node.index];
+  for (const Node& node : nodes)
+    graph.out[node.index] = graph.arena.as<float>() + offset[node.index];
   graph.copied.clear();
   for (const Node& node : nodes)
     if (copied[node.index]) graph.copied.push_back(node.index);
@@ -700,7 +703,8 @@ void CudaLane::load(const engine::Model& m) {
             throw Error(lane + " lane: tensor " + t->name + " is stored as " +
                         std::string(formats::ggml_type_name(t->type)) +
                         ", which has no CUDA kernel");
-          if (t->dims.size() != 2) throw Error(lane + " lane: tensor " + t->name + " is not a matrix");
+          if (t->dims.size() != 2)
+            throw Error(lane + " lane: tensor " + t->name + " is not a matrix");
           w.type = t->type;
           w.cols = t->dims[0];
           w.rows = t->dims[1];
@@ -788,7 +792,8 @@ void CudaLane::load(const engine::Model& m) {
     im.last_node[l] = node.index;
   }
   if (im.streaming())
-    std::fprintf(stderr, "%s lane: %u of %u layers streamed from host memory (weights %s, budget %s)%s\n",
+    std::fprintf(stderr,
+                 "%s lane: %u of %u layers streamed from host memory (weights %s, budget %s)%s\n",
                  lane.c_str(), p.streamed_layers, layers, size_text(p.total_bytes).c_str(),
                  size_text(p.budget_bytes).c_str(),
                  im.graphs ? "; decode steps run eagerly, not from a CUDA graph" : "");

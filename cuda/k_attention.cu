@@ -89,7 +89,8 @@ __global__ void scores_kernel(const float* q, const float* k, uint64_t k_stride,
   y[i] = scale * dot;
 }
 
-__global__ void softmax_kernel(const float* x, float* y, uint64_t width, const uint32_t* dev_width) {
+__global__ void softmax_kernel(const float* x, float* y, uint64_t width,
+                               const uint32_t* dev_width) {
   __shared__ float scratch[reduce::kMaxWarps];
   if (dev_width) width = *dev_width;
   const float* xr = x + blockIdx.x * width;  // [width]

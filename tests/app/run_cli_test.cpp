@@ -68,9 +68,8 @@ TEST(RunCli, CudaLaneRunsWhereADeviceIsAndSaysWhyNotElsewhere) {
     // cuda-graph decodes from a CUDA graph, and streams layers under a small budget: the same
     // text.
     for (const std::string extra : {"", " --gpu-budget 1"}) {
-      test::CliResult g = test::run_lockstep("run " + stories() +
-                                             " --lane cuda-graph -n 64 --prompt 'Once upon a time'" +
-                                             extra);
+      test::CliResult g = test::run_lockstep(
+          "run " + stories() + " --lane cuda-graph -n 64 --prompt 'Once upon a time'" + extra);
       ASSERT_EQ(g.code, 0) << g.err;
       EXPECT_EQ(g.out, clean.out) << extra;
       EXPECT_NE(g.err.find("(cuda-graph lane)"), std::string::npos) << g.err;

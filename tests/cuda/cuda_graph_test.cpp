@@ -114,8 +114,8 @@ TEST(CudaGraphLane, DecodeFromTheGraphIsBitIdenticalToTheEagerLane) {
     Trace t;
     eager.forward(std::span(seq).first(half), 0, CapturePlan::none(), t);
     graph.forward(std::span(seq).first(half), 0, CapturePlan::none(), t);
-    expect_same_forward(graph, eager, std::span(seq).subspan(half, 1),
-                        static_cast<uint32_t>(half), CapturePlan::none(), "decode again");
+    expect_same_forward(graph, eager, std::span(seq).subspan(half, 1), static_cast<uint32_t>(half),
+                        CapturePlan::none(), "decode again");
     expect_same_forward(graph, eager, std::span(seq).subspan(3, 1), 3, CapturePlan::none(),
                         "decode at an earlier position");
     EXPECT_EQ(graph.graph_captures(), 5u);  // plan none again
@@ -152,8 +152,7 @@ TEST(CudaGraphLane, LastLogitsOnlyIsTheFullComputationsLastRow) {
       expect_bit_identical(with_norm.values, full.last(), "last row, final_norm captured");
       const Tensor* fn = norm.find({Stage::FinalNorm, std::nullopt});
       ASSERT_NE(fn, nullptr);
-      expect_bit_identical(fn->data, t.find({Stage::FinalNorm, std::nullopt})->data,
-                           "final_norm");
+      expect_bit_identical(fn->data, t.find({Stage::FinalNorm, std::nullopt})->data, "final_norm");
     }
   }
 }
@@ -242,8 +241,7 @@ void expect_streaming_bit_identical(const Model& model, std::span<const int32_t>
       if (!node.stage || !node.layer || node.op == Op::Embed) continue;
       std::optional<std::vector<Tensor>> inputs = trace_inputs(model, node, seq, b, unstaged);
       if (!inputs) continue;
-      expect_bit_identical(streamed.replay(node, *inputs).data,
-                           resident.replay(node, *inputs).data,
+      expect_bit_identical(streamed.replay(node, *inputs).data, resident.replay(node, *inputs).data,
                            "replay of node " + std::to_string(node.index));
     }
   }
