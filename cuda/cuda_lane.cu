@@ -661,9 +661,12 @@ void CudaLane::load(const engine::Model& m) {
   LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
   LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.upload_stream));
   im.drop_graph();
+  im.graph.arena = DeviceBuffer();
   im.weights.clear();
   im.cache.clear();
   ++im.cache_generation;
+  // The pool keeps freed activations; give them back so that the budget sees them as free.
+  LOCKSTEP_CUDA_CHECK(cudaMemPoolTrimTo(im.pool, 0));
   im.host_layers.clear();
   im.streamed.clear();
   for (int s = 0; s < kSlots; ++s) {
