@@ -76,7 +76,7 @@ struct CudaLane::Impl {
   // lane's), by the address of the tensor's bytes.
   std::map<const std::byte*, DeviceWeight> miswired;
 
-  // Layer streaming (empty host_layers: everything resident).
+  // Layer streaming (`streamed` empty: everything resident).
   WeightPlacement placement;
   cudaStream_t upload_stream = nullptr;
   std::vector<PinnedBuffer> host_layers;  // [layers] the streamed layers' weight blocks
@@ -93,7 +93,7 @@ struct CudaLane::Impl {
   // cuda-graph: the step's {token id, pos, ctx} on the device, written before each launch from
   // a page-locked copy, and the captured decode step.
   bool graphs = false;
-  DeviceBuffer step_dev;  // [3] int32 id, uint32 pos, uint32 ctx
+  DeviceBuffer step_dev;  // [4] int32 id, uint32 pos, uint32 ctx, unused
   PinnedBuffer step_host;
   struct Graph {
     cudaGraphExec_t exec = nullptr;

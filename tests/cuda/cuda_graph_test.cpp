@@ -14,6 +14,7 @@
 #include "engine/synthetic_model.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/engine/lane_test_util.h"
+#include "tests/engine/tiny_model.h"
 
 namespace lockstep::cuda {
 namespace {
@@ -154,6 +155,37 @@ TEST(CudaGraphLane, LastLogitsOnlyIsTheFullComputationsLastRow) {
       ASSERT_NE(fn, nullptr);
       expect_bit_identical(fn->data, t.find({Stage::FinalNorm, std::nullopt})->data, "final_norm");
     }
+  }
+}
+
+// The families' tiny models (scaled RoPE with rope_freqs, StarCoder2's sliding window of 3,
+// Qwen3's Q/K norm), outputs poisoned with NaN: the graph's decode equals the eager lane's.
+TEST(CudaGraphLane, TinyFamiliesDecodeAsTheEagerLane) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  std::vector<std::pair<std::string, test::TinySpec>> specs;
+  specs.emplace_back("llama", test::TinySpec{});
+  test::TinySpec rf;
+  rf.rope_freqs = true;
+  specs.emplace_back("llama_rope_freqs", rf);
+  test::TinySpec sc = test::TinySpec::starcoder2();
+  sc.tied = true;
+  sc.extra_kv = {{"starcoder2.attention.sliding_window", formats::GgufValue::u32(3)}};
+  specs.emplace_back("starcoder2", sc);
+  test::TinySpec q3;
+  q3.arch = "qwen3";
+  q3.qk_norm = true;
+  specs.emplace_back("qwen3", q3);
+  for (auto& [name, spec] : specs) {
+    SCOPED_TRACE(name);
+    test::ScratchDir dir("cuda_graph_tiny_" + name);
+    Model model = open_model(test::write_tiny_gguf(dir.path / "m.gguf", spec), registry());
+    CudaLane eager(CudaLaneOptions{.device = 0, .poison_outputs = true});
+    CudaLane graph(CudaLaneOptions{.device = 0, .poison_outputs = true, .graphs = true});
+    eager.load(model);
+    graph.load(model);
+    const std::vector<int32_t> seq{1, 5, 7, 3, 39, 0, 12, 8, 30, 2, 17, 4};
+    prefill_then_decode(graph, eager, seq, CapturePlan::all(), name);
+    EXPECT_EQ(graph.graph_captures(), 1u);
   }
 }
 
