@@ -23,6 +23,14 @@ ReportFormat report_format(const std::string& command, const std::string& path) 
 
 }  // namespace
 
+void add_gpu_budget_option(CLI::App& sub, uint64_t& mib) {
+  sub.add_option("--gpu-budget", mib,
+                 "MiB of GPU memory the cuda lanes' weights may take; layers beyond it stay in "
+                 "host memory and are streamed to the GPU layer by layer (slower, same results). "
+                 "0 = the free GPU memory less a margin")
+      ->capture_default_str();
+}
+
 void add_bisect_options(CLI::App& sub, BisectArgs& args, bool lanes) {
   sub.add_option("--threshold", args.threshold,
                  "Absolute threshold: a cell whose relative RMS is at or below it never diverges")
@@ -48,6 +56,7 @@ void add_bisect_options(CLI::App& sub, BisectArgs& args, bool lanes) {
                    "error; repeatable");
     sub.add_flag("--heatmaps", args.heatmaps,
                  "Replay every cell on lane A's inputs: the local-error map beside the carried one");
+    add_gpu_budget_option(sub, args.gpu_budget_mib);
   }
   sub.add_option("--threads", args.threads,
                  "Threads for the cpu lanes and the comparison; 0 = one per hardware thread")

@@ -4,6 +4,7 @@
 // exit code.
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -23,16 +24,20 @@ struct BisectArgs {
   bool heatmaps = false;
   std::vector<std::string> replay_cells;
   unsigned threads = 0;
+  uint64_t gpu_budget_mib = 0;  // cuda lanes' weight budget; 0: free device memory less a margin
   // Output.
   std::string metric = "relative_rms";
   std::vector<std::string> reports;
   bool fail_on_divergence = false;
 };
 
-// --threshold, --floor-factor, --mode, --floor, --spread, --no-replay, --heatmaps, --threads
+// --threshold, --floor-factor, --mode, --floor, --spread, --no-replay, --heatmaps, --gpu-budget,
+// --threads
 // (only those `lanes` commands use when `lanes` is false: thresholds and threads), then
 // --metric, --report, --fail-on-divergence.
 void add_bisect_options(CLI::App& sub, BisectArgs& args, bool lanes);
+// --gpu-budget MIB (run, bisect): the cuda lanes' weight budget (engine::LaneOptions).
+void add_gpu_budget_option(CLI::App& sub, uint64_t& mib);
 // Checks what needs no model (metric name, report extensions, thresholds) and returns the
 // engine's options. Throws lockstep::Error.
 engine::BisectOptions bisect_options(const std::string& command, const BisectArgs& args);

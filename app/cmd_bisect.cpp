@@ -42,8 +42,11 @@ int cmd_bisect(const BisectCommandArgs& a) {
   // The lanes first: a mistyped name or a fault lane B cannot carry should not cost a load.
   std::optional<engine::FaultSpec> fault;
   if (!a.fault.empty()) fault = engine::FaultSpec::parse(a.fault);
-  std::unique_ptr<engine::Lane> lane_a = make_lane(name_a, {.threads = a.bisect.threads, .fault = {}});
-  std::unique_ptr<engine::Lane> lane_b = make_lane(name_b, {.threads = a.bisect.threads, .fault = fault});
+  const uint64_t budget = a.bisect.gpu_budget_mib << 20;
+  std::unique_ptr<engine::Lane> lane_a = make_lane(
+      name_a, {.threads = a.bisect.threads, .fault = {}, .gpu_weight_budget = budget});
+  std::unique_ptr<engine::Lane> lane_b = make_lane(
+      name_b, {.threads = a.bisect.threads, .fault = fault, .gpu_weight_budget = budget});
 
   engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());
   const std::vector<int32_t> tokens = resolve_tokens("bisect", model, a.model, a.input);

@@ -5,6 +5,7 @@
 #include <string>
 #include <thread>
 
+#include "app/bisect_output.h"
 #include "app/commands.h"
 #include "app/interrupt.h"
 #include "app/lanes.h"
@@ -30,6 +31,7 @@ struct RunArgs {
   float top_p = 1.0f;
   uint64_t seed = 0;
   unsigned threads = 0;
+  uint64_t gpu_budget_mib = 0;
   std::string fault;
 };
 
@@ -38,7 +40,8 @@ int cmd_run(const RunArgs& a) {
   if (a.max_tokens < 1)
     throw Error("run: -n must be at least 1, got " + std::to_string(a.max_tokens));
   // The lane first: a mistyped name should not cost a model load.
-  engine::LaneOptions lane_options{.threads = a.threads, .fault = std::nullopt};
+  engine::LaneOptions lane_options{
+      .threads = a.threads, .fault = std::nullopt, .gpu_weight_budget = a.gpu_budget_mib << 20};
   if (!a.fault.empty()) lane_options.fault = engine::FaultSpec::parse(a.fault);
   std::unique_ptr<engine::Lane> lane = make_lane(a.lane, lane_options);
   engine::Model model = engine::open_model(a.model, engine::FamilyRegistry::load());
@@ -78,7 +81,7 @@ int cmd_run(const RunArgs& a) {
   // applies to the cpu lane.
   unsigned threads = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
   std::string where = a.lane == "ref"    ? "ref lane, single-threaded"
-                      : a.lane == "cuda" ? "cuda lane"
+                      : a.lane.starts_with("cuda") ? a.lane + " lane"
                                          : a.lane + " lane, " + std::to_string(threads) +
                                                (threads == 1 ? " thread" : " threads");
   if (lane_options.fault) where += ", fault " + lane_options.fault->str();
@@ -141,6 +144,7 @@ Command add_run_command(CLI::App& app) {
   sub->add_option("--threads", args->threads,
                   "Threads for the cpu lane; 0 = one per hardware thread")
       ->capture_default_str();
+  add_gpu_budget_option(*sub, args->gpu_budget_mib);
   add_fault_options(*sub, args->fault);
   return {sub, [args] { return cmd_run(*args); }};
 }

@@ -2,7 +2,9 @@
 // sum) so that any of them can be captured. GQA: query head h reads KV head h / ratio.
 // RoPE and the softmax take a thread per element and a block per row; scores take a warp per
 // score and the weighted sum splits the keys over 32 warps, so a decode step (one query) still
-// fills the GPU.
+// fills the GPU. Each kernel takes its position and context length from the host, or
+// (cuda-graph) from a device scalar written before the graph's launch (grids sized for the
+// cache capacity); the arithmetic is the same either way.
 
 #include <cmath>
 
@@ -23,9 +25,11 @@ unsigned blocks_for(uint64_t n) { return static_cast<unsigned>((n + kThreads - 1
 // digits in f32.
 __global__ void rope_kernel(const float* x, uint64_t x_stride, uint64_t offset, float* y,
                             uint64_t tokens, uint64_t width, uint64_t head_dim, uint64_t rope_dims,
-                            bool neox, const double* inv_freq, uint64_t pos) {
+                            bool neox, const double* inv_freq, uint64_t pos,
+                            const uint32_t* dev_pos) {
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= tokens * width) return;
+  if (dev_pos) pos = *dev_pos;
   const uint64_t t = i / width, j = i % width;
   const float* src = x + t * x_stride + offset;  // [width] of token t
   const uint64_t h = j / head_dim, d = j % head_dim, half = rope_dims / 2;
@@ -50,11 +54,29 @@ __global__ void rope_kernel(const float* x, uint64_t x_stride, uint64_t offset, 
   y[i] = static_cast<float>(d == a ? x0 * cs - x1 * sn : x0 * sn + x1 * cs);
 }
 
+// Graph mode: the real pos and ctx from the device (see AttnShape::step).
+__device__ inline void read_step(AttnShape& s) {
+  if (!s.step) return;
+  s.pos = s.step[0];
+  s.ctx = s.step[1];
+}
+
+__global__ void kv_append_kernel(const float* src, uint64_t src_stride, uint64_t tokens,
+                                 uint64_t width, float* cache, uint64_t pos,
+                                 const uint32_t* dev_pos) {
+  const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (i >= tokens * width) return;
+  if (dev_pos) pos = *dev_pos;
+  const uint64_t t = i / width, j = i % width;
+  cache[(pos + t) * width + j] = src[t * src_stride + j];
+}
+
 // One warp per score: lane l sums q·k over d = l, l + 32, ... in order, then the 32 partials
 // are reduced with xor shuffles; reads of q and of the key row are coalesced. The arithmetic
 // does not depend on the token count or the position, so prefill equals decode bit for bit.
 __global__ void scores_kernel(const float* q, const float* k, uint64_t k_stride, AttnShape s,
                               float scale, float* y) {
+  read_step(s);
   const uint64_t i = (uint64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x % 32);
   if (i >= s.heads * s.tokens * s.ctx) return;  // whole warps
@@ -74,8 +96,10 @@ __global__ void scores_kernel(const float* q, const float* k, uint64_t k_stride,
   if (lane == 0) y[i] = scale * dot;
 }
 
-__global__ void softmax_kernel(const float* x, float* y, uint64_t width) {
+__global__ void softmax_kernel(const float* x, float* y, uint64_t width,
+                               const uint32_t* dev_width) {
   __shared__ float scratch[reduce::kMaxWarps];
+  if (dev_width) width = *dev_width;
   const float* xr = x + blockIdx.x * width;  // [width]
   float* yr = y + blockIdx.x * width;        // [width]
   float mx = -INFINITY;
@@ -94,9 +118,10 @@ __global__ void softmax_kernel(const float* x, float* y, uint64_t width) {
 
 // One thread per row: the running sum is sequential by definition.
 __global__ void softmax_fp16_no_max_kernel(const float* x, float* y, uint64_t rows,
-                                           uint64_t width) {
+                                           uint64_t width, const uint32_t* dev_width) {
   const uint64_t r = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (r >= rows) return;
+  if (dev_width) width = *dev_width;
   const float* xr = x + r * width;  // [width]
   float* yr = y + r * width;        // [width]
   auto fp16 = [](float v) { return __half2float(__float2half_rn(v)); };
@@ -116,6 +141,7 @@ __global__ void softmax_fp16_no_max_kernel(const float* x, float* y, uint64_t ro
 constexpr int kSumGroups = 32;
 __global__ void __launch_bounds__(32 * kSumGroups)
     weighted_sum_kernel(const float* p, const float* v, uint64_t v_stride, AttnShape s, float* y) {
+  read_step(s);
   __shared__ float partial[kSumGroups][33];
   const uint64_t groups_per_head = (s.head_dim + 31) / 32;
   const uint64_t b = blockIdx.x;
@@ -146,10 +172,18 @@ __global__ void __launch_bounds__(32 * kSumGroups)
 
 void rope(const float* x, uint64_t x_stride, uint64_t offset, float* y, uint64_t tokens,
           uint64_t width, uint64_t head_dim, uint64_t rope_dims, bool neox, const double* inv_freq,
-          uint64_t pos, cudaStream_t stream) {
+          uint64_t pos, cudaStream_t stream, const uint32_t* dev_pos) {
   if (tokens * width == 0) return;
   rope_kernel<<<blocks_for(tokens * width), kThreads, 0, stream>>>(
-      x, x_stride, offset, y, tokens, width, head_dim, rope_dims, neox, inv_freq, pos);
+      x, x_stride, offset, y, tokens, width, head_dim, rope_dims, neox, inv_freq, pos, dev_pos);
+  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+}
+
+void kv_append(const float* src, uint64_t src_stride, uint64_t tokens, uint64_t width,
+               float* cache, uint64_t pos, cudaStream_t stream, const uint32_t* dev_pos) {
+  if (tokens * width == 0) return;
+  kv_append_kernel<<<blocks_for(tokens * width), kThreads, 0, stream>>>(src, src_stride, tokens,
+                                                                        width, cache, pos, dev_pos);
   LOCKSTEP_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -160,16 +194,19 @@ void attn_scores(const float* q, const float* k, uint64_t k_stride, const AttnSh
   scores_kernel<<<blocks_for(32 * n), kThreads, 0, stream>>>(q, k, k_stride, s, scale, y);
   LOCKSTEP_CUDA_CHECK(cudaGetLastError());
 }
-void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream) {
+
+void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream,
+             const uint32_t* dev_width) {
   if (rows == 0) return;
-  softmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, y, width);
+  softmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, y, width, dev_width);
   LOCKSTEP_CUDA_CHECK(cudaGetLastError());
 }
 
 void softmax_fp16_no_max(const float* x, float* y, uint64_t rows, uint64_t width,
-                         cudaStream_t stream) {
+                         cudaStream_t stream, const uint32_t* dev_width) {
   if (rows == 0) return;
-  softmax_fp16_no_max_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(x, y, rows, width);
+  softmax_fp16_no_max_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(x, y, rows, width,
+                                                                        dev_width);
   LOCKSTEP_CUDA_CHECK(cudaGetLastError());
 }
 

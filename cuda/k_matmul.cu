@@ -29,6 +29,7 @@
 #include "cuda/kernels.cuh"
 #include "cuda/quant.cuh"
 #include "formats/error.h"
+#include "formats/ggml_type.h"
 
 namespace lockstep::cuda::kernels {
 namespace {
@@ -256,8 +257,6 @@ void allow_shared(Kernel* kernel, size_t bytes) {
 template <GgmlType T, int R, int W>
 void launch_matvec_w(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols,
                      const float* x, float* y, size_t shared, cudaStream_t stream) {
-  static const bool raised = (allow_shared(matvec_kernel<T, R, W>, kMaxStagedBytes), true);
-  (void)raised;
   const auto blocks = static_cast<unsigned>((rows + W * R - 1) / (W * R));
   matvec_kernel<T, R, W><<<blocks, 32 * W, shared, stream>>>(
       static_cast<const uint8_t*>(w), row_bytes, rows, cols, wide_rows(w, row_bytes, cols), x, y);
@@ -279,14 +278,25 @@ template <GgmlType T, int R, int TT>
 void launch(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols, const float* x,
             uint64_t tokens, float* y, uint64_t y_stride, uint64_t col0, cudaStream_t stream) {
   constexpr size_t kShared = sizeof(float) * TT * kSlab * kChunkStride;
-  static const bool raised = (allow_shared(matmul_kernel<T, R, TT>, kShared), true);
-  (void)raised;
+  static_assert(kShared <= 48 * 1024, "the slab kernels fit the default shared-memory limit");
   const dim3 grid(static_cast<unsigned>((rows + kWarps * R - 1) / (kWarps * R)),
                   static_cast<unsigned>((tokens + TT - 1) / TT));
   matmul_kernel<T, R, TT><<<grid, 32 * kWarps, kShared, stream>>>(
       static_cast<const uint8_t*>(w), row_bytes, rows, cols, wide_rows(w, row_bytes, cols), x,
       tokens, y, y_stride, col0);
 }
+
+// Raises the shared-memory limit of every matvec kernel. A stream being captured into a graph
+// may not see this call, so the lanes make it when they start (see prepare_matmul).
+struct RaiseLimits {
+  template <GgmlType T>
+  void operator()() const {
+    allow_shared(matvec_kernel<T, 1, kWarps>, kMaxStagedBytes);
+    allow_shared(matvec_kernel<T, 4, kWarps>, kMaxStagedBytes);
+    allow_shared(matvec_kernel<T, 1, 16>, kMaxStagedBytes);
+    allow_shared(matvec_kernel<T, 4, 16>, kMaxStagedBytes);
+  }
+};
 
 int multiprocessors() {
   static const int count = [] {
@@ -301,9 +311,20 @@ int multiprocessors() {
 
 }  // namespace
 
+void prepare_matmul() {
+  static const bool done = [] {
+    for (const formats::GgmlTypeInfo& info : formats::ggml_types())
+      quant::dispatch(info.type, RaiseLimits{});
+    multiprocessors();
+    return true;
+  }();
+  (void)done;
+}
+
 void matmul(GgmlType type, const void* w, uint64_t rows, uint64_t cols, const float* x,
             uint64_t tokens, float* y, uint64_t y_stride, uint64_t col0, cudaStream_t stream) {
   if (rows == 0 || tokens == 0) return;
+  prepare_matmul();
   const uint64_t rb = row_bytes(type, cols);
   // One token: 4 rows a warp when that still gives two blocks per multiprocessor, else one.
   const bool few_rows = rows < uint64_t{2} * multiprocessors() * kWarps * 4;

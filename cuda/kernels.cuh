@@ -32,6 +32,10 @@ void embed(formats::GgmlType type, const void* w, uint64_t cols, const int32_t* 
 // summation order is fixed, so it does not depend on the token count (prefill = decode).
 void matmul(formats::GgmlType type, const void* w, uint64_t rows, uint64_t cols, const float* x,
             uint64_t tokens, float* y, uint64_t y_stride, uint64_t col0, cudaStream_t stream);
+// Once per process, before any stream capture: raises the shared-memory limit of the kernels
+// that stage a long x (a call that may not happen while a graph is being captured) and reads
+// the multiprocessor count. matmul calls it too; the lanes call it when they start.
+void prepare_matmul();
 
 // k_norm.cu
 // RMSNorm of `rows` segments of `width` values each, in place or not: segment s is group
@@ -48,10 +52,15 @@ void layer_norm(const float* x, float* y, const float* w, const float* b, uint64
 // y[t, j] for j < width: the head-structured slice x[t, offset .. offset + width) of rows of
 // x_stride, each head of head_dim rotated on its first rope_dims dimensions at position
 // pos + t; inv_freq: [rope_dims / 2] radians per position (double). NeoX pairs (i, i + rot/2),
-// normal pairs (2i, 2i + 1).
+// normal pairs (2i, 2i + 1). dev_pos (a device scalar, may be null): read pos there instead, so
+// that one captured CUDA graph serves every decode position.
 void rope(const float* x, uint64_t x_stride, uint64_t offset, float* y, uint64_t tokens,
           uint64_t width, uint64_t head_dim, uint64_t rope_dims, bool neox, const double* inv_freq,
-          uint64_t pos, cudaStream_t stream);
+          uint64_t pos, cudaStream_t stream, const uint32_t* dev_pos = nullptr);
+// The KV-cache append: cache[pos + t, i] = src[t · src_stride + i] for i < width (cache rows of
+// width). dev_pos as rope's.
+void kv_append(const float* src, uint64_t src_stride, uint64_t tokens, uint64_t width,
+               float* cache, uint64_t pos, cudaStream_t stream, const uint32_t* dev_pos = nullptr);
 struct AttnShape {
   uint64_t heads = 0, kv_heads = 0, head_dim = 0;
   uint64_t tokens = 0;  // queries, at positions pos..pos+tokens-1
@@ -62,17 +71,23 @@ struct AttnShape {
   // kv_cache_off_by_one reads key/value j from slot j - 1 (slot 0 for j = 0).
   bool interleaved_heads = false;
   bool lagged_slots = false;
+  // Device {pos, ctx} (graph mode) or null. When set, pos and ctx are read there and `ctx` above
+  // only bounds the launch (the cache capacity): threads past the real ctx exit early. Outputs
+  // keep the layout [heads, tokens, ctx] of the real ctx.
+  const uint32_t* step = nullptr;
 };
 // y[h, t, j] = scale · q[t, h]·k[j, h / ratio] ([heads, tokens, ctx]); -inf where j is in the
 // future of pos + t or outside the window. q: [tokens, heads·head_dim]; k rows of k_stride.
 void attn_scores(const float* q, const float* k, uint64_t k_stride, const AttnShape& s,
                  float scale, float* y, cudaStream_t stream);
-// Row-wise softmax over rows of `width`; -inf gives exactly 0.
-void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream);
+// Row-wise softmax over rows of `width`; -inf gives exactly 0. dev_width (device scalar, may be
+// null): the row width read there instead (graph mode: the context length).
+void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream,
+             const uint32_t* dev_width = nullptr);
 // softmax_no_max (a planted fault): exp(s) without the row max, each term, the running sum and
 // the quotient rounded to fp16 in element order, as engine/cpu_lane.cpp does.
 void softmax_fp16_no_max(const float* x, float* y, uint64_t rows, uint64_t width,
-                         cudaStream_t stream);
+                         cudaStream_t stream, const uint32_t* dev_width = nullptr);
 // y[t, h·head_dim + d] = Σ_j p[h, t, j] · v[j, (h / ratio)·head_dim + d]; v rows of v_stride.
 void attn_weighted_sum(const float* p, const float* v, uint64_t v_stride, const AttnShape& s,
                        float* y, cudaStream_t stream);

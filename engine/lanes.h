@@ -2,6 +2,7 @@
 // The CPU lanes by name, for commands and the session: "ref" and "cpu". (CUDA lanes live in
 // cuda/ and are added by the app, which links both.)
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +18,9 @@ struct LaneOptions {
   unsigned threads = 0;  // cpu lane: 0 = one per hardware thread
   // A planted bug (engine/faults.h); only lanes the fault lists can carry one (today: cpu).
   std::optional<FaultSpec> fault;
+  // cuda lanes: device bytes the weights may take before layers are streamed from host memory;
+  // 0 = the free device memory less a margin.
+  uint64_t gpu_weight_budget = 0;
 };
 
 std::vector<std::string> cpu_lane_names();  // {"ref", "cpu"}

@@ -109,6 +109,28 @@ TEST(BisectCli, CleanLanesAgreeAndAPlantedFaultFailsTheRun) {
   EXPECT_NE(r.out.find("First divergence: ffn_silu@0"), std::string::npos) << r.out;
 }
 
+// cuda-graph against cpu, decode mode (the steps replayed from a CUDA graph), with and without
+// a budget that streams layers: no divergence; a planted fault in cuda-graph is found.
+TEST(BisectCli, CudaGraphLaneAgreesWithCpuAndCarriesAFault) {
+  LOCKSTEP_REQUIRE_SHARED_MODELS();
+  test::CliResult v = test::run_lockstep("--version");
+  ASSERT_EQ(v.code, 0) << v.err;
+  if (v.out.find("CUDA lanes: built") == std::string::npos ||
+      v.out.find("device 0:") == std::string::npos)
+    GTEST_SKIP() << "no CUDA device";
+  const std::string base = "bisect " + stories() +
+                           " --tokens 1,403,407,261,378,400,300,200 --lanes cpu,cuda-graph "
+                           "--mode decode --fail-on-divergence ";
+  for (const std::string extra : {"", "--gpu-budget 1"}) {
+    test::CliResult r = test::run_lockstep(base + extra);
+    EXPECT_EQ(r.code, 0) << extra << r.out << r.err;
+    EXPECT_NE(r.out.find("No divergence"), std::string::npos) << r.out;
+  }
+  test::CliResult r = test::run_lockstep(base + "--fault gemv_transposed@lm_head");
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.out.find("First divergence: lm_head"), std::string::npos) << r.out;
+}
+
 TEST(BisectCli, UsageErrorsExitTwoWithOneClearLine) {
   LOCKSTEP_REQUIRE_SHARED_MODELS();
   const std::string base = "bisect " + stories() + " --tokens 1,2,3 ";

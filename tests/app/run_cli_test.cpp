@@ -65,6 +65,15 @@ TEST(RunCli, CudaLaneRunsWhereADeviceIsAndSaysWhyNotElsewhere) {
     EXPECT_NE(clean.err.find("(cuda lane)"), std::string::npos) << clean.err;
     ASSERT_EQ(r.code, 0) << r.err;  // the fault is carried: the text changes
     EXPECT_NE(r.out, clean.out);
+    // cuda-graph decodes from a CUDA graph, and streams layers under a small budget: the same
+    // text.
+    for (const std::string extra : {"", " --gpu-budget 1"}) {
+      test::CliResult g = test::run_lockstep(
+          "run " + stories() + " --lane cuda-graph -n 64 --prompt 'Once upon a time'" + extra);
+      ASSERT_EQ(g.code, 0) << g.err;
+      EXPECT_EQ(g.out, clean.out) << extra;
+      EXPECT_NE(g.err.find("(cuda-graph lane)"), std::string::npos) << g.err;
+    }
   } else {
     for (const test::CliResult* c : {&r, &clean}) {
       EXPECT_EQ(c->code, 2);

@@ -373,9 +373,36 @@ TEST(DISABLED_CudaLaneSpeed, PrefillDecodeAndCaptureOverhead) {
       lane.forward(std::span(prompt).subspan(i + 1, 1), static_cast<uint32_t>(i + 1),
                    CapturePlan::none(), t);
   });
-  std::printf("[cuda speed] prefill 128: %.1f ms (%.0f tok/s); all cells captured: %.1f ms "
-              "(%.2fx); decode: %.0f tok/s\n",
-              1e3 * none, 128 / none, 1e3 * all, all / none, (steps + 1) / decode);
+  CudaLane graph(CudaLaneOptions{.graphs = true});
+  graph.load(model);
+  const double graph_decode = median([&] {
+    prefill(graph, std::span(prompt).first(1), CapturePlan::none(), t);
+    for (int i = 0; i < steps; ++i)
+      graph.forward(std::span(prompt).subspan(i + 1, 1), static_cast<uint32_t>(i + 1),
+                    CapturePlan::none(), t);
+  });
+  // Half of the layers streamed from host memory.
+  const WeightPlacement& p = lane.placement();
+  CudaLane streamed(CudaLaneOptions{
+      .weight_budget_bytes = p.non_layer_bytes + (2 + p.layers / 2) * p.max_layer_bytes});
+  streamed.load(model);
+  const double streamed_prefill =
+      median([&] { prefill(streamed, prompt, CapturePlan::none(), t); });
+  const double streamed_decode = median([&] {
+    prefill(streamed, std::span(prompt).first(1), CapturePlan::none(), t);
+    for (int i = 0; i < steps; ++i)
+      streamed.forward(std::span(prompt).subspan(i + 1, 1), static_cast<uint32_t>(i + 1),
+                       CapturePlan::none(), t);
+  });
+  std::printf("[cuda speed] %u of %u layers streamed: prefill 128: %.1f ms; decode: %.0f tok/s\n",
+              streamed.placement().streamed_layers, p.layers, 1e3 * streamed_prefill,
+              (steps + 1) / streamed_decode);
+  lane.set_last_logits_only(true);
+  const double last_only = median([&] { prefill(lane, prompt, CapturePlan::none(), t); });
+  std::printf("[cuda speed] prefill 128: %.1f ms (%.0f tok/s), last logits only %.1f ms; all "
+              "cells captured: %.1f ms (%.2fx); decode: %.0f tok/s, cuda-graph %.0f tok/s\n",
+              1e3 * none, 128 / none, 1e3 * last_only, 1e3 * all, all / none,
+              (steps + 1) / decode, (steps + 1) / graph_decode);
 }
 
 }  // namespace
