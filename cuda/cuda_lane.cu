@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -49,6 +50,25 @@ constexpr int kSlots = 2;  // streaming: the layer computed and the next one upl
 
 }  // namespace
 
+namespace {
+
+// An owned CUDA event without timing (a marker in the stream); destroying never throws.
+class Event {
+ public:
+  Event() { LOCKSTEP_CUDA_CHECK(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming)); }
+  ~Event() {
+    if (e_) cudaEventDestroy(e_);
+  }
+  Event(Event&& o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
+  Event& operator=(Event&&) = delete;
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
+}  // namespace
+
 struct CudaLane::Impl {
   int device = 0;
   bool poison = false;
@@ -67,8 +87,10 @@ struct CudaLane::Impl {
   std::vector<LayerCache> cache;  // [layers]
   uint64_t cache_generation = 0;  // changes whenever a cache buffer moves
   // Capture targets, one per captured cell of a forward, kept across forwards (page-locking is
-  // slow); a slot is reused only after the stream has been synchronized.
+  // slow); a slot is reused only after the stream has been synchronized. staged[i] is recorded
+  // behind slot i's copy, so the host can take each cell while later nodes still run.
   std::vector<PinnedBuffer> staging;
+  std::vector<Event> staged;
   // The planted fault, resolved at load: its kind and, per node, whether it is corrupted.
   std::optional<engine::FaultKind> fault;
   std::vector<bool> faulted;  // [nodes]
@@ -449,6 +471,47 @@ void fill_trace(const engine::Model& m, std::span<const size_t> nodes,
   }
 }
 
+// fill_trace for a large capture, while the stream still runs: worker threads take the slots
+// round-robin, each waiting for its slot's event and then copying it out (allocating and
+// touching the trace's memory is most of the cost, and it overlaps the GPU's work). Returns
+// after every slot is copied; a CUDA error in a worker is rethrown here.
+void fill_trace_overlapped(const engine::Model& m, int device, std::span<const size_t> nodes,
+                           std::span<const PinnedBuffer> slots, std::span<const Event> ready,
+                           uint64_t n, uint64_t ctx, engine::Trace& trace) {
+  const unsigned workers =
+      std::min<unsigned>({8u, std::max(1u, std::thread::hardware_concurrency()),
+                          static_cast<unsigned>(nodes.size())});
+  std::vector<engine::Tensor> out(nodes.size());
+  std::vector<std::string> errors(workers);
+  auto work = [&](unsigned w) {
+    try {
+      LOCKSTEP_CUDA_CHECK(cudaSetDevice(device));
+      for (size_t i = w; i < nodes.size(); i += workers) {
+        LOCKSTEP_CUDA_CHECK(cudaEventSynchronize(ready[i].get()));
+        const Node& node = m.plan.nodes[nodes[i]];
+        out[i].shape = engine::output_shape(m.config, node, n, ctx);
+        const float* src = slots[i].as<const float>();
+        out[i].data.assign(src, src + n * node.width_for(ctx));
+      }
+    } catch (const std::exception& e) {
+      errors[w] = e.what();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (unsigned w = 1; w < workers; ++w) threads.emplace_back(work, w);
+  work(0);
+  for (std::thread& t : threads) t.join();
+  for (const std::string& e : errors)
+    if (!e.empty()) throw Error(e);
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node& node = m.plan.nodes[nodes[i]];
+    trace.put({*node.stage, node.layer}, std::move(out[i]));
+  }
+}
+
+// Captures at least this large are copied out by worker threads while the stream runs.
+constexpr uint64_t kOverlapBytes = uint64_t{32} << 20;
+
 // The eager forward (every prefill; decode steps of `cuda`, and of `cuda-graph` while
 // streaming). With last_only, the trailing whole-model nodes nobody captures (final norm,
 // lm_head) run on the last token only.
@@ -472,6 +535,7 @@ engine::Logits run_eager(CudaLane::Impl& im, const engine::Model& m,
                                       cudaMemcpyHostToDevice, im.stream));
   if (im.streaming()) im.upload_layer(0);
   std::vector<size_t> captured;  // in staging order
+  uint64_t captured_bytes = 0;
   for (const Node& node : nodes) {
     const bool last = node.index >= reduced;
     const uint64_t rows = last ? 1 : n;
@@ -491,10 +555,13 @@ engine::Logits run_eager(CudaLane::Impl& im, const engine::Model& m,
       // Queued behind the node's kernels; the stream does not wait for the host. The node's
       // buffer is freed in stream order, after the copy.
       if (captured.size() == im.staging.size()) im.staging.emplace_back();
+      if (captured.size() == im.staged.size()) im.staged.emplace_back();
       PinnedBuffer& slot = im.staging[captured.size()];
       slot.reserve(elems * sizeof(float));
       LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(slot.as<float>(), y, elems * sizeof(float),
                                           cudaMemcpyDeviceToHost, im.stream));
+      LOCKSTEP_CUDA_CHECK(cudaEventRecord(im.staged[captured.size()].get(), im.stream));
+      captured_bytes += elems * sizeof(float);
       captured.push_back(node.index);
     }
     for (size_t i : node.inputs)
@@ -511,8 +578,13 @@ engine::Logits run_eager(CudaLane::Impl& im, const engine::Model& m,
                                       all + (rows - logits.tokens) * logits.vocab,
                                       logits.values.size() * sizeof(float), cudaMemcpyDeviceToHost,
                                       im.stream));
-  LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
-  fill_trace(m, captured, im.staging, n, ctx, trace);
+  if (captured_bytes >= kOverlapBytes) {
+    fill_trace_overlapped(m, im.device, captured, im.staging, im.staged, n, ctx, trace);
+    LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  } else {
+    LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+    fill_trace(m, captured, im.staging, n, ctx, trace);
+  }
   return logits;
 }
 

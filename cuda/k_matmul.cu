@@ -16,10 +16,11 @@
 // - A warp works on R rows at once: each lane turns half a chunk (16 elements) of each of its R
 //   rows into floats (16-byte or 2-byte loads; integers made floats without the conversion
 //   unit), then one shared 4-float read of x feeds 4·R multiply-adds per token.
-// - Decode (one token): the whole of x is staged once (one barrier), then each warp streams its
-//   R rows with no further synchronisation; R = 4, or R = 1 when the matrix has too few rows to
-//   fill the GPU; 16 warps a block when x is over 32 KiB (fewer blocks fit), else 4. Rows over
-//   45k columns take the slab kernel with TT = 1, R = 1.
+// - Decode (one token): the whole of x is staged once, with each chunk's Σ x (one barrier or
+//   two), then each warp streams one row with no further synchronisation, four chunks of loads
+//   in flight per lane; 16 warps a block for a long x or a tall matrix, else 4. (Four rows a
+//   warp measured slower: fewer warps to hide the memory latency.) Rows over 45k columns take
+//   the slab kernel with TT = 1, R = 1.
 // - Prefill: the slab kernel, TT = 8 tokens by R = 4 rows a warp; weights are streamed once
 //   per token tile.
 // What limits it: f32 CUDA-core arithmetic, kept so that the lane tracks the float64 oracle at
@@ -42,26 +43,32 @@ constexpr int kChunkStride = 36;  // floats between staged chunks (32 + 4 of pad
 
 // Adds chunk c's partial for R rows × TT tokens to acc. xs: the chunk of token 0 in shared
 // memory, token t at xs + t·token_stride.
+// Σ x over a staged chunk of 32, in element order (the mins' factor).
+__device__ __forceinline__ float chunk_sum(const float* xs) {
+  float s = 0.0f;
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {
+    const float4 v = *reinterpret_cast<const float4*>(xs + 4 * q);
+    s = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(s, v.x), v.y), v.z), v.w);
+  }
+  return s;
+}
+
+// Adds chunk c's partial for R rows × TT tokens to acc. xs: the chunk of token 0 in shared
+// memory, token t at xs + t·token_stride; sums: the chunk's Σ x per token when already known
+// (the decode kernel computes them once per block), else null.
 template <GgmlType T, int R, int TT>
 __device__ __forceinline__ void chunk_rows(const uint8_t* __restrict__ w, uint64_t row_bytes,
                                            uint64_t row0, uint64_t rows, int64_t c, int64_t cols,
                                            bool wide, const float* xs, int token_stride,
-                                           float (&acc)[R][TT]) {
+                                           const float* sums, float (&acc)[R][TT]) {
   constexpr bool kPlain = quant::Block<T>::elems == 1;
   constexpr bool kFactored = quant::kFactored<T>;
   const int64_t lim = cols - 32 * c;  // < 32 only in a plain row's tail chunk
   float sx[TT];                       // Σ x over the chunk, for the mins
   if constexpr (quant::kHasMin<T>) {
 #pragma unroll
-    for (int t = 0; t < TT; ++t) {
-      float s = 0.0f;
-#pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        const float4 v = *reinterpret_cast<const float4*>(xs + t * token_stride + 4 * q);
-        s = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(s, v.x), v.y), v.z), v.w);
-      }
-      sx[t] = s;
-    }
+    for (int t = 0; t < TT; ++t) sx[t] = sums ? sums[t] : chunk_sum(xs + t * token_stride);
   }
   float s0[R][TT], s1[R][TT];
 #pragma unroll
@@ -211,32 +218,41 @@ __global__ void __launch_bounds__(32 * kWarps)
     const int64_t c = s0 + lane;
     if (c >= chunks || row0 >= rows) continue;
     chunk_rows<T, R, TT>(w, row_bytes, row0, rows, c, static_cast<int64_t>(cols), wide,
-                         staged + lane * kChunkStride, kSlab * kChunkStride, acc);
+                         staged + lane * kChunkStride, kSlab * kChunkStride, nullptr, acc);
   }
   reduce_store<R, TT>(acc, row0, rows, t0, tokens, y, y_stride, col0);
 }
 
-// One token, the whole of x staged once; W warps a block.
+// One token, the whole of x staged once (and, for the types with mins, each chunk's Σ x after
+// it); W warps a block.
 template <GgmlType T, int R, int W>
 __global__ void __launch_bounds__(32 * W)
     matvec_kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, uint64_t rows,
                   uint64_t cols, bool wide, const float* __restrict__ x, float* __restrict__ y) {
-  extern __shared__ float4 staged4[];  // [chunks][kChunkStride]
+  extern __shared__ float4 staged4[];  // [chunks][kChunkStride], then [chunks] sums
   float* staged = reinterpret_cast<float*>(staged4);
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
   const uint64_t row0 = (uint64_t{blockIdx.x} * W + warp) * R;
   const int64_t chunks = static_cast<int64_t>((cols + 31) / 32);
+  float* sums = staged + chunks * kChunkStride;
   stage_row(x, static_cast<uint32_t>(cols), staged);
-  if (row0 >= rows) return;  // whole warps, after the only barrier
+  if constexpr (quant::kHasMin<T>) {
+    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x)
+      sums[c] = chunk_sum(staged + c * kChunkStride);
+    __syncthreads();
+  }
+  if (row0 >= rows) return;  // whole warps, after the last barrier
   float acc[R][1];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r][0] = 0.0f;
-#pragma unroll 2
+#pragma unroll 4
   for (int64_t c = lane; c < chunks; c += 32)
     chunk_rows<T, R, 1>(w, row_bytes, row0, rows, c, static_cast<int64_t>(cols), wide,
-                        staged + c * kChunkStride, 0, acc);
+                        staged + c * kChunkStride, 0, sums + c, acc);
   reduce_store<R, 1>(acc, row0, rows, 0, 1, y, 0, 0);
 }
+
+int multiprocessors();
 
 // Shared memory a block may take (the H100 allows 227 KiB); longer rows use the slab kernel.
 constexpr size_t kMaxStagedBytes = 200 * 1024;
@@ -262,15 +278,17 @@ void launch_matvec_w(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t 
       static_cast<const uint8_t*>(w), row_bytes, rows, cols, wide_rows(w, row_bytes, cols), x, y);
 }
 
-template <GgmlType T, int R>
+template <GgmlType T>
 bool launch_matvec(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols,
                    const float* x, float* y, cudaStream_t stream) {
-  const size_t shared = sizeof(float) * kChunkStride * ((cols + 31) / 32);
+  const size_t shared = sizeof(float) * (kChunkStride + 1) * ((cols + 31) / 32);
   if (shared > kMaxStagedBytes) return false;
-  if (shared > 32 * 1024)
-    launch_matvec_w<T, R, 16>(w, row_bytes, rows, cols, x, y, shared, stream);
+  // 16 warps a block when x is long (fewer blocks fit a multiprocessor's shared memory) or
+  // the matrix has rows enough to fill the GPU that way; else 4 (more, smaller blocks).
+  if (shared > 32 * 1024 || rows >= uint64_t{2} * multiprocessors() * 16)
+    launch_matvec_w<T, 1, 16>(w, row_bytes, rows, cols, x, y, shared, stream);
   else
-    launch_matvec_w<T, R, kWarps>(w, row_bytes, rows, cols, x, y, shared, stream);
+    launch_matvec_w<T, 1, kWarps>(w, row_bytes, rows, cols, x, y, shared, stream);
   return true;
 }
 
@@ -292,9 +310,7 @@ struct RaiseLimits {
   template <GgmlType T>
   void operator()() const {
     allow_shared(matvec_kernel<T, 1, kWarps>, kMaxStagedBytes);
-    allow_shared(matvec_kernel<T, 4, kWarps>, kMaxStagedBytes);
     allow_shared(matvec_kernel<T, 1, 16>, kMaxStagedBytes);
-    allow_shared(matvec_kernel<T, 4, 16>, kMaxStagedBytes);
   }
 };
 
@@ -326,13 +342,10 @@ void matmul(GgmlType type, const void* w, uint64_t rows, uint64_t cols, const fl
   if (rows == 0 || tokens == 0) return;
   prepare_matmul();
   const uint64_t rb = row_bytes(type, cols);
-  // One token: 4 rows a warp when that still gives two blocks per multiprocessor, else one.
-  const bool few_rows = rows < uint64_t{2} * multiprocessors() * kWarps * 4;
   const bool known = quant::dispatch(type, [&]<GgmlType T>() {
     if (tokens == 1) {
-      const bool staged = few_rows ? launch_matvec<T, 1>(w, rb, rows, cols, x, y + col0, stream)
-                                   : launch_matvec<T, 4>(w, rb, rows, cols, x, y + col0, stream);
-      if (!staged) launch<T, 1, 1>(w, rb, rows, cols, x, tokens, y, y_stride, col0, stream);
+      if (!launch_matvec<T>(w, rb, rows, cols, x, y + col0, stream))
+        launch<T, 1, 1>(w, rb, rows, cols, x, tokens, y, y_stride, col0, stream);
     } else {
       launch<T, 4, 8>(w, rb, rows, cols, x, tokens, y, y_stride, col0, stream);
     }
