@@ -41,8 +41,6 @@ constexpr int kWarps = 4;         // per block
 constexpr int kSlab = 32;         // chunks per staged slab: one per lane
 constexpr int kChunkStride = 36;  // floats between staged chunks (32 + 4 of padding)
 
-// Adds chunk c's partial for R rows × TT tokens to acc. xs: the chunk of token 0 in shared
-// memory, token t at xs + t·token_stride.
 // Σ x over a staged chunk of 32, in element order (the mins' factor).
 __device__ __forceinline__ float chunk_sum(const float* xs) {
   float s = 0.0f;
@@ -54,21 +52,22 @@ __device__ __forceinline__ float chunk_sum(const float* xs) {
   return s;
 }
 
-// Adds chunk c's partial for R rows × TT tokens to acc. xs: the chunk of token 0 in shared
-// memory, token t at xs + t·token_stride; sums: the chunk's Σ x per token when already known
-// (the decode kernel computes them once per block), else null.
-template <GgmlType T, int R, int TT>
-__device__ __forceinline__ void chunk_rows(const uint8_t* __restrict__ w, uint64_t row_bytes,
-                                           uint64_t row0, uint64_t rows, int64_t c, int64_t cols,
-                                           bool wide, const float* xs, int token_stride,
-                                           const float* sums, float (&acc)[R][TT]) {
+// Adds chunk c's partial for R rows × TT tokens to acc. src[r]: the chunk of row row0 + r
+// (quant::Chunk, read ahead, or quant::LazyChunk); rows past `rows` add nothing. xs: the chunk of token 0 in
+// shared memory, token t at xs + t·token_stride; sums: the chunk's Σ x (chunk_sum) of token 0,
+// token t at sums + t·kSlab (types with mins only; both kernels compute them once per block).
+template <GgmlType T, int R, int TT, typename Src>
+__device__ __forceinline__ void chunk_rows(const Src (&src)[R], uint64_t row0,
+                                           uint64_t rows, int64_t c, int64_t cols, bool wide,
+                                           const float* xs, int token_stride, const float* sums,
+                                           float (&acc)[R][TT]) {
   constexpr bool kPlain = quant::Block<T>::elems == 1;
   constexpr bool kFactored = quant::kFactored<T>;
   const int64_t lim = cols - 32 * c;  // < 32 only in a plain row's tail chunk
   float sx[TT];                       // Σ x over the chunk, for the mins
   if constexpr (quant::kHasMin<T>) {
 #pragma unroll
-    for (int t = 0; t < TT; ++t) sx[t] = sums ? sums[t] : chunk_sum(xs + t * token_stride);
+    for (int t = 0; t < TT; ++t) sx[t] = sums[t * kSlab];
   }
   float s0[R][TT], s1[R][TT];
 #pragma unroll
@@ -80,14 +79,13 @@ __device__ __forceinline__ void chunk_rows(const uint8_t* __restrict__ w, uint64
     float q[R][16];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const uint8_t* row = w + (row0 + r) * row_bytes;
       if (row0 + r >= rows) {
 #pragma unroll
         for (int k = 0; k < 16; ++k) q[r][k] = 0.0f;
       } else if constexpr (kFactored) {
-        quant::chunk_ints_half<T>(row, c, h, q[r]);
+        src[r].ints_half(h, q[r]);
       } else {
-        quant::decode_half<T>(row, c, h, cols, wide, q[r]);
+        quant::decode_half<T>(src[r].row, c, h, cols, wide, q[r]);
       }
     }
     // Q6_K's halves have their own scales: the second half sums into s1.
@@ -115,7 +113,7 @@ __device__ __forceinline__ void chunk_rows(const uint8_t* __restrict__ w, uint64
   for (int r = 0; r < R; ++r) {
     if (row0 + r >= rows) continue;
     if constexpr (kFactored) {
-      const quant::ChunkScales f = quant::chunk_scales<T>(w + (row0 + r) * row_bytes, c);
+      const quant::ChunkScales f = src[r].scales();
 #pragma unroll
       for (int t = 0; t < TT; ++t)
         acc[r][t] = __fadd_rn(acc[r][t], quant::combine_chunk<T>(f, s0[r][t], s1[r][t],
@@ -201,8 +199,9 @@ __global__ void __launch_bounds__(32 * kWarps)
     matmul_kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, uint64_t rows,
                   uint64_t cols, bool wide, const float* __restrict__ x, uint64_t tokens,
                   float* __restrict__ y, uint64_t y_stride, uint64_t col0) {
-  extern __shared__ float4 staged4[];  // [TT][kSlab][kChunkStride]
+  extern __shared__ float4 staged4[];  // [TT][kSlab][kChunkStride], then [TT][kSlab] sums
   float* staged = reinterpret_cast<float*>(staged4);
+  float* sums = staged + TT * kSlab * kChunkStride;
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
   const uint64_t row0 = (uint64_t{blockIdx.x} * kWarps + warp) * R;
   const uint64_t t0 = uint64_t{blockIdx.y} * TT;
@@ -215,10 +214,19 @@ __global__ void __launch_bounds__(32 * kWarps)
   for (int64_t s0 = 0; s0 < chunks; s0 += kSlab) {
     __syncthreads();  // the last slab's readers are done
     stage_slab<TT, kSlab * 8, kSlab>(x, cols, t0, tokens, 32 * static_cast<uint64_t>(s0), staged);
+    if constexpr (quant::kHasMin<T>) {
+      for (uint32_t i = threadIdx.x; i < TT * kSlab; i += blockDim.x)
+        sums[i] = chunk_sum(staged + i * kChunkStride);  // i = t·kSlab + chunk
+      __syncthreads();
+    }
     const int64_t c = s0 + lane;
     if (c >= chunks || row0 >= rows) continue;
-    chunk_rows<T, R, TT>(w, row_bytes, row0, rows, c, static_cast<int64_t>(cols), wide,
-                         staged + lane * kChunkStride, kSlab * kChunkStride, nullptr, acc);
+    quant::LazyChunk<T> src[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (row0 + r < rows) src[r] = quant::LazyChunk<T>::at(w + (row0 + r) * row_bytes, c);
+    chunk_rows<T, R, TT>(src, row0, rows, c, static_cast<int64_t>(cols), wide,
+                         staged + lane * kChunkStride, kSlab * kChunkStride, sums + lane, acc);
   }
   reduce_store<R, TT>(acc, row0, rows, t0, tokens, y, y_stride, col0);
 }
@@ -242,13 +250,27 @@ __global__ void __launch_bounds__(32 * W)
     __syncthreads();
   }
   if (row0 >= rows) return;  // whole warps, after the last barrier
+  static_assert(R == 1, "one row a warp");
   float acc[R][1];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r][0] = 0.0f;
-#pragma unroll 4
-  for (int64_t c = lane; c < chunks; c += 32)
-    chunk_rows<T, R, 1>(w, row_bytes, row0, rows, c, static_cast<int64_t>(cols), wide,
-                        staged + c * kChunkStride, 0, sums + c, acc);
+  // kAhead chunks a lane: every load issued (predicated) before the first is used (Q6_K's
+  // chunks take twice the registers).
+  constexpr int kAhead = T == GgmlType::Q6_K ? 2 : 4;
+  const uint8_t* row = w + row0 * row_bytes;
+  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kAhead) {
+    quant::Chunk<T> src[kAhead][1];
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u)
+      if (c0 + 32 * u < chunks) src[u][0] = quant::Chunk<T>::at(row, c0 + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t c = c0 + 32 * u;
+      if (c < chunks)
+        chunk_rows<T, 1, 1>(src[u], row0, rows, c, static_cast<int64_t>(cols), wide,
+                            staged + c * kChunkStride, 0, sums + c, acc);
+    }
+  }
   reduce_store<R, 1>(acc, row0, rows, 0, 1, y, 0, 0);
 }
 
@@ -295,7 +317,7 @@ bool launch_matvec(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t co
 template <GgmlType T, int R, int TT>
 void launch(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols, const float* x,
             uint64_t tokens, float* y, uint64_t y_stride, uint64_t col0, cudaStream_t stream) {
-  constexpr size_t kShared = sizeof(float) * TT * kSlab * kChunkStride;
+  constexpr size_t kShared = sizeof(float) * TT * kSlab * (kChunkStride + 1);
   static_assert(kShared <= 48 * 1024, "the slab kernels fit the default shared-memory limit");
   const dim3 grid(static_cast<unsigned>((rows + kWarps * R - 1) / (kWarps * R)),
                   static_cast<unsigned>((tokens + TT - 1) / TT));

@@ -430,6 +430,151 @@ __device__ __forceinline__ void chunk_ints_half(const uint8_t* row, int64_t c, i
   }
 }
 
+// Chunk c of one row as the matmuls read it: `at` reads what it can ahead (for Q4_K and Q5_K,
+// all the chunk's bytes into registers, so a kernel can put several chunks' loads in flight
+// before it computes), `ints_half` and `scales` give chunk_ints_half's and chunk_scales's
+// values bit for bit. Other types read on demand.
+// LazyChunk reads on demand (few registers: the prefill tile holds many rows at once).
+template <GgmlType T>
+struct LazyChunk {
+  const uint8_t* row = nullptr;
+  int64_t c = 0;
+  __device__ __forceinline__ static LazyChunk at(const uint8_t* row, int64_t c) {
+    return {row, c};
+  }
+  __device__ __forceinline__ void ints_half(int h, float (&q)[16]) const {
+    chunk_ints_half<T>(row, c, h, q);
+  }
+  __device__ __forceinline__ ChunkScales scales() const { return chunk_scales<T>(row, c); }
+};
+
+template <GgmlType T>
+struct Chunk : LazyChunk<T> {
+  __device__ __forceinline__ static Chunk at(const uint8_t* row, int64_t c) {
+    Chunk k;
+    k.row = row;
+    k.c = c;
+    return k;
+  }
+};
+
+template <GgmlType T>
+  requires(T == GgmlType::Q4_K || T == GgmlType::Q5_K)
+struct Chunk<T> {
+  const uint8_t* row = nullptr;
+  int64_t c = 0;
+  uint4 qs[2];      // the chunk's 32 bytes of low bits (nibble 0 or 1 of each)
+  uint4 qh[2];      // Q5_K: the super-block's 32 bytes of high bits
+  uint32_t dd = 0;  // d, dmin (fp16)
+  uint32_t sc[3];   // the 12 bytes of packed 6-bit scales and mins
+
+  __device__ __forceinline__ static Chunk at(const uint8_t* row, int64_t c) {
+    Chunk k;
+    k.row = row;
+    k.c = c;
+    const uint8_t* b = row + (c / 8) * Block<T>::bytes;
+    const uint32_t sub = static_cast<uint32_t>(c % 8);
+    const uint4* q =
+        reinterpret_cast<const uint4*>(b + (T == GgmlType::Q4_K ? 16 : 48) + 32 * (sub / 2));
+    k.qs[0] = q[0];
+    k.qs[1] = q[1];
+    if constexpr (T == GgmlType::Q5_K) {
+      k.qh[0] = reinterpret_cast<const uint4*>(b + 16)[0];
+      k.qh[1] = reinterpret_cast<const uint4*>(b + 16)[1];
+    }
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(b);
+    k.dd = w[0];
+    k.sc[0] = w[1];
+    k.sc[1] = w[2];
+    k.sc[2] = w[3];
+    return k;
+  }
+  __device__ __forceinline__ void ints_half(int h, float (&q)[16]) const {
+    const uint32_t sub = static_cast<uint32_t>(c % 8), shift = 4 * (sub % 2);
+    const uint4 v = qs[h];
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+    uint32_t hw[4] = {0, 0, 0, 0};
+    if constexpr (T == GgmlType::Q5_K) hw[0] = qh[h].x, hw[1] = qh[h].y, hw[2] = qh[h].z, hw[3] = qh[h].w;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      uint32_t bytes = (words[i] >> shift) & 0x0F0F0F0Fu;
+      if constexpr (T == GgmlType::Q5_K) bytes |= ((hw[i] >> sub) & 0x01010101u) << 4;
+      bytes_to_floats(bytes, 8388608.0f, q + 4 * i);
+    }
+  }
+  __device__ __forceinline__ ChunkScales scales() const {
+    const int j = static_cast<int>(c % 8);
+    // Selects, not a run-time index: an indexed array would live in local memory.
+    auto byte = [&](int i) {
+      const uint32_t w = i < 4 ? sc[0] : (i < 8 ? sc[1] : sc[2]);
+      return (w >> (8 * (i % 4))) & 0xFFu;
+    };
+    uint32_t s, m;
+    if (j < 4) {
+      s = byte(j) & 63;
+      m = byte(j + 4) & 63;
+    } else {
+      s = (byte(j + 4) & 0x0F) | ((byte(j - 4) >> 6) << 4);
+      m = (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4);
+    }
+    ChunkScales f;
+    f.a0 = __fmul_rn(half_bits(dd & 0xFFFFu), small_uint_to_float(s));
+    f.m = __fmul_rn(half_bits(dd >> 16), small_uint_to_float(m));
+    return f;
+  }
+};
+
+// Q6_K: blocks are only 2-byte aligned, so the chunk's 32 bytes of low bits and 32 of high
+// bits are each read as 9 aligned words from the 4-byte boundary below and shifted into place.
+template <>
+struct Chunk<GgmlType::Q6_K> {
+  static constexpr GgmlType T = GgmlType::Q6_K;
+  const uint8_t* row = nullptr;
+  int64_t c = 0;
+  uint32_t ql[9], qh[9];
+  uint32_t ql_shift = 0, qh_shift = 0;  // bits to drop: 8 × the bytes below the boundary
+  uint32_t sc = 0, d = 0;               // the two int8 scales; d (fp16)
+
+  __device__ __forceinline__ static void words(const uint8_t* p, uint32_t (&w)[9],
+                                               uint32_t& shift) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    const uint32_t* base = reinterpret_cast<const uint32_t*>(a & ~uintptr_t{3});
+    shift = 8 * static_cast<uint32_t>(a & 3);
+#pragma unroll
+    for (int i = 0; i < 9; ++i) w[i] = base[i];
+  }
+  __device__ __forceinline__ static Chunk at(const uint8_t* row, int64_t c) {
+    Chunk k;
+    k.row = row;
+    k.c = c;
+    const uint8_t* b = row + (c / 8) * Block<T>::bytes;
+    const uint32_t sub = static_cast<uint32_t>(c % 8), half = sub / 4, g = sub % 4;
+    words(b + 64 * half + 32 * (g % 2), k.ql, k.ql_shift);
+    words(b + 128 + 32 * half, k.qh, k.qh_shift);
+    k.sc = u16_at(b + 192 + 2 * sub);
+    k.d = u16_at(b + 208);
+    return k;
+  }
+  __device__ __forceinline__ void ints_half(int h, float (&q)[16]) const {
+    const uint32_t g = static_cast<uint32_t>(c % 8) % 4, shift = g < 2 ? 0 : 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int w = 4 * h + i;
+      const uint32_t l = __funnelshift_r(ql[w], ql[w + 1], ql_shift);
+      const uint32_t hi = __funnelshift_r(qh[w], qh[w + 1], qh_shift);
+      const uint32_t bytes = ((l >> shift) & 0x0F0F0F0Fu) | (((hi >> (2 * g)) & 0x03030303u) << 4);
+      bytes_to_floats(bytes, 8388640.0f, q + 4 * i);  // 2^23 + 32
+    }
+  }
+  __device__ __forceinline__ ChunkScales scales() const {
+    ChunkScales f;
+    const float dv = half_bits(d);
+    f.a0 = __fmul_rn(dv, small_int_to_float(static_cast<int8_t>(sc & 0xFFu)));
+    f.a1 = __fmul_rn(dv, small_int_to_float(static_cast<int8_t>(sc >> 8)));
+    return f;
+  }
+};
+
 // Σ w·x over the chunk from its factors and the integer sums: s0 over the first half (or the
 // whole chunk when the halves share a scale), s1 over the second half (Q6_K), sx = Σ x.
 template <GgmlType T>
