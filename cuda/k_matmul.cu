@@ -16,15 +16,17 @@
 // - A warp works on R rows at once: each lane turns half a chunk (16 elements) of each of its R
 //   rows into floats (16-byte or 2-byte loads; integers made floats without the conversion
 //   unit), then one shared 4-float read of x feeds 4·R multiply-adds per token.
-// - Decode (one token): the whole of x is staged once, with each chunk's Σ x (one barrier or
-//   two), then each warp streams one row with no further synchronisation, four chunks of loads
-//   in flight per lane; 16 warps a block for a long x or a tall matrix, else 4. (Four rows a
-//   warp measured slower: fewer warps to hide the memory latency.) Rows over 45k columns take
-//   the slab kernel with TT = 1, R = 1.
+// - Decode (one token): a grid about as large as the GPU holds; each block stages the whole of
+//   x once, with each chunk's Σ x, then its warps stream rows (every (grid·W)-th) with no
+//   further synchronisation, four chunks of loads in flight per lane (two for Q6_K); 16 warps
+//   a block for a long x or a tall matrix, else 4. (Four rows a warp, and a block per 16 rows,
+//   measured slower on the H100.) Rows over 45k columns take the slab kernel, TT = 1, R = 1.
 // - Prefill: the slab kernel, TT = 8 tokens by R = 4 rows a warp; weights are streamed once
 //   per token tile.
 // What limits it: f32 CUDA-core arithmetic, kept so that the lane tracks the float64 oracle at
 // the cpu lane's floor (tensor cores would round x to 16 or 19 bits), and at decode the HBM.
+
+#include <algorithm>
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernels.cuh"
@@ -249,29 +251,30 @@ __global__ void __launch_bounds__(32 * W)
       sums[c] = chunk_sum(staged + c * kChunkStride);
     __syncthreads();
   }
-  if (row0 >= rows) return;  // whole warps, after the last barrier
   static_assert(R == 1, "one row a warp");
-  float acc[R][1];
-#pragma unroll
-  for (int r = 0; r < R; ++r) acc[r][0] = 0.0f;
   // kAhead chunks a lane: every load issued (predicated) before the first is used (Q6_K's
   // chunks take twice the registers).
   constexpr int kAhead = T == GgmlType::Q6_K ? 2 : 4;
-  const uint8_t* row = w + row0 * row_bytes;
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kAhead) {
-    quant::Chunk<T> src[kAhead][1];
+  // The grid is about as large as the GPU holds at once; each warp takes every (grid·W)-th
+  // row, so x is staged once per block rather than once per W rows.
+  for (uint64_t r0 = row0; r0 < rows; r0 += uint64_t{gridDim.x} * W) {
+    float acc[1][1] = {{0.0f}};
+    const uint8_t* row = w + r0 * row_bytes;
+    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kAhead) {
+      quant::Chunk<T> src[kAhead][1];
 #pragma unroll
-    for (int u = 0; u < kAhead; ++u)
-      if (c0 + 32 * u < chunks) src[u][0] = quant::Chunk<T>::at(row, c0 + 32 * u);
+      for (int u = 0; u < kAhead; ++u)
+        if (c0 + 32 * u < chunks) src[u][0] = quant::Chunk<T>::at(row, c0 + 32 * u);
 #pragma unroll
-    for (int u = 0; u < kAhead; ++u) {
-      const int64_t c = c0 + 32 * u;
-      if (c < chunks)
-        chunk_rows<T, 1, 1>(src[u], row0, rows, c, static_cast<int64_t>(cols), wide,
-                            staged + c * kChunkStride, 0, sums + c, acc);
+      for (int u = 0; u < kAhead; ++u) {
+        const int64_t c = c0 + 32 * u;
+        if (c < chunks)
+          chunk_rows<T, 1, 1>(src[u], r0, rows, c, static_cast<int64_t>(cols), wide,
+                              staged + c * kChunkStride, 0, sums + c, acc);
+      }
     }
+    reduce_store<1, 1>(acc, r0, rows, 0, 1, y, 0, 0);
   }
-  reduce_store<R, 1>(acc, row0, rows, 0, 1, y, 0, 0);
 }
 
 int multiprocessors();
@@ -295,7 +298,10 @@ void allow_shared(Kernel* kernel, size_t bytes) {
 template <GgmlType T, int R, int W>
 void launch_matvec_w(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols,
                      const float* x, float* y, size_t shared, cudaStream_t stream) {
-  const auto blocks = static_cast<unsigned>((rows + W * R - 1) / (W * R));
+  // Blocks the GPU runs at once, about (16 warps: one a multiprocessor at ~120 registers; 4
+  // warps: four), twice over so that a block's staging overlaps another's streaming.
+  const uint64_t resident = uint64_t(multiprocessors()) * (W == 16 ? 2 : 8);
+  const auto blocks = static_cast<unsigned>(std::min((rows + W * R - 1) / (W * R), resident));
   matvec_kernel<T, R, W><<<blocks, 32 * W, shared, stream>>>(
       static_cast<const uint8_t*>(w), row_bytes, rows, cols, wide_rows(w, row_bytes, cols), x, y);
 }
