@@ -33,7 +33,7 @@ struct BenchArgs {
   unsigned threads = 0;
   int64_t prefill = 128;
   int64_t decode = 32;
-  int64_t capture_tokens = 128;
+  int64_t capture_tokens = -1;  // -1: 128, or the model's context when shorter
   int repeat = 3;
   uint64_t bandwidth_mib = 1024;
   bool json = false;
@@ -174,7 +174,7 @@ int cmd_bench(const BenchArgs& a) {
   if (a.decode < 1) throw Error("bench: --decode must be at least 1");
   if (a.repeat < 1) throw Error("bench: --repeat must be at least 1");
   if (a.bandwidth_mib < 1) throw Error("bench: --bandwidth-mib must be at least 1");
-  if (a.capture_tokens < 0) throw Error("bench: --capture-tokens must be 0 or more");
+  if (a.capture_tokens < -1) throw Error("bench: --capture-tokens must be 0 or more");
   std::unique_ptr<engine::Lane> lane = make_lane(a.lane, {.threads = a.threads});
   // GPU lanes are measured against the device's memory, CPU lanes against the host's.
   const bool gpu = a.lane.starts_with("cuda");
@@ -183,7 +183,11 @@ int cmd_bench(const BenchArgs& a) {
     throw Error("bench: --prefill " + std::to_string(a.prefill) + " + --decode " +
                 std::to_string(a.decode) + " exceed the model's context of " +
                 std::to_string(model.config.context) + " tokens");
-  if (model.config.context > 0 && uint64_t(a.capture_tokens) > model.config.context)
+  const int64_t capture_tokens =
+      a.capture_tokens >= 0 ? a.capture_tokens
+      : model.config.context > 0 ? std::min<int64_t>(128, int64_t(model.config.context))
+                                 : 128;
+  if (model.config.context > 0 && uint64_t(capture_tokens) > model.config.context)
     throw Error("bench: --capture-tokens " + std::to_string(a.capture_tokens) +
                 " exceeds the model's context of " + std::to_string(model.config.context) +
                 " tokens");
@@ -221,8 +225,7 @@ int cmd_bench(const BenchArgs& a) {
   const double prefill = median(prefill_tps), decode = median(decode_tps);
   const double ttft = prefill > 0 ? double(a.prefill) / prefill : 0.0;  // the prompt's forward
   CaptureTimes cap;
-  if (a.capture_tokens > 0)
-    cap = time_capture(*lane, bench_tokens(model, a.capture_tokens), a.repeat);
+  if (capture_tokens > 0) cap = time_capture(*lane, bench_tokens(model, capture_tokens), a.repeat);
   const double cap_ratio = cap.none_s > 0 ? cap.all_s / cap.none_s : 0.0;
   const uint64_t weight_bytes = weight_bytes_per_token(model);
   const double effective = double(weight_bytes) * decode;  // bytes/s of weights at decode
@@ -331,8 +334,7 @@ Command add_bench_command(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--capture-tokens", args->capture_tokens,
                   "Prompt tokens of the capture-overhead measurement (every cell captured vs none); "
-                  "0 skips it")
-      ->capture_default_str();
+                  "default 128, or the model's context when shorter; 0 skips it");
   sub->add_option("--repeat", args->repeat, "Timed runs after one warm-up; medians are reported")
       ->capture_default_str();
   sub->add_option("--bandwidth-mib", args->bandwidth_mib,

@@ -76,6 +76,18 @@ TEST(BenchCli, JsonHasPositiveConsistentNumbersOnEveryCpuLane) {
           j.at("bandwidth_fraction").get<double>(),
           double(weights) * decode / j.at("bandwidth").at("best_bytes_per_s").get<double>());
       EXPECT_GT(j.at("bandwidth_fraction").get<double>(), 0.0);
+      EXPECT_EQ(j.at("bandwidth").at("kind"), "host read");
+      // Time to first token is the prompt's forward; capture overhead by default at the
+      // model's whole context (64 < 128), every cell captured against none.
+      EXPECT_DOUBLE_EQ(j.at("prefill").at("time_to_first_token_s").get<double>(),
+                       8.0 / j.at("prefill").at("tokens_per_s").get<double>());
+      const nlohmann::json& cap = j.at("capture");
+      EXPECT_EQ(cap.at("tokens"), 64);
+      EXPECT_GT(cap.at("none_s").get<double>(), 0.0);
+      EXPECT_DOUBLE_EQ(cap.at("ratio").get<double>(),
+                       cap.at("all_s").get<double>() / cap.at("none_s").get<double>());
+      EXPECT_GT(cap.at("cells").get<uint64_t>(), 10u);
+      EXPECT_GT(cap.at("captured_bytes").get<uint64_t>(), 64u * 4u);
     }
   }
 }
@@ -88,7 +100,8 @@ TEST(BenchCli, TextIsATable) {
                                          "--bandwidth-mib 8");
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* row : {"memory read bandwidth", "prefill 4 tokens", "decode 2 tokens",
-                          "weights read per token", "% of measured bandwidth", "1 warm-up"})
+                          "weights read per token", "% of measured bandwidth", "1 warm-up",
+                          "time to first token", "capture overhead"})
     EXPECT_NE(r.out.find(row), std::string::npos) << row << "\n" << r.out;
 }
 
@@ -107,6 +120,9 @@ TEST(BenchCli, BadRequestsAreOneLineErrors) {
   expect_error(test::run_lockstep("bench " + m + " --lane ref --prefill 60 --decode 10"),
                "context of 64");
   expect_error(test::run_lockstep("bench " + m + " --lane nope"), "nope");
+  expect_error(test::run_lockstep("bench " + m +
+                                  " --lane ref --prefill 4 --decode 2 --capture-tokens 65"),
+               "--capture-tokens 65 exceeds the model's context of 64");
 }
 
 }  // namespace
