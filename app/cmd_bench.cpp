@@ -183,10 +183,10 @@ int cmd_bench(const BenchArgs& a) {
     throw Error("bench: --prefill " + std::to_string(a.prefill) + " + --decode " +
                 std::to_string(a.decode) + " exceed the model's context of " +
                 std::to_string(model.config.context) + " tokens");
-  const int64_t capture_tokens =
-      a.capture_tokens >= 0 ? a.capture_tokens
-      : model.config.context > 0 ? std::min<int64_t>(128, int64_t(model.config.context))
-                                 : 128;
+  const int64_t capture_tokens = a.capture_tokens >= 0 ? a.capture_tokens
+                                 : model.config.context > 0
+                                     ? std::min<int64_t>(128, int64_t(model.config.context))
+                                     : 128;
   if (model.config.context > 0 && uint64_t(capture_tokens) > model.config.context)
     throw Error("bench: --capture-tokens " + std::to_string(a.capture_tokens) +
                 " exceeds the model's context of " + std::to_string(model.config.context) +
@@ -259,12 +259,9 @@ int cmd_bench(const BenchArgs& a) {
         {"bandwidth_fraction", fraction},
     };
     if (cap.tokens > 0)
-      j["capture"] = {{"tokens", cap.tokens},
-                      {"none_s", cap.none_s},
-                      {"all_s", cap.all_s},
-                      {"ratio", cap_ratio},
-                      {"cells", cap.cells},
-                      {"captured_bytes", cap.captured_bytes}};
+      j["capture"] = {{"tokens", cap.tokens}, {"none_s", cap.none_s},
+                      {"all_s", cap.all_s},   {"ratio", cap_ratio},
+                      {"cells", cap.cells},   {"captured_bytes", cap.captured_bytes}};
     std::cout << j.dump(2) << "\n";
     return kExitOk;
   }
@@ -299,11 +296,11 @@ int cmd_bench(const BenchArgs& a) {
   std::printf("%-26s %10.2f GB/s   %.1f%% of measured bandwidth\n", "decode weight traffic",
               effective / 1e9, 100.0 * fraction);
   if (cap.tokens > 0)
-    std::printf("%-26s %10.2fx  %.1f ms with all %llu cells (%.1f MB) vs %.1f ms with none, "
-                "%lld tokens\n",
-                "capture overhead", cap_ratio, 1e3 * cap.all_s,
-                static_cast<unsigned long long>(cap.cells), double(cap.captured_bytes) / 1e6,
-                1e3 * cap.none_s, static_cast<long long>(cap.tokens));
+    std::printf(
+        "%-26s %10.2fx  %.1f ms with all %llu cells (%.1f MB) vs %.1f ms with none, "
+        "%lld tokens\n",
+        "capture overhead", cap_ratio, 1e3 * cap.all_s, static_cast<unsigned long long>(cap.cells),
+        double(cap.captured_bytes) / 1e6, 1e3 * cap.none_s, static_cast<long long>(cap.tokens));
   if (uint64_t l3 = l3_cache_bytes(); !gpu && l3 > 0 && weight_bytes <= l3)
     std::printf(
         "note: %.1f MB of weights fit in the %.1f MB L3 cache, so decode is not bound by "
@@ -322,8 +319,7 @@ Command add_bench_command(CLI::App& app) {
       "against the memory bandwidth it reads weights from (host read for CPU lanes, device "
       "copy for GPU lanes)");
   sub->add_option("model", args->model, "A .gguf file or a HF model folder")->required();
-  sub->add_option("--lane", args->lane, "Lane to measure: " + lane_list())
-      ->capture_default_str();
+  sub->add_option("--lane", args->lane, "Lane to measure: " + lane_list())->capture_default_str();
   sub->add_option("--threads", args->threads,
                   "Threads for the lane and the bandwidth measurement; 0 = one per hardware "
                   "thread")
@@ -332,9 +328,10 @@ Command add_bench_command(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--decode", args->decode, "One-token decode steps timed after the prefill")
       ->capture_default_str();
-  sub->add_option("--capture-tokens", args->capture_tokens,
-                  "Prompt tokens of the capture-overhead measurement (every cell captured vs none); "
-                  "default 128, or the model's context when shorter; 0 skips it");
+  sub->add_option(
+      "--capture-tokens", args->capture_tokens,
+      "Prompt tokens of the capture-overhead measurement (every cell captured vs none); "
+      "default 128, or the model's context when shorter; 0 skips it");
   sub->add_option("--repeat", args->repeat, "Timed runs after one warm-up; medians are reported")
       ->capture_default_str();
   sub->add_option("--bandwidth-mib", args->bandwidth_mib,

@@ -55,13 +55,14 @@ __device__ __forceinline__ float chunk_sum(const float* xs) {
 }
 
 // Adds chunk c's partial for R rows × TT tokens to acc. src[r]: the chunk of row row0 + r
-// (quant::Chunk, read ahead, or quant::LazyChunk); rows past `rows` add nothing. xs: the chunk of token 0 in
-// shared memory, token t at xs + t·token_stride; sums: the chunk's Σ x (chunk_sum) of token 0,
-// token t at sums + t·kSlab (types with mins only; both kernels compute them once per block).
+// (quant::Chunk, read ahead, or quant::LazyChunk); rows past `rows` add nothing. xs: the chunk of
+// token 0 in shared memory, token t at xs + t·token_stride; sums: the chunk's Σ x (chunk_sum) of
+// token 0, token t at sums + t·kSlab (types with mins only; both kernels compute them once per
+// block).
 template <GgmlType T, int R, int TT, typename Src>
-__device__ __forceinline__ void chunk_rows(const Src (&src)[R], uint64_t row0,
-                                           uint64_t rows, int64_t c, int64_t cols, bool wide,
-                                           const float* xs, int token_stride, const float* sums,
+__device__ __forceinline__ void chunk_rows(const Src (&src)[R], uint64_t row0, uint64_t rows,
+                                           int64_t c, int64_t cols, bool wide, const float* xs,
+                                           int token_stride, const float* sums,
                                            float (&acc)[R][TT]) {
   constexpr bool kPlain = quant::Block<T>::elems == 1;
   constexpr bool kFactored = quant::kFactored<T>;
@@ -150,9 +151,8 @@ __device__ __forceinline__ void reduce_store(float (&acc)[R][TT], uint64_t row0,
 // (t·kChunksPerToken + k)·kChunkStride), zeros past the row's end and past the last token;
 // then a barrier. Compile-time geometry: no integer divisions.
 template <int TT, int kQuads, int kChunksPerToken>
-__device__ __forceinline__ void stage_slab(const float* __restrict__ x, uint64_t cols,
-                                           uint64_t t0, uint64_t tokens, uint64_t first_col,
-                                           float* staged) {
+__device__ __forceinline__ void stage_slab(const float* __restrict__ x, uint64_t cols, uint64_t t0,
+                                           uint64_t tokens, uint64_t first_col, float* staged) {
   for (uint32_t i = threadIdx.x; i < TT * kQuads; i += blockDim.x) {
     const uint32_t t = i / kQuads, q = i % kQuads;
     const uint64_t col = first_col + 4 * q;
@@ -198,9 +198,9 @@ __device__ __forceinline__ void stage_row(const float* __restrict__ x, uint32_t 
 // Any token count: x staged a slab of 32 chunks × TT tokens at a time.
 template <GgmlType T, int R, int TT>
 __global__ void __launch_bounds__(32 * kWarps)
-    matmul_kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, uint64_t rows,
-                  uint64_t cols, bool wide, const float* __restrict__ x, uint64_t tokens,
-                  float* __restrict__ y, uint64_t y_stride, uint64_t col0) {
+    matmul_kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, uint64_t rows, uint64_t cols,
+                  bool wide, const float* __restrict__ x, uint64_t tokens, float* __restrict__ y,
+                  uint64_t y_stride, uint64_t col0) {
   extern __shared__ float4 staged4[];  // [TT][kSlab][kChunkStride], then [TT][kSlab] sums
   float* staged = reinterpret_cast<float*>(staged4);
   float* sums = staged + TT * kSlab * kChunkStride;
@@ -237,8 +237,8 @@ __global__ void __launch_bounds__(32 * kWarps)
 // it); W warps a block.
 template <GgmlType T, int R, int W>
 __global__ void __launch_bounds__(32 * W)
-    matvec_kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, uint64_t rows,
-                  uint64_t cols, bool wide, const float* __restrict__ x, float* __restrict__ y) {
+    matvec_kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, uint64_t rows, uint64_t cols,
+                  bool wide, const float* __restrict__ x, float* __restrict__ y) {
   extern __shared__ float4 staged4[];  // [chunks][kChunkStride], then [chunks] sums
   float* staged = reinterpret_cast<float*>(staged4);
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
@@ -307,8 +307,8 @@ void launch_matvec_w(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t 
 }
 
 template <GgmlType T>
-bool launch_matvec(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols,
-                   const float* x, float* y, cudaStream_t stream) {
+bool launch_matvec(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols, const float* x,
+                   float* y, cudaStream_t stream) {
   const size_t shared = sizeof(float) * (kChunkStride + 1) * ((cols + 31) / 32);
   if (shared > kMaxStagedBytes) return false;
   // 16 warps a block when x is long (fewer blocks fit a multiprocessor's shared memory) or

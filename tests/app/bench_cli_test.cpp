@@ -99,9 +99,9 @@ TEST(BenchCli, TextIsATable) {
                                          " --lane ref --prefill 4 --decode 2 --repeat 1 "
                                          "--bandwidth-mib 8");
   ASSERT_EQ(r.code, 0) << r.err;
-  for (const char* row : {"memory read bandwidth", "prefill 4 tokens", "decode 2 tokens",
-                          "weights read per token", "% of measured bandwidth", "1 warm-up",
-                          "time to first token", "capture overhead"})
+  for (const char* row :
+       {"memory read bandwidth", "prefill 4 tokens", "decode 2 tokens", "weights read per token",
+        "% of measured bandwidth", "1 warm-up", "time to first token", "capture overhead"})
     EXPECT_NE(r.out.find(row), std::string::npos) << row << "\n" << r.out;
 }
 
@@ -120,9 +120,9 @@ TEST(BenchCli, BadRequestsAreOneLineErrors) {
   expect_error(test::run_lockstep("bench " + m + " --lane ref --prefill 60 --decode 10"),
                "context of 64");
   expect_error(test::run_lockstep("bench " + m + " --lane nope"), "nope");
-  expect_error(test::run_lockstep("bench " + m +
-                                  " --lane ref --prefill 4 --decode 2 --capture-tokens 65"),
-               "--capture-tokens 65 exceeds the model's context of 64");
+  expect_error(
+      test::run_lockstep("bench " + m + " --lane ref --prefill 4 --decode 2 --capture-tokens 65"),
+      "--capture-tokens 65 exceeds the model's context of 64");
 }
 
 }  // namespace
