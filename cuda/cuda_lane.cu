@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -91,6 +92,11 @@ struct CudaLane::Impl {
   // behind slot i's copy, so the host can take each cell while later nodes still run.
   std::vector<PinnedBuffer> staging;
   std::vector<Event> staged;
+  // The copies run on copy_stream, so the compute stream never waits for one: copy_start[i]
+  // marks the node's output ready, consumed[i] its last reader done (its buffer is then freed
+  // on copy_stream, after the copy).
+  cudaStream_t copy_stream = nullptr;
+  std::vector<Event> copy_start, consumed;
   // The planted fault, resolved at load: its kind and, per node, whether it is corrupted.
   std::optional<engine::FaultKind> fault;
   std::vector<bool> faulted;  // [nodes]
@@ -136,6 +142,10 @@ struct CudaLane::Impl {
 
   ~Impl() {
     drop_graph();
+    if (copy_stream) {
+      cudaStreamSynchronize(copy_stream);
+      cudaStreamDestroy(copy_stream);
+    }
     if (stream) {
       cudaStreamSynchronize(stream);
       cudaStreamDestroy(stream);
@@ -165,6 +175,14 @@ struct CudaLane::Impl {
   }
   void release(float*& p) {
     if (p) cudaFreeAsync(p, stream);  // never throws: may run while an error unwinds
+    p = nullptr;
+  }
+  // Frees a captured node's output once its readers (on `stream`) and its copy (staging slot
+  // k, on copy_stream) are both done, without making `stream` wait for the copy.
+  void release_after_copy(float*& p, size_t k) {
+    LOCKSTEP_CUDA_CHECK(cudaEventRecord(consumed[k].get(), stream));
+    LOCKSTEP_CUDA_CHECK(cudaStreamWaitEvent(copy_stream, consumed[k].get(), 0));
+    LOCKSTEP_CUDA_CHECK(cudaFreeAsync(p, copy_stream));
     p = nullptr;
   }
 
@@ -425,6 +443,8 @@ struct Activations {
   std::vector<float*> out;
   Activations(CudaLane::Impl& i, size_t nodes) : impl(i), out(nodes, nullptr) {}
   ~Activations() {
+    // A capture copy may still read a buffer (an error unwinding midway): let it finish.
+    if (impl.copy_stream) cudaStreamSynchronize(impl.copy_stream);
     for (float*& p : out) impl.release(p);
   }
 };
@@ -498,7 +518,13 @@ void fill_trace_overlapped(const engine::Model& m, int device, std::span<const s
     }
   };
   std::vector<std::thread> threads;
-  for (unsigned w = 1; w < workers; ++w) threads.emplace_back(work, w);
+  for (unsigned w = 1; w < workers; ++w) {
+    try {
+      threads.emplace_back(work, w);
+    } catch (const std::system_error&) {
+      work(w);  // no thread to be had: this one takes the slots
+    }
+  }
   work(0);
   for (std::thread& t : threads) t.join();
   for (const std::string& e : errors)
@@ -535,6 +561,7 @@ engine::Logits run_eager(CudaLane::Impl& im, const engine::Model& m,
                                       cudaMemcpyHostToDevice, im.stream));
   if (im.streaming()) im.upload_layer(0);
   std::vector<size_t> captured;  // in staging order
+  std::vector<int64_t> slot_of(nodes.size(), -1);  // per node: its staging slot, or -1
   uint64_t captured_bytes = 0;
   for (const Node& node : nodes) {
     const bool last = node.index >= reduced;
@@ -554,18 +581,29 @@ engine::Logits run_eager(CudaLane::Impl& im, const engine::Model& m,
     if (copied[node.index]) {
       // Queued behind the node's kernels; the stream does not wait for the host. The node's
       // buffer is freed in stream order, after the copy.
-      if (captured.size() == im.staging.size()) im.staging.emplace_back();
-      if (captured.size() == im.staged.size()) im.staged.emplace_back();
-      PinnedBuffer& slot = im.staging[captured.size()];
+      const size_t k = captured.size();
+      if (k == im.staging.size()) im.staging.emplace_back();
+      while (im.staged.size() <= k) im.staged.emplace_back();
+      while (im.copy_start.size() <= k) im.copy_start.emplace_back();
+      while (im.consumed.size() <= k) im.consumed.emplace_back();
+      PinnedBuffer& slot = im.staging[k];
       slot.reserve(elems * sizeof(float));
+      LOCKSTEP_CUDA_CHECK(cudaEventRecord(im.copy_start[k].get(), im.stream));
+      LOCKSTEP_CUDA_CHECK(cudaStreamWaitEvent(im.copy_stream, im.copy_start[k].get(), 0));
       LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(slot.as<float>(), y, elems * sizeof(float),
-                                          cudaMemcpyDeviceToHost, im.stream));
-      LOCKSTEP_CUDA_CHECK(cudaEventRecord(im.staged[captured.size()].get(), im.stream));
+                                          cudaMemcpyDeviceToHost, im.copy_stream));
+      LOCKSTEP_CUDA_CHECK(cudaEventRecord(im.staged[k].get(), im.copy_stream));
       captured_bytes += elems * sizeof(float);
+      slot_of[node.index] = static_cast<int64_t>(k);
       captured.push_back(node.index);
     }
-    for (size_t i : node.inputs)
-      if (im.last_use[i] == node.index) im.release(act.out[i]);
+    for (size_t i : node.inputs) {
+      if (im.last_use[i] != node.index || !act.out[i]) continue;
+      if (slot_of[i] >= 0)
+        im.release_after_copy(act.out[i], static_cast<size_t>(slot_of[i]));
+      else
+        im.release(act.out[i]);
+    }
   }
 
   engine::Logits logits;
@@ -581,8 +619,10 @@ engine::Logits run_eager(CudaLane::Impl& im, const engine::Model& m,
   if (captured_bytes >= kOverlapBytes) {
     fill_trace_overlapped(m, im.device, captured, im.staging, im.staged, n, ctx, trace);
     LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+    LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.copy_stream));
   } else {
     LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+    LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.copy_stream));
     fill_trace(m, captured, im.staging, n, ctx, trace);
   }
   return logits;
@@ -700,6 +740,7 @@ CudaLane::CudaLane(CudaLaneOptions options) : options_(options), impl_(std::make
   LOCKSTEP_CUDA_CHECK(cudaSetDevice(options.device));
   LOCKSTEP_CUDA_CHECK(cudaStreamCreateWithFlags(&im.stream, cudaStreamNonBlocking));
   LOCKSTEP_CUDA_CHECK(cudaStreamCreateWithFlags(&im.upload_stream, cudaStreamNonBlocking));
+  LOCKSTEP_CUDA_CHECK(cudaStreamCreateWithFlags(&im.copy_stream, cudaStreamNonBlocking));
   for (int i = 0; i < kSlots; ++i) {
     LOCKSTEP_CUDA_CHECK(cudaEventCreateWithFlags(&im.uploaded[i], cudaEventDisableTiming));
     LOCKSTEP_CUDA_CHECK(cudaEventCreateWithFlags(&im.slot_free[i], cudaEventDisableTiming));
@@ -732,6 +773,7 @@ void CudaLane::load(const engine::Model& m) {
   const std::string lane = name();
   LOCKSTEP_CUDA_CHECK(cudaSetDevice(im.device));
   LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.copy_stream));
   LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.upload_stream));
   im.drop_graph();
   im.graph.arena = DeviceBuffer();
@@ -928,6 +970,7 @@ engine::Logits CudaLane::forward(std::span<const int32_t> tokens, uint32_t pos,
   LOCKSTEP_CUDA_CHECK(cudaSetDevice(im.device));
   // Idle unless an earlier forward failed midway; its copies may still target the staging.
   LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.copy_stream));
   LOCKSTEP_CUDA_CHECK(cudaStreamSynchronize(im.upload_stream));
   cached_ = pos;
   trace.lane = lane;

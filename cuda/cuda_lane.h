@@ -11,9 +11,11 @@
 // failure (a kernel fault, out of memory, no device) throws lockstep::Error naming the call,
 // and the process keeps running. No CUDA types in this header.
 //
-// Captures are asynchronous copies into page-locked host buffers, queued behind each captured
-// node (the stream never waits for the host); the host waits once, at the end of the forward,
-// and then fills the trace. The kernels are correct-first (see cuda/k_*.cu), not yet fast.
+// Captures are asynchronous copies into page-locked host buffers on a second stream, each
+// started when its node is done (the compute stream waits neither for a copy nor for the
+// host; a captured buffer is freed after both its readers and its copy); the host takes each
+// cell as its copy lands (worker threads, for captures of 32 MiB or more) or all at the end.
+// The kernels: cuda/k_matmul.cu and cuda/k_attention.cu say how they are fast.
 // With last_logits_only() and no capture of the final norm or lm_head, those two run on the last
 // token only (the matmul's per-output arithmetic does not depend on the token count, so the row
 // is bit-identical to the full computation's).
