@@ -54,11 +54,12 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   views::draw_run_view(snapshot, ui, steady_now(), commands, rects);
   ImGui::EndChild();
 
-  // The map child fits its table: the metric row, a three-line header, one row per layer.
+  // The map child fits its table: the metric row, the sort/filter row, a three-line header,
+  // one row per layer.
   const ImGuiStyle& style = ImGui::GetStyle();
   const float text = ImGui::GetTextLineHeight();
   const float map_h =
-      snapshot.map ? line + text * 3 + style.CellPadding.y * 2 + 4 +
+      snapshot.map ? line * 2 + text * 3 + style.CellPadding.y * 2 + 4 +
                          (text + 8 + style.CellPadding.y * 2) * float(snapshot.map->rows.size()) +
                          style.WindowPadding.y * 2 + 6
                    : line * 2;

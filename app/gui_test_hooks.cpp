@@ -59,6 +59,9 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
   j["top_k"] = d ? d->top.size() : 0;
   j["sign_flips"] = d ? d->sign_flips : 0;
   j["metric"] = std::string(engine::map_metric_name(views::kMetrics[ui.metric]));
+  j["map_sorted"] = ui.sort_by_worst;
+  j["map_diverging_only"] = ui.diverging_rows_only;
+  j["map_filter"] = std::string(ui.stage_filter.data());
   j["fault"] = ui.fault;
   j["decode"] = ui.decode;
   j["errors"] = s.error_seq;

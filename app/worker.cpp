@@ -184,6 +184,19 @@ std::shared_ptr<const MapData> build_map(const engine::BisectResult& r) {
     if (d.diverges) map->divergent.push_back(at);
     if (m.first) map->first = at;
   }
+  map->row_diverges.assign(map->rows.size(), false);
+  for (size_t at : map->divergent) map->row_diverges[at / columns.size()] = true;
+  for (size_t k = 0; k < views::kMetricCount; ++k) {
+    std::vector<float> worst(map->rows.size(), -1.0f);
+    for (size_t at = 0; at < map->cells.size(); ++at)
+      if (map->cells[at].present)
+        worst[at / columns.size()] = std::max(worst[at / columns.size()], map->cells[at].heat[k]);
+    std::vector<size_t>& order = map->rows_by_worst[k];
+    order.resize(map->rows.size());
+    for (size_t row = 0; row < order.size(); ++row) order[row] = row;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return worst[a] > worst[b]; });
+  }
   map->legend_low = kLegendLow;
   map->legend_high = kLegendHigh;
   if (const engine::CellDivergence* f = r.first()) {

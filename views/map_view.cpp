@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "views/plot.h"
 
@@ -36,6 +37,13 @@ void draw_legend(const MapData& map, size_t metric) {
   ImGui::Dummy(ImVec2(h + 12, h));
   ImGui::SameLine();
   ImGui::TextUnformatted("first divergence");
+}
+
+// 0, 1, ..., n - 1: the rows in plan order.
+std::vector<size_t> plan_order(size_t n) {
+  std::vector<size_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = i;
+  return v;
 }
 
 }  // namespace
@@ -86,22 +94,68 @@ void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
     }
   }
 
-  const int columns = int(map->columns.size()) + 1;
+  // Sort and filters: which rows in which order, which stage columns.
+  auto report = [&](const std::string& name) {
+    if (!rects) return;
+    const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
+    rects->push_back({name, a.x, a.y, b.x, b.y});
+  };
+  if (ImGui::Checkbox("sort by worst", &ui.sort_by_worst))
+    commands.push_back(
+        LogCommand{ui.sort_by_worst ? "map sorted by worst layer" : "map in plan order"});
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip("Rows ordered by their worst cell in the chosen metric, worst first");
+  report("map.sort");
+  ImGui::SameLine(0, 16);
+  if (ImGui::Checkbox("diverging layers only", &ui.diverging_rows_only))
+    commands.push_back(LogCommand{ui.diverging_rows_only ? "map shows diverging layers only"
+                                                         : "map shows every layer"});
+  if (ImGui::IsItemHovered()) ImGui::SetTooltip("Hide the rows where no cell diverges");
+  report("map.diverging_only");
+  ImGui::SameLine(0, 16);
+  ImGui::SetNextItemWidth(160);
+  ImGui::InputTextWithHint("##stage_filter", "stage filter", ui.stage_filter.data(),
+                           ui.stage_filter.size());
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip("Show only the stages whose name contains this text (e.g. attn, ffn)");
+  report("map.filter");
+  const std::string filter(ui.stage_filter.data());
+  std::vector<size_t> shown_columns;
+  for (size_t c = 0; c < map->columns.size(); ++c)
+    if (filter.empty() || map->columns[c].find(filter) != std::string::npos)
+      shown_columns.push_back(c);
+  // A row shows when it passes the divergence filter and has a cell among the shown stages.
+  std::vector<size_t> shown_rows;
+  for (size_t r : ui.sort_by_worst ? map->rows_by_worst[ui.metric] : plan_order(map->rows.size())) {
+    if (ui.diverging_rows_only && !map->row_diverges[r]) continue;
+    if (std::any_of(shown_columns.begin(), shown_columns.end(),
+                    [&](size_t c) { return map->at(r, c).present; }))
+      shown_rows.push_back(r);
+  }
+  if (shown_columns.empty() || shown_rows.empty()) {
+    ImGui::TextDisabled(shown_columns.empty() ? "no stage matches the filter"
+                                              : "no layer passes the filters");
+    return;
+  }
+
+  const int columns = int(shown_columns.size()) + 1;
   const ImGuiTableFlags flags = ImGuiTableFlags_Borders | ImGuiTableFlags_SizingStretchSame |
                                 ImGuiTableFlags_ScrollX | ImGuiTableFlags_ScrollY;
   if (!ImGui::BeginTable("map", columns, flags)) return;
   ImGui::TableSetupScrollFreeze(1, 1);
   ImGui::TableSetupColumn("layer", ImGuiTableColumnFlags_WidthFixed, 64);
-  for (const std::string& c : map->columns)
-    ImGui::TableSetupColumn(header_label(c).c_str(), ImGuiTableColumnFlags_WidthStretch, 1.0f);
+  for (size_t c : shown_columns)
+    ImGui::TableSetupColumn(header_label(map->columns[c]).c_str(),
+                            ImGuiTableColumnFlags_WidthStretch, 1.0f);
   ImGui::TableHeadersRow();
   const float row_h = ImGui::GetTextLineHeight() + 8;
   ImDrawList* dl = ImGui::GetWindowDrawList();
-  for (size_t r = 0; r < map->rows.size(); ++r) {
+  for (size_t r : shown_rows) {
     ImGui::TableNextRow(0, row_h);
     ImGui::TableNextColumn();
     ImGui::TextUnformatted(map->rows[r].c_str());
-    for (size_t c = 0; c < map->columns.size(); ++c) {
+    report("map.row." + map->rows[r]);
+    for (size_t c : shown_columns) {
       ImGui::TableNextColumn();
       const MapCell& cell = map->at(r, c);
       if (!cell.present) {

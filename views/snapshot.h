@@ -37,9 +37,13 @@ struct MapData {
   std::vector<std::string> rows;     // "layer 0".., then "model"
   std::vector<MapCell> cells;        // [rows, columns]
   std::array<std::string, kMetricCount> legend_low{}, legend_high{};  // the heat scale's ends
-  std::vector<size_t> divergent;  // indices into cells, plan order (N / P walk these)
-  std::optional<size_t> first;    // index into cells
-  std::string headline;           // "first divergence: lm_head (introduced; layout)"
+  std::vector<size_t> divergent;   // indices into cells, plan order (N / P walk these)
+  std::vector<bool> row_diverges;  // [rows] whether any cell of the row diverges
+  // Per metric, the rows ordered worst first (the highest heat of the row's cells; ties and
+  // rows without a value keep plan order): the map's "sort by worst" order.
+  std::array<std::vector<size_t>, kMetricCount> rows_by_worst{};
+  std::optional<size_t> first;  // index into cells
+  std::string headline;         // "first divergence: lm_head (introduced; layout)"
   const MapCell& at(size_t row, size_t col) const { return cells[row * columns.size() + col]; }
 };
 

@@ -2,6 +2,7 @@
 // What the views keep between frames that is not data (the chosen metric, the run controls,
 // settings), and the screen rectangles of named widgets they report for the GUI tests.
 
+#include <array>
 #include <string>
 #include <vector>
 
@@ -9,6 +10,11 @@ namespace lockstep::views {
 
 struct UiState {
   size_t metric = 0;  // index into kMetrics
+  // The map's row order and filters: worst row first; only rows with a divergent cell; only
+  // stages whose name contains the filter text.
+  bool sort_by_worst = false;
+  bool diverging_rows_only = false;
+  std::array<char, 64> stage_filter{};
   std::string fault;  // FaultSpec text; "" = none
   bool decode = false;
   float font_scale = 1.0f;

@@ -397,6 +397,57 @@ TEST_F(Workbench, KeyNDecodeRunAndAFailedRunThatShowsTheErrorAndKeepsTheResult) 
   EXPECT_FALSE(s.value("running", true));
 }
 
+// The map's sort and filters, through real clicks and typing: worst row first puts the model
+// row (lm_head) above layer 0; "diverging layers only" hides the layers; the stage filter
+// keeps only the matching columns.
+TEST_F(Workbench, MapSortsByWorstAndFiltersLayersAndStages) {
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  auto top = [&](const std::string& cell) -> std::optional<double> {
+    auto r = screen_rect("map.cell." + cell);
+    return r ? std::optional<double>((*r)[1]) : std::nullopt;
+  };
+  ASSERT_TRUE(wait_for(30, [&] { return top("lm_head") && top("attn_norm@0"); }));
+  EXPECT_GT(*top("lm_head"), *top("attn_norm@0")) << "plan order: the model row is last";
+
+  auto toggle = [&](const std::string& widget, const char* key, bool want) {
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      if (!click(widget)) return false;
+      if (wait_for(10, [&] { return state().value(key, !want) == want; })) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(toggle("map.sort", "map_sorted", true));
+  EXPECT_TRUE(wait_for(10, [&] {
+    auto m = top("lm_head"), l = top("attn_norm@0");
+    return m && l && *m < *l;
+  })) << "sorted by worst, the model row (lm_head diverges) comes first";
+
+  ASSERT_TRUE(toggle("map.diverging_only", "map_diverging_only", true));
+  EXPECT_TRUE(wait_for(10, [&] { return top("lm_head") && !top("attn_norm@0"); }))
+      << "only the model row diverges, so layer 0 is hidden";
+  ASSERT_TRUE(toggle("map.diverging_only", "map_diverging_only", false));
+  ASSERT_TRUE(wait_for(10, [&] { return top("attn_norm@0").has_value(); }));
+
+  bool typed = false;
+  for (int attempt = 0; attempt < 3 && !typed; ++attempt) {
+    ASSERT_TRUE(click("map.filter"));
+    std::system("xdotool key ctrl+a BackSpace");
+    std::system("xdotool type --delay 60 ffn_");
+    typed = wait_for(10, [&] { return state().value("map_filter", "") == "ffn_"; });
+  }
+  ASSERT_TRUE(typed) << "typing into the stage filter did not take: "
+                     << state().value("map_filter", "");
+  EXPECT_TRUE(wait_for(10, [&] {
+    return top("ffn_up@0") && top("ffn_norm@3") && !top("attn_norm@0") && !top("lm_head");
+  })) << "the filter keeps the ffn_ stages only";
+  EXPECT_TRUE(wait_for(10, [&] { return !screen_rect("map.row.model"); }))
+      << "the model row has no ffn_ stage, so it is hidden";
+  EXPECT_TRUE(screen_rect("map.row.layer 0").has_value());
+  ASSERT_TRUE(screenshot("map-sorted-filtered"));
+  EXPECT_TRUE(app_alive());
+  EXPECT_EQ(state()["errors"], 0);
+}
+
 TEST(WorkbenchHeadless, WithoutADisplayItNamesTheHeadlessCommandAndExits2) {
   const std::string cmd = std::string("env -u DISPLAY -u WAYLAND_DISPLAY ") + LOCKSTEP_EXE +
                           " 2>&1 >/dev/null | head -c 2000";
