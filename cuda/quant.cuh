@@ -213,81 +213,14 @@ __device__ __forceinline__ uint32_t u16_at(const uint8_t* p) {  // p 2-byte alig
   return *reinterpret_cast<const uint16_t*>(p);
 }
 
-// Whether decode_half<T> reads with wide loads rather than falling back to load_chunk: the
-// types that matter for speed, whose blocks keep the fields it loads aligned.
-template <GgmlType T>
-constexpr bool kFastHalf = T == GgmlType::Q4_0 || T == GgmlType::Q8_0 || T == GgmlType::Q4_K ||
-                           T == GgmlType::Q5_K || T == GgmlType::Q6_K || T == GgmlType::F32 ||
-                           T == GgmlType::F16 || T == GgmlType::BF16;
-
 // w[k] = element 32·c + 16·h + k of the row, k < 16: half h of load_chunk's chunk c, the same
-// floats bit for bit (the same products in the same order), read with 16-byte loads where the
-// block layout allows (Q4_K, Q5_K, plain rows of whole chunks) and 2-byte loads otherwise
-// (Q4_0, Q8_0, Q6_K, whose blocks are only 2-byte aligned). Plain types take the vector path
-// only when `wide` (the row is 16-byte aligned and holds whole chunks); otherwise, and for the
-// other block types, it is load_chunk's half.
+// floats bit for bit. Plain types whose rows are 16-byte aligned and hold whole chunks (`wide`)
+// are read with 16-byte loads; everything else is load_chunk's half. (The factored types never
+// come here: the matmuls read their integers with chunk_ints_half or Chunk.)
 template <GgmlType T>
 __device__ __forceinline__ void decode_half(const uint8_t* row, int64_t c, int h, int64_t cols,
                                             bool wide, float (&w)[16]) {
-  if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q5_K) {
-    constexpr int kBytes = Block<T>::bytes;
-    const uint8_t* b = row + (c / 8) * kBytes;
-    const int sub = static_cast<int>(c % 8);
-    const uint32_t dd = *reinterpret_cast<const uint32_t*>(b);
-    const float d = fp16_bits_to_f32(dd & 0xFFFFu), dmin = fp16_bits_to_f32(dd >> 16);
-    uint32_t sc, mn;
-    scale_min_6bit(b + 4, sub, sc, mn);
-    const float d1 = __fmul_rn(d, small_uint_to_float(sc));
-    const float m1 = __fmul_rn(dmin, small_uint_to_float(mn));
-    const int shift = 4 * (sub % 2);
-    const uint4 q = *reinterpret_cast<const uint4*>(
-        b + (T == GgmlType::Q4_K ? 16 : 48) + 32 * (sub / 2) + 16 * h);
-    const uint32_t words[4] = {q.x, q.y, q.z, q.w};
-    uint32_t hw[4] = {0, 0, 0, 0};
-    if constexpr (T == GgmlType::Q5_K) {
-      const uint4 qh = *reinterpret_cast<const uint4*>(b + 16 + 16 * h);
-      hw[0] = qh.x, hw[1] = qh.y, hw[2] = qh.z, hw[3] = qh.w;
-    }
-#pragma unroll
-    for (int k = 0; k < 16; ++k) {
-      uint32_t v = (words[k / 4] >> (8 * (k % 4) + shift)) & 0x0Fu;
-      if constexpr (T == GgmlType::Q5_K) v |= ((hw[k / 4] >> (8 * (k % 4) + sub)) & 1u) << 4;
-      w[k] = __fsub_rn(__fmul_rn(d1, small_uint_to_float(v)), m1);
-    }
-  } else if constexpr (T == GgmlType::Q6_K) {
-    const uint8_t* b = row + (c / 8) * Block<T>::bytes;
-    const int sub = static_cast<int>(c % 8);
-    const float d = fp16_bits_to_f32(u16_at(b + 208));
-    const int half = sub / 4, g = sub % 4, shift = g < 2 ? 0 : 4;
-    const uint8_t* ql = b + 64 * half + 32 * (g % 2) + 16 * h;
-    const uint8_t* qh = b + 128 + 32 * half + 16 * h;
-    const float d1 =
-        __fmul_rn(d, small_int_to_float(static_cast<int8_t>(b[192 + 2 * sub + h])));
-#pragma unroll
-    for (int k = 0; k < 16; k += 2) {
-      const uint32_t l = u16_at(ql + k), hi = u16_at(qh + k);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const uint32_t u = ((l >> (8 * j + shift)) & 0x0Fu) | (((hi >> (8 * j + 2 * g)) & 3u) << 4);
-        w[k + j] = __fmul_rn(d1, small_int_to_float(static_cast<int32_t>(u) - 32));
-      }
-    }
-  } else if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0) {
-    const uint8_t* b = row + c * Block<T>::bytes;
-    const float d = fp16_bits_to_f32(u16_at(b));
-    const uint8_t* qs = b + 2 + (T == GgmlType::Q8_0 ? 16 * h : 0);
-#pragma unroll
-    for (int k = 0; k < 16; k += 2) {
-      const uint32_t pair = u16_at(qs + k);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const uint32_t byte = (pair >> (8 * j)) & 0xFFu;
-        const int32_t v = T == GgmlType::Q8_0 ? static_cast<int32_t>(static_cast<int8_t>(byte))
-                                              : static_cast<int32_t>((byte >> (4 * h)) & 0x0Fu) - 8;
-        w[k + j] = __fmul_rn(small_int_to_float(v), d);
-      }
-    }
-  } else if constexpr (T == GgmlType::F32 || T == GgmlType::F16 || T == GgmlType::BF16) {
+  if constexpr (T == GgmlType::F32 || T == GgmlType::F16 || T == GgmlType::BF16) {
     if (wide) {
       const int64_t first = 32 * c + 16 * h;
       if constexpr (T == GgmlType::F32) {
@@ -311,18 +244,13 @@ __device__ __forceinline__ void decode_half(const uint8_t* row, int64_t c, int h
           }
         }
       }
-    } else {
-      float all[32];
-      load_chunk<T>(row, c, cols, all);
-#pragma unroll
-      for (int k = 0; k < 16; ++k) w[k] = all[16 * h + k];
+      return;
     }
-  } else {
-    float all[32];
-    load_chunk<T>(row, c, cols, all);
-#pragma unroll
-    for (int k = 0; k < 16; ++k) w[k] = all[16 * h + k];
   }
+  float all[32];
+  load_chunk<T>(row, c, cols, all);
+#pragma unroll
+  for (int k = 0; k < 16; ++k) w[k] = all[16 * h + k];
 }
 
 // The matmuls' factored form for the types that matter for speed: a chunk's weights are
@@ -383,27 +311,41 @@ __device__ __forceinline__ void bytes_to_floats(uint32_t bytes, float bias, floa
     q[k] = __fsub_rn(__uint_as_float(__byte_perm(bytes, 0x4B000000u, 0x7540u | k)), bias);
 }
 
+// Q4_K/Q5_K: the 16 integers of half a chunk from its 16 bytes of low bits `v` (nibble
+// sub % 2 of each) and, for Q5_K, the 16 bytes of high bits `qh` (bit sub of each).
+template <GgmlType T>
+__device__ __forceinline__ void k45_ints(const uint4& v, const uint4& qh, uint32_t sub,
+                                         float (&q)[16]) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w}, high[4] = {qh.x, qh.y, qh.z, qh.w};
+  const uint32_t shift = 4 * (sub % 2);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    uint32_t bytes = (words[i] >> shift) & 0x0F0F0F0Fu;
+    if constexpr (T == GgmlType::Q5_K) bytes |= ((high[i] >> sub) & 0x01010101u) << 4;
+    bytes_to_floats(bytes, 8388608.0f, q + 4 * i);
+  }
+}
+
+// Q6_K: four integers (less 32) from four bytes of low bits (nibble at `shift`) and four of
+// high bits (2 bits at 2·g).
+__device__ __forceinline__ void q6k_floats(uint32_t low, uint32_t high, uint32_t shift,
+                                           uint32_t g, float* q) {
+  const uint32_t bytes = ((low >> shift) & 0x0F0F0F0Fu) | (((high >> (2 * g)) & 0x03030303u) << 4);
+  bytes_to_floats(bytes, 8388640.0f, q);  // 2^23 + 32
+}
+
 // q[k], k < 16: the integers of elements 16·h + k of chunk c (Q4_0 less 8, Q6_K less 32).
 template <GgmlType T>
 __device__ __forceinline__ void chunk_ints_half(const uint8_t* row, int64_t c, int h,
                                                 float (&q)[16]) {
   if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q5_K) {
     const uint8_t* b = row + (c / 8) * Block<T>::bytes;
-    const uint32_t sub = static_cast<uint32_t>(c % 8), shift = 4 * (sub % 2);
+    const uint32_t sub = static_cast<uint32_t>(c % 8);
     const uint4 v = *reinterpret_cast<const uint4*>(
         b + (T == GgmlType::Q4_K ? 16 : 48) + 32 * (sub / 2) + 16 * h);
-    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-    uint32_t hw[4] = {0, 0, 0, 0};
-    if constexpr (T == GgmlType::Q5_K) {
-      const uint4 qh = *reinterpret_cast<const uint4*>(b + 16 + 16 * h);
-      hw[0] = qh.x, hw[1] = qh.y, hw[2] = qh.z, hw[3] = qh.w;
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      uint32_t bytes = (words[i] >> shift) & 0x0F0F0F0Fu;
-      if constexpr (T == GgmlType::Q5_K) bytes |= ((hw[i] >> sub) & 0x01010101u) << 4;
-      bytes_to_floats(bytes, 8388608.0f, q + 4 * i);
-    }
+    uint4 qh{};
+    if constexpr (T == GgmlType::Q5_K) qh = *reinterpret_cast<const uint4*>(b + 16 + 16 * h);
+    k45_ints<T>(v, qh, sub, q);
   } else if constexpr (T == GgmlType::Q6_K) {
     const uint8_t* b = row + (c / 8) * Block<T>::bytes;
     const uint32_t sub = static_cast<uint32_t>(c % 8);
@@ -411,12 +353,9 @@ __device__ __forceinline__ void chunk_ints_half(const uint8_t* row, int64_t c, i
     const uint8_t* ql = b + 64 * half + 32 * (g % 2) + 16 * h;
     const uint8_t* qh = b + 128 + 32 * half + 16 * h;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t l = u16_at(ql + 4 * i) | (u16_at(ql + 4 * i + 2) << 16);
-      const uint32_t hi = u16_at(qh + 4 * i) | (u16_at(qh + 4 * i + 2) << 16);
-      const uint32_t bytes = ((l >> shift) & 0x0F0F0F0Fu) | (((hi >> (2 * g)) & 0x03030303u) << 4);
-      bytes_to_floats(bytes, 8388640.0f, q + 4 * i);  // 2^23 + 32
-    }
+    for (int i = 0; i < 4; ++i)
+      q6k_floats(u16_at(ql + 4 * i) | (u16_at(ql + 4 * i + 2) << 16),
+                 u16_at(qh + 4 * i) | (u16_at(qh + 4 * i + 2) << 16), shift, g, q + 4 * i);
   } else if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0) {
     const uint8_t* qs = row + c * Block<T>::bytes + 2 + (T == GgmlType::Q8_0 ? 16 * h : 0);
 #pragma unroll
@@ -490,17 +429,7 @@ struct Chunk<T> {
     return k;
   }
   __device__ __forceinline__ void ints_half(int h, float (&q)[16]) const {
-    const uint32_t sub = static_cast<uint32_t>(c % 8), shift = 4 * (sub % 2);
-    const uint4 v = qs[h];
-    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-    uint32_t hw[4] = {0, 0, 0, 0};
-    if constexpr (T == GgmlType::Q5_K) hw[0] = qh[h].x, hw[1] = qh[h].y, hw[2] = qh[h].z, hw[3] = qh[h].w;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      uint32_t bytes = (words[i] >> shift) & 0x0F0F0F0Fu;
-      if constexpr (T == GgmlType::Q5_K) bytes |= ((hw[i] >> sub) & 0x01010101u) << 4;
-      bytes_to_floats(bytes, 8388608.0f, q + 4 * i);
-    }
+    k45_ints<T>(qs[h], T == GgmlType::Q5_K ? qh[h] : uint4{}, static_cast<uint32_t>(c % 8), q);
   }
   __device__ __forceinline__ ChunkScales scales() const {
     const int j = static_cast<int>(c % 8);
@@ -560,10 +489,8 @@ struct Chunk<GgmlType::Q6_K> {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int w = 4 * h + i;
-      const uint32_t l = __funnelshift_r(ql[w], ql[w + 1], ql_shift);
-      const uint32_t hi = __funnelshift_r(qh[w], qh[w + 1], qh_shift);
-      const uint32_t bytes = ((l >> shift) & 0x0F0F0F0Fu) | (((hi >> (2 * g)) & 0x03030303u) << 4);
-      bytes_to_floats(bytes, 8388640.0f, q + 4 * i);  // 2^23 + 32
+      q6k_floats(__funnelshift_r(ql[w], ql[w + 1], ql_shift),
+                 __funnelshift_r(qh[w], qh[w + 1], qh_shift), shift, g, q + 4 * i);
     }
   }
   __device__ __forceinline__ ChunkScales scales() const {
