@@ -478,16 +478,22 @@ const Node& lm_head(const char* lane, const engine::Model& m) {
 
 // Copies the staged captures of a forward into the trace (after the stream is synchronized):
 // the first tokens · width_for(ctx) floats of each slot.
+// The captured output of `node` out of its staging slot.
+engine::Tensor take_slot(const engine::Model& m, const Node& node, const PinnedBuffer& slot,
+                         uint64_t n, uint64_t ctx) {
+  engine::Tensor t;
+  t.shape = engine::output_shape(m.config, node, n, ctx);
+  const float* src = slot.as<const float>();
+  t.data.assign(src, src + n * node.width_for(ctx));
+  return t;
+}
+
 void fill_trace(const engine::Model& m, std::span<const size_t> nodes,
                 std::span<const PinnedBuffer> slots, uint64_t n, uint64_t ctx,
                 engine::Trace& trace) {
   for (size_t i = 0; i < nodes.size(); ++i) {
     const Node& node = m.plan.nodes[nodes[i]];
-    engine::Tensor t;
-    t.shape = engine::output_shape(m.config, node, n, ctx);
-    const float* src = slots[i].as<const float>();
-    t.data.assign(src, src + n * node.width_for(ctx));
-    trace.put({*node.stage, node.layer}, std::move(t));
+    trace.put({*node.stage, node.layer}, take_slot(m, node, slots[i], n, ctx));
   }
 }
 
@@ -508,10 +514,7 @@ void fill_trace_overlapped(const engine::Model& m, int device, std::span<const s
       LOCKSTEP_CUDA_CHECK(cudaSetDevice(device));
       for (size_t i = w; i < nodes.size(); i += workers) {
         LOCKSTEP_CUDA_CHECK(cudaEventSynchronize(ready[i].get()));
-        const Node& node = m.plan.nodes[nodes[i]];
-        out[i].shape = engine::output_shape(m.config, node, n, ctx);
-        const float* src = slots[i].as<const float>();
-        out[i].data.assign(src, src + n * node.width_for(ctx));
+        out[i] = take_slot(m, m.plan.nodes[nodes[i]], slots[i], n, ctx);
       }
     } catch (const std::exception& e) {
       errors[w] = e.what();

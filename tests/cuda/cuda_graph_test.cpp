@@ -162,20 +162,7 @@ TEST(CudaGraphLane, LastLogitsOnlyIsTheFullComputationsLastRow) {
 // Qwen3's Q/K norm), outputs poisoned with NaN: the graph's decode equals the eager lane's.
 TEST(CudaGraphLane, TinyFamiliesDecodeAsTheEagerLane) {
   LOCKSTEP_REQUIRE_CUDA_DEVICE();
-  std::vector<std::pair<std::string, test::TinySpec>> specs;
-  specs.emplace_back("llama", test::TinySpec{});
-  test::TinySpec rf;
-  rf.rope_freqs = true;
-  specs.emplace_back("llama_rope_freqs", rf);
-  test::TinySpec sc = test::TinySpec::starcoder2();
-  sc.tied = true;
-  sc.extra_kv = {{"starcoder2.attention.sliding_window", formats::GgufValue::u32(3)}};
-  specs.emplace_back("starcoder2", sc);
-  test::TinySpec q3;
-  q3.arch = "qwen3";
-  q3.qk_norm = true;
-  specs.emplace_back("qwen3", q3);
-  for (auto& [name, spec] : specs) {
+  for (auto& [name, spec] : test::tiny_family_specs()) {
     SCOPED_TRACE(name);
     test::ScratchDir dir("cuda_graph_tiny_" + name);
     Model model = open_model(test::write_tiny_gguf(dir.path / "m.gguf", spec), registry());
@@ -189,20 +176,26 @@ TEST(CudaGraphLane, TinyFamiliesDecodeAsTheEagerLane) {
   }
 }
 
-Model faults_model(const test::ScratchDir& dir) {
+// A synthetic Qwen2 (4 heads over 2 KV heads, 300-token vocabulary) written into dir.
+Model small_qwen2(const test::ScratchDir& dir, uint64_t hidden, uint64_t layers, uint64_t ffn,
+                  QuantMix mix, uint64_t seed) {
   SyntheticModelOptions o;
   o.family = "qwen2";
-  o.hidden = 64;
-  o.layers = 2;
+  o.hidden = hidden;
+  o.layers = layers;
   o.heads = 4;
   o.kv_heads = 2;
-  o.ffn = 128;
+  o.ffn = ffn;
   o.vocab = 300;
-  o.mix = QuantMix::F32;
-  o.seed = 3;
+  o.mix = mix;
+  o.seed = seed;
   o.out = dir.path / "m.gguf";
   write_synthetic_model(o, registry());
   return open_model(o.out, registry());
+}
+
+Model faults_model(const test::ScratchDir& dir) {
+  return small_qwen2(dir, 64, 2, 128, QuantMix::F32, 3);
 }
 
 // Every planted fault (and gemv_transposed on the lm_head alone) corrupts cuda-graph's decode
@@ -298,19 +291,7 @@ TEST(CudaLaneStreaming, StoriesStreamedIsBitIdenticalToResident) {
 TEST(CudaLaneStreaming, QuantizedModelStreamedIsBitIdenticalToResident) {
   LOCKSTEP_REQUIRE_CUDA_DEVICE();
   test::ScratchDir dir("cuda_streaming_q4km");
-  SyntheticModelOptions o;
-  o.family = "qwen2";
-  o.hidden = 256;
-  o.layers = 6;
-  o.heads = 4;
-  o.kv_heads = 2;
-  o.ffn = 512;
-  o.vocab = 300;
-  o.mix = QuantMix::Q4_K_M;
-  o.seed = 5;
-  o.out = dir.path / "m.gguf";
-  write_synthetic_model(o, registry());
-  const Model model = open_model(o.out, registry());
+  const Model model = small_qwen2(dir, 256, 6, 512, QuantMix::Q4_K_M, 5);
   std::vector<int32_t> seq;
   for (int i = 0; i < 40; ++i) seq.push_back((i * 37 + 11) % 300);
   expect_streaming_bit_identical(model, seq);

@@ -250,20 +250,7 @@ INSTANTIATE_TEST_SUITE_P(
 // cuda runs what ref runs, decode included, and its replay reproduces its captures.
 TEST(CudaLaneTiny, EveryFamilyAgreesWithRef) {
   LOCKSTEP_REQUIRE_CUDA_DEVICE();
-  std::vector<std::pair<std::string, test::TinySpec>> specs;
-  specs.emplace_back("llama", test::TinySpec{});
-  test::TinySpec rf;
-  rf.rope_freqs = true;
-  specs.emplace_back("llama_rope_freqs", rf);
-  test::TinySpec sc = test::TinySpec::starcoder2();
-  sc.tied = true;
-  sc.extra_kv = {{"starcoder2.attention.sliding_window", formats::GgufValue::u32(3)}};
-  specs.emplace_back("starcoder2", sc);
-  test::TinySpec q3;
-  q3.arch = "qwen3";
-  q3.qk_norm = true;
-  specs.emplace_back("qwen3", q3);
-  for (auto& [name, spec] : specs) {
+  for (auto& [name, spec] : test::tiny_family_specs()) {
     SCOPED_TRACE(name);
     test::ScratchDir dir("cuda_tiny_" + name);
     Model model = open_model(test::write_tiny_gguf(dir.path / "m.gguf", spec), registry());

@@ -341,18 +341,10 @@ INSTANTIATE_TEST_SUITE_P(
         ShapeCase{"starcoder2_q6k", "starcoder2", 768, 6, 2, 1536, QuantMix::Q6_K, 5}),
     [](const ::testing::TestParamInfo<ShapeCase>& info) { return info.param.name; });
 
-// The families' tiny models: cpu runs what ref runs, and its replay reproduces its captures.
+// The families' tiny models (Qwen3's Q/K norm included): cpu runs what ref runs, and its replay
+// reproduces its captures.
 TEST(CpuLaneTiny, EveryFamilyAgreesWithRef) {
-  std::vector<std::pair<std::string, test::TinySpec>> specs;
-  specs.emplace_back("llama", test::TinySpec{});
-  test::TinySpec rf;
-  rf.rope_freqs = true;
-  specs.emplace_back("llama_rope_freqs", rf);
-  test::TinySpec sc = test::TinySpec::starcoder2();
-  sc.tied = true;
-  sc.extra_kv = {{"starcoder2.attention.sliding_window", formats::GgufValue::u32(3)}};
-  specs.emplace_back("starcoder2", sc);
-  for (auto& [name, spec] : specs) {
+  for (auto& [name, spec] : test::tiny_family_specs()) {
     SCOPED_TRACE(name);
     test::ScratchDir dir("cpu_tiny_" + name);
     Model model = open_model(test::write_tiny_gguf(dir.path / "m.gguf", spec), registry());

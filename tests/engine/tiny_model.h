@@ -126,4 +126,24 @@ inline std::filesystem::path write_tiny_gguf(const std::filesystem::path& path, 
   return path;
 }
 
+// The families' tiny models every lane is checked on, by name: plain Llama, scaled RoPE with
+// rope_freqs, StarCoder2 (LayerNorm, GELU, biases, tied) with a sliding window of 3, and Qwen3's
+// Q/K norm.
+inline std::vector<std::pair<std::string, TinySpec>> tiny_family_specs() {
+  std::vector<std::pair<std::string, TinySpec>> specs;
+  specs.emplace_back("llama", TinySpec{});
+  TinySpec rf;
+  rf.rope_freqs = true;
+  specs.emplace_back("llama_rope_freqs", rf);
+  TinySpec sc = TinySpec::starcoder2();
+  sc.tied = true;
+  sc.extra_kv = {{"starcoder2.attention.sliding_window", formats::GgufValue::u32(3)}};
+  specs.emplace_back("starcoder2", sc);
+  TinySpec q3;
+  q3.arch = "qwen3";
+  q3.qk_norm = true;
+  specs.emplace_back("qwen3", q3);
+  return specs;
+}
+
 }  // namespace lockstep::test
