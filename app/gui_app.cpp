@@ -38,7 +38,8 @@ void record_panel(views::RectSink* rects, const char* name) {
   rects->push_back({name, a.x, a.y, a.x + s.x, a.y + s.y});
 }
 
-// One frame of the workbench: run bar on top, the map below it, then drill-down and log.
+// One frame of the workbench: the sidebar on the left; on the right the run bar, the map below
+// it, then drill-down and log.
 void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_t& seen_error,
                     views::CommandSink& commands, views::RectSink* rects) {
   const ImGuiViewport* vp = ImGui::GetMainViewport();
@@ -48,6 +49,22 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
                                 ImGuiWindowFlags_NoBringToFrontOnFocus |
                                 ImGuiWindowFlags_NoSavedSettings;
   ImGui::Begin("Lockstep", nullptr, root);
+  // Left: the sidebar of inputs (model and lanes; dump directories and exports).
+  ImGui::BeginChild("sidebar", ImVec2(340, 0), true);
+  record_panel(rects, "panel.sidebar");
+  if (ImGui::BeginTabBar("sidebar.tabs")) {
+    if (ImGui::BeginTabItem("Model & lanes")) {
+      ImGui::EndTabItem();
+    }
+    if (ImGui::BeginTabItem("Dumps")) {
+      ImGui::EndTabItem();
+    }
+    ImGui::EndTabBar();
+  }
+  ImGui::EndChild();
+  ImGui::SameLine();
+  // Right: run bar, map, then drill-down and log.
+  ImGui::BeginGroup();
   const float line = ImGui::GetFrameHeightWithSpacing();
   ImGui::BeginChild("run", ImVec2(0, line * 2 + ImGui::GetTextLineHeightWithSpacing() + 12), true);
   record_panel(rects, "panel.run");
@@ -78,6 +95,7 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   record_panel(rects, "panel.log");
   views::draw_log_view(snapshot, seen_error);
   ImGui::EndChild();
+  ImGui::EndGroup();
   ImGui::End();
 }
 

@@ -26,6 +26,10 @@ GuiSettings load_settings(const std::filesystem::path& dir) {
     s.font_scale = std::clamp(it->get<float>(), 0.5f, 4.0f);
   if (auto it = j.find("metric"); it != j.end() && it->is_string())
     s.metric = it->get<std::string>();
+  if (auto it = j.find("recent_models"); it != j.end() && it->is_array())
+    for (const nlohmann::json& r : *it)
+      if (r.is_string() && s.recent_models.size() < GuiSettings::kMaxRecent)
+        s.recent_models.push_back(r.get<std::string>());
   return s;
 }
 
@@ -36,7 +40,10 @@ bool save_settings(const std::filesystem::path& dir, const GuiSettings& settings
   {
     std::ofstream out(tmp);
     if (!out) return false;
-    out << nlohmann::json{{"font_scale", settings.font_scale}, {"metric", settings.metric}}.dump(2)
+    out << nlohmann::json{{"font_scale", settings.font_scale},
+                          {"metric", settings.metric},
+                          {"recent_models", settings.recent_models}}
+               .dump(2)
         << "\n";
     if (!out) return false;
   }

@@ -5,12 +5,15 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace lockstep::app {
 
 struct GuiSettings {
   float font_scale = 1.0f;
-  std::string metric = "relative_rms";  // engine::map_metric_name
+  std::string metric = "relative_rms";     // engine::map_metric_name
+  std::vector<std::string> recent_models;  // most recent first, at most kMaxRecent
+  static constexpr size_t kMaxRecent = 10;
 };
 
 std::filesystem::path settings_dir();  // created on first save

@@ -15,7 +15,10 @@ struct UiState {
   bool sort_by_worst = false;
   bool diverging_rows_only = false;
   std::array<char, 64> stage_filter{};
-  std::string fault;  // FaultSpec text; "" = none
+  // The two lanes a run compares: a lane name (app::lane_names(): "ref", "cpu", "cuda",
+  // "cuda-graph") or "dump:" followed by an APRT dump directory. Lane A is the reference.
+  std::string lane_a = "ref", lane_b = "cpu";
+  std::string fault;  // FaultSpec text, planted in lane B; "" = none
   bool decode = false;
   float font_scale = 1.0f;
   bool settings_changed = false;  // set by a view when a persisted setting changed
