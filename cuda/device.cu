@@ -1,13 +1,29 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
 #include "cuda/device_buffer.cuh"
+#include "cuda/launch.cuh"
 #include "formats/error.h"
 
 namespace lockstep::cuda {
+
+bool pdl::enabled() {
+  static const bool on = [] {
+    if (const char* e = std::getenv("LOCKSTEP_CUDA_PDL"); e && std::string_view(e) == "0")
+      return false;
+    int device = 0, major = 0;
+    return cudaGetDevice(&device) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
+               cudaSuccess &&
+           major >= 9;
+  }();
+  return on;
+}
 
 DeviceReport probe_devices() {
   DeviceReport r;

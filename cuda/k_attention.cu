@@ -6,12 +6,13 @@
 // (cuda-graph) from a device scalar written before the graph's launch (grids sized for the
 // cache capacity); the arithmetic is the same either way.
 
-#include <cmath>
-
 #include <cuda_fp16.h>
+
+#include <cmath>
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/reduce.cuh"
 
 namespace lockstep::cuda::kernels {
@@ -19,7 +20,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-unsigned blocks_for(uint64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+unsigned blocks_for(uint64_t n) {
+  return static_cast<unsigned>((n + kThreads - 1) / kThreads);
+}
 
 // Angles in double, as the oracle does: positions of thousands times small frequencies lose
 // digits in f32.
@@ -27,6 +30,7 @@ __global__ void rope_kernel(const float* x, uint64_t x_stride, uint64_t offset, 
                             uint64_t tokens, uint64_t width, uint64_t head_dim, uint64_t rope_dims,
                             bool neox, const double* inv_freq, uint64_t pos,
                             const uint32_t* dev_pos) {
+  pdl::begin();
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= tokens * width) return;
   if (dev_pos) pos = *dev_pos;
@@ -64,6 +68,7 @@ __device__ inline void read_step(AttnShape& s) {
 __global__ void kv_append_kernel(const float* src, uint64_t src_stride, uint64_t tokens,
                                  uint64_t width, float* cache, uint64_t pos,
                                  const uint32_t* dev_pos) {
+  pdl::begin();
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= tokens * width) return;
   if (dev_pos) pos = *dev_pos;
@@ -76,6 +81,7 @@ __global__ void kv_append_kernel(const float* src, uint64_t src_stride, uint64_t
 // does not depend on the token count or the position, so prefill equals decode bit for bit.
 __global__ void scores_kernel(const float* q, const float* k, uint64_t k_stride, AttnShape s,
                               float scale, float* y) {
+  pdl::begin();
   read_step(s);
   const uint64_t i = (uint64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x % 32);
@@ -98,6 +104,7 @@ __global__ void scores_kernel(const float* q, const float* k, uint64_t k_stride,
 
 __global__ void softmax_kernel(const float* x, float* y, uint64_t width,
                                const uint32_t* dev_width) {
+  pdl::begin();
   __shared__ float scratch[reduce::kMaxWarps];
   if (dev_width) width = *dev_width;
   const float* xr = x + blockIdx.x * width;  // [width]
@@ -117,8 +124,9 @@ __global__ void softmax_kernel(const float* x, float* y, uint64_t width,
 }
 
 // One thread per row: the running sum is sequential by definition.
-__global__ void softmax_fp16_no_max_kernel(const float* x, float* y, uint64_t rows,
-                                           uint64_t width, const uint32_t* dev_width) {
+__global__ void softmax_fp16_no_max_kernel(const float* x, float* y, uint64_t rows, uint64_t width,
+                                           const uint32_t* dev_width) {
+  pdl::begin();
   const uint64_t r = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   if (dev_width) width = *dev_width;
@@ -141,6 +149,7 @@ __global__ void softmax_fp16_no_max_kernel(const float* x, float* y, uint64_t ro
 constexpr int kSumGroups = 32;
 __global__ void __launch_bounds__(32 * kSumGroups)
     weighted_sum_kernel(const float* p, const float* v, uint64_t v_stride, AttnShape s, float* y) {
+  pdl::begin();
   read_step(s);
   __shared__ float partial[kSumGroups][33];
   const uint64_t groups_per_head = (s.head_dim + 31) / 32;
@@ -174,49 +183,44 @@ void rope(const float* x, uint64_t x_stride, uint64_t offset, float* y, uint64_t
           uint64_t width, uint64_t head_dim, uint64_t rope_dims, bool neox, const double* inv_freq,
           uint64_t pos, cudaStream_t stream, const uint32_t* dev_pos) {
   if (tokens * width == 0) return;
-  rope_kernel<<<blocks_for(tokens * width), kThreads, 0, stream>>>(
-      x, x_stride, offset, y, tokens, width, head_dim, rope_dims, neox, inv_freq, pos, dev_pos);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(rope_kernel, blocks_for(tokens * width), kThreads, 0, stream, x, x_stride, offset, y,
+              tokens, width, head_dim, rope_dims, neox, inv_freq, pos, dev_pos);
 }
 
-void kv_append(const float* src, uint64_t src_stride, uint64_t tokens, uint64_t width,
-               float* cache, uint64_t pos, cudaStream_t stream, const uint32_t* dev_pos) {
+void kv_append(const float* src, uint64_t src_stride, uint64_t tokens, uint64_t width, float* cache,
+               uint64_t pos, cudaStream_t stream, const uint32_t* dev_pos) {
   if (tokens * width == 0) return;
-  kv_append_kernel<<<blocks_for(tokens * width), kThreads, 0, stream>>>(src, src_stride, tokens,
-                                                                        width, cache, pos, dev_pos);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(kv_append_kernel, blocks_for(tokens * width), kThreads, 0, stream, src, src_stride,
+              tokens, width, cache, pos, dev_pos);
 }
 
-void attn_scores(const float* q, const float* k, uint64_t k_stride, const AttnShape& s,
-                 float scale, float* y, cudaStream_t stream) {
+void attn_scores(const float* q, const float* k, uint64_t k_stride, const AttnShape& s, float scale,
+                 float* y, cudaStream_t stream) {
   const uint64_t n = s.heads * s.tokens * s.ctx;
   if (n == 0) return;
-  scores_kernel<<<blocks_for(32 * n), kThreads, 0, stream>>>(q, k, k_stride, s, scale, y);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(scores_kernel, blocks_for(32 * n), kThreads, 0, stream, q, k, k_stride, s, scale, y);
 }
 
 void softmax(const float* x, float* y, uint64_t rows, uint64_t width, cudaStream_t stream,
              const uint32_t* dev_width) {
   if (rows == 0) return;
-  softmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, y, width, dev_width);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(softmax_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x, y, width,
+              dev_width);
 }
 
 void softmax_fp16_no_max(const float* x, float* y, uint64_t rows, uint64_t width,
                          cudaStream_t stream, const uint32_t* dev_width) {
   if (rows == 0) return;
-  softmax_fp16_no_max_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(x, y, rows, width,
-                                                                        dev_width);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(softmax_fp16_no_max_kernel, blocks_for(rows), kThreads, 0, stream, x, y, rows, width,
+              dev_width);
 }
 
 void attn_weighted_sum(const float* p, const float* v, uint64_t v_stride, const AttnShape& s,
                        float* y, cudaStream_t stream) {
   const uint64_t blocks = s.tokens * s.heads * ((s.head_dim + 31) / 32);
   if (blocks == 0 || s.ctx == 0) return;
-  weighted_sum_kernel<<<static_cast<unsigned>(blocks), 32 * kSumGroups, 0, stream>>>(p, v, v_stride,
-                                                                                     s, y);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(weighted_sum_kernel, static_cast<unsigned>(blocks), 32 * kSumGroups, 0, stream, p, v,
+              v_stride, s, y);
 }
 
 }  // namespace lockstep::cuda::kernels

@@ -3,6 +3,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/quant.cuh"
 #include "formats/error.h"
 
@@ -15,8 +16,9 @@ constexpr int kThreads = 128;
 
 // One thread per chunk of 32 elements: y[r, 32c + k] = scale · w[row(r), 32c + k].
 template <GgmlType T>
-__global__ void rows_kernel(const uint8_t* w, uint64_t row_bytes, uint64_t cols,
-                            const int32_t* ids, uint64_t rows, float scale, bool scaled, float* y) {
+__global__ void rows_kernel(const uint8_t* w, uint64_t row_bytes, uint64_t cols, const int32_t* ids,
+                            uint64_t rows, float scale, bool scaled, float* y) {
+  pdl::begin();
   const uint64_t chunks = (cols + 31) / 32;
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= rows * chunks) return;
@@ -42,11 +44,12 @@ void launch_rows(GgmlType type, const void* w, uint64_t cols, const int32_t* ids
   const auto blocks = static_cast<unsigned>((total + kThreads - 1) / kThreads);
   const uint64_t rb = row_bytes(type, cols);
   const bool known = quant::dispatch(type, [&]<GgmlType T>() {
-    rows_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const uint8_t*>(w), rb, cols, ids,
-                                                    rows, scale, scaled, y);
+    pdl::launch(rows_kernel<T>, blocks, kThreads, 0, stream, static_cast<const uint8_t*>(w), rb,
+                cols, ids, rows, scale, scaled, y);
   });
   if (!known)
-    throw Error("cuda: no kernel for weights of type " + std::string(formats::ggml_type_name(type)));
+    throw Error("cuda: no kernel for weights of type " +
+                std::string(formats::ggml_type_name(type)));
   LOCKSTEP_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -5,16 +5,20 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace lockstep::cuda::kernels {
 namespace {
 
 constexpr int kThreads = 256;
 
-unsigned blocks_for(uint64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+unsigned blocks_for(uint64_t n) {
+  return static_cast<unsigned>((n + kThreads - 1) / kThreads);
+}
 
 __global__ void bias_scale_kernel(float* y, uint64_t tokens, uint64_t width, uint64_t col0,
                                   uint64_t seg, const float* b, float scale) {
+  pdl::begin();
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= tokens * seg) return;
   const uint64_t t = i / seg, c = i % seg;
@@ -25,16 +29,19 @@ __global__ void bias_scale_kernel(float* y, uint64_t tokens, uint64_t width, uin
 
 __global__ void add_scaled_kernel(const float* a, const float* b, float scale, float* y,
                                   uint64_t n) {
+  pdl::begin();
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i < n) y[i] = fmaf(scale, b[i], a[i]);
 }
 
 __global__ void silu_kernel(const float* x, float* y, uint64_t n) {
+  pdl::begin();
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i < n) y[i] = x[i] / (1.0f + expf(-x[i]));
 }
 
 __global__ void gelu_kernel(const float* x, float* y, uint64_t n) {
+  pdl::begin();
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= n) return;
   constexpr float kSqrt2OverPi = 0.7978845608028654f;
@@ -43,6 +50,7 @@ __global__ void gelu_kernel(const float* x, float* y, uint64_t n) {
 }
 
 __global__ void mul_kernel(const float* a, const float* b, float* y, uint64_t n) {
+  pdl::begin();
   const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i < n) y[i] = a[i] * b[i];
 }
@@ -52,34 +60,29 @@ __global__ void mul_kernel(const float* a, const float* b, float* y, uint64_t n)
 void bias_scale(float* y, uint64_t tokens, uint64_t width, uint64_t col0, uint64_t seg,
                 const float* b, float scale, cudaStream_t stream) {
   if (tokens * seg == 0) return;
-  bias_scale_kernel<<<blocks_for(tokens * seg), kThreads, 0, stream>>>(y, tokens, width, col0, seg,
-                                                                       b, scale);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(bias_scale_kernel, blocks_for(tokens * seg), kThreads, 0, stream, y, tokens, width,
+              col0, seg, b, scale);
 }
 
 void add_scaled(const float* a, const float* b, float scale, float* y, uint64_t n,
                 cudaStream_t stream) {
   if (n == 0) return;
-  add_scaled_kernel<<<blocks_for(n), kThreads, 0, stream>>>(a, b, scale, y, n);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(add_scaled_kernel, blocks_for(n), kThreads, 0, stream, a, b, scale, y, n);
 }
 
 void silu(const float* x, float* y, uint64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  silu_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, y, n);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(silu_kernel, blocks_for(n), kThreads, 0, stream, x, y, n);
 }
 
 void gelu(const float* x, float* y, uint64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  gelu_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, y, n);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(gelu_kernel, blocks_for(n), kThreads, 0, stream, x, y, n);
 }
 
 void mul(const float* a, const float* b, float* y, uint64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  mul_kernel<<<blocks_for(n), kThreads, 0, stream>>>(a, b, y, n);
-  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  pdl::launch(mul_kernel, blocks_for(n), kThreads, 0, stream, a, b, y, n);
 }
 
 }  // namespace lockstep::cuda::kernels
