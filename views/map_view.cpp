@@ -39,6 +39,13 @@ void draw_legend(const MapData& map, size_t metric) {
   ImGui::TextUnformatted("first divergence");
 }
 
+// Whether [p0, p1] is wholly in sight: the table scrolls under its frozen header row and layer
+// column, and the GUI tests click only what they can see.
+bool in_sight(ImVec2 p0, ImVec2 p1) {
+  return ImGui::IsRectVisible(p0, ImVec2(p0.x + 1, p0.y + 1)) &&
+         ImGui::IsRectVisible(ImVec2(p1.x - 1, p1.y - 1), p1);
+}
+
 // 0, 1, ..., n - 1: the rows in plan order.
 std::vector<size_t> plan_order(size_t n) {
   std::vector<size_t> v(n);
@@ -154,7 +161,8 @@ void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
     ImGui::TableNextRow(0, row_h);
     ImGui::TableNextColumn();
     ImGui::TextUnformatted(map->rows[r].c_str());
-    report("map.row." + map->rows[r]);
+    if (in_sight(ImGui::GetItemRectMin(), ImGui::GetItemRectMax()))
+      report("map.row." + map->rows[r]);
     for (size_t c : shown_columns) {
       ImGui::TableNextColumn();
       const MapCell& cell = map->at(r, c);
@@ -194,7 +202,8 @@ void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
       else if (hovered)
         dl->AddRect(p0, p1, IM_COL32(255, 255, 255, 120));
       if (hovered) ImGui::SetTooltip("%s\n(click to drill in)", cell.tooltip.c_str());
-      if (rects) rects->push_back({"map.cell." + cell.name, p0.x, p0.y, p1.x, p1.y});
+      if (rects && in_sight(p0, p1))
+        rects->push_back({"map.cell." + cell.name, p0.x, p0.y, p1.x, p1.y});
       ImGui::PopID();
     }
   }
