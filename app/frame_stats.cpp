@@ -41,11 +41,16 @@ void FrameStats::begin_frame(double now) {
   previous_begin_ = now;
 }
 
+void FrameStats::built(double now) {
+  if (begin_ >= 0) build_.push_back(now - begin_);
+}
+
 void FrameStats::end_frame(double now, bool job_running, double excluded) {
   if (begin_ < 0) return;
   frame_.push_back(std::max(now - begin_ - excluded, 0.0));
   if (job_running) {
     running_frame_.push_back(frame_.back());
+    if (build_.size() == frame_.size()) running_build_.push_back(build_.back());
     if (previous_running_ && interval_now_ >= 0) running_interval_.push_back(interval_now_);
   }
   previous_running_ = job_running;
@@ -60,8 +65,10 @@ void FrameStats::maybe_write(double now) {
     std::filesystem::remove(reset, ec);
     frame_.clear();
     interval_.clear();
+    build_.clear();
     running_frame_.clear();
     running_interval_.clear();
+    running_build_.clear();
     previous_running_ = false;
     first_ = previous_begin_ = last_end_ = -1;
     last_write_ = now;
@@ -86,11 +93,13 @@ bool FrameStats::write() const {
                             {"running",
                              {{"frames", running_frame_.size()},
                               {"frame_ms", ms(percentiles(running_frame_))},
-                              {"interval_ms", ms(percentiles(running_interval_))}}},
+                              {"interval_ms", ms(percentiles(running_interval_))},
+                              {"build_ms", ms(percentiles(running_build_))}}},
                             {"seconds", seconds},
                             {"fps", seconds > 0 ? double(frame_.size()) / seconds : 0.0},
                             {"frame_ms", ms(percentiles(frame_))},
-                            {"interval_ms", ms(percentiles(interval_))}};
+                            {"interval_ms", ms(percentiles(interval_))},
+                            {"build_ms", ms(percentiles(build_))}};
   const std::filesystem::path tmp = file_.string() + ".tmp";
   {
     std::ofstream out(tmp);

@@ -64,7 +64,8 @@ if [ -z "$model" ] && [ "$demo" = 0 ]; then
   model=$work/bench-28x152064.gguf
   echo "generating a 28-layer model with a 152,064-entry vocabulary: $model"
   "$exe" gen-model --family qwen2 --hidden 64 --layers 28 --heads 4 --kv-heads 2 --ffn 128 \
-    --vocab 152064 --out "$model" >/dev/null
+    --vocab 152064 --out "$model" >"$work/gen-model.log" 2>&1 ||
+    { cat "$work/gen-model.log" >&2; exit 1; }
 fi
 
 # Our own X server on a free display (the server picks the number).
@@ -136,7 +137,7 @@ sweep() {
   done
 }
 summary() {  # summary LABEL FILE JQ-PATH
-  jq -r --arg l "$1" "$3"' as $s | "\($l): \($s.frames) frames; frame time p50 \($s.frame_ms.p50 * 100 | round / 100) ms, p90 \($s.frame_ms.p90 * 100 | round / 100) ms, p99 \($s.frame_ms.p99 * 100 | round / 100) ms, max \($s.frame_ms.max * 100 | round / 100) ms; frame interval p50 \($s.interval_ms.p50 * 100 | round / 100) ms, p99 \($s.interval_ms.p99 * 100 | round / 100) ms"' "$2"
+  jq -r --arg l "$1" "$3"' as $s | "\($l): \($s.frames) frames; frame time p50 \($s.frame_ms.p50 * 100 | round / 100) ms, p90 \($s.frame_ms.p90 * 100 | round / 100) ms, p99 \($s.frame_ms.p99 * 100 | round / 100) ms, max \($s.frame_ms.max * 100 | round / 100) ms; UI build p50 \($s.build_ms.p50 * 100 | round / 100) ms, p99 \($s.build_ms.p99 * 100 | round / 100) ms; frame interval p50 \($s.interval_ms.p50 * 100 | round / 100) ms, p99 \($s.interval_ms.p99 * 100 | round / 100) ms"' "$2"
 }
 
 sweep &
@@ -151,9 +152,16 @@ cp "$frames" "$work/phase1.json"
 echo "phase 2: Ctrl+R, frames while the run computes..."
 touch "$frames.reset"
 sleep 1.2
-xdotool key ctrl+r
-wait_until 60 sh -c "[ \"\$(jq -r .running '$hooks/state.json')\" = true ]" ||
-  { echo "gui-frame-bench: Ctrl+R started no run" >&2; exit 1; }
+# Held long enough for a frame to see it: ImGui 1.86 misses a press and release within one frame.
+started=0
+for _ in 1 2 3; do
+  xdotool keydown ctrl; sleep 0.1; xdotool keydown r; sleep 0.15; xdotool keyup r; xdotool keyup ctrl
+  if wait_until 20 sh -c "[ \"\$(jq -r .running '$hooks/state.json')\" = true ]"; then
+    started=1
+    break
+  fi
+done
+[ $started = 1 ] || { echo "gui-frame-bench: Ctrl+R started no run" >&2; exit 1; }
 wait_until 3600 map_done || { echo "gui-frame-bench: the run did not finish" >&2; exit 1; }
 sleep 1.2
 cp "$frames" "$work/phase2.json"

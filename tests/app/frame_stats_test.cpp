@@ -61,6 +61,7 @@ TEST(FrameStats, RecordsFramesAndIntervalsAndWritesThem) {
   double t = 100.0;
   for (int i = 0; i < 20; ++i) {
     s.begin_frame(t);
+    s.built(t + 0.002);
     s.end_frame(t + 0.004 + 0.001 * (i % 3), i >= 10, 0.001);
     t += 1.0 / 60;
   }
@@ -72,6 +73,7 @@ TEST(FrameStats, RecordsFramesAndIntervalsAndWritesThem) {
   const nlohmann::json j = nlohmann::json::parse(in);
   EXPECT_EQ(j["frames"], 20);
   EXPECT_EQ(j["running"]["frames"], 10);
+  EXPECT_NEAR(j["build_ms"]["p99"].get<double>(), 2.0, 1e-6);
   EXPECT_NEAR(j["running"]["interval_ms"]["p50"].get<double>(), 1000.0 / 60, 1e-6);
   EXPECT_NEAR(j["running"]["frame_ms"]["p50"].get<double>(), 4.0, 1e-6)
       << "frames 10..19 take 4 5 3 4 5 3 4 5 3 4 ms";
