@@ -77,6 +77,7 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
   else
     j["logits_plot"] = nullptr;
   j["logits_readout"] = ui.logits_readout;
+  j["logits_position"] = ui.logits_position;
   const std::string text = j.dump(1);
   if (text == last_state_) return;
   last_state_ = text;

@@ -85,10 +85,6 @@ void draw_logits(const LogitsPlot& plot, UiState* ui, RectSink* rects) {
                       ? ui->logits_position
                       : last;
   ImGui::Text("logits over the vocabulary (%llu entries)", (unsigned long long)plot.vocab);
-  if (!plot.note.empty()) {
-    ImGui::SameLine();
-    ImGui::TextDisabled("(%s)", plot.note.c_str());
-  }
   if (plot.rows.size() > 1) {
     ImGui::SameLine(0, 20);
     ImGui::SetNextItemWidth(220);
@@ -102,6 +98,10 @@ void draw_logits(const LogitsPlot& plot, UiState* ui, RectSink* rects) {
   } else {
     ImGui::SameLine(0, 20);
     ImGui::Text("position %ld", position);
+  }
+  if (!plot.note.empty()) {
+    ImGui::SameLine();
+    ImGui::TextDisabled("(%s)", plot.note.c_str());
   }
   const LogitsRow& row = plot.rows[size_t(position - first)];
   const float w = ImGui::GetContentRegionAvail().x;

@@ -181,6 +181,20 @@ TEST_F(WorkbenchLayout, LmHeadShowsTheLogitsPlotWithAHoverReadout) {
     }
   EXPECT_GT(blue, 200) << "no lane A line in the logits plot";
 
+  // The position slider: a click at its left end shows the first position.
+  EXPECT_EQ(state()["logits_position"], -1) << "the last position by default";
+  auto slider = screen_rect("drilldown.logits_position");
+  ASSERT_TRUE(slider) << "no position slider (the demo has several positions)";
+  bool moved = false;
+  for (int attempt = 0; attempt < 3 && !moved; ++attempt) {
+    xdo("mousemove " + std::to_string(int((*slider)[0]) + 2) + " " +
+        std::to_string(int(((*slider)[1] + (*slider)[3]) / 2)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    xdo("click 1");
+    moved = wait_for(5, [&] { return state().value("logits_position", -1) == 0; });
+  }
+  EXPECT_TRUE(moved) << "clicking the slider's left end did not select position 0";
+
   // Another cell has no logits plot.
   ASSERT_TRUE(click_cell("attn_norm@0"));
   EXPECT_TRUE(state()["logits_plot"].is_null());
