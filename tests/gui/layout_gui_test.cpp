@@ -217,4 +217,46 @@ TEST_F(WorkbenchLayout, LmHeadShowsTheLogitsPlotWithAHoverReadout) {
   EXPECT_LE((*frames)["frame_ms"]["p99"], (*frames)["frame_ms"]["max"]);
 }
 
+// A layout saved on a bigger screen, off its edges: the window comes back on the screen and no
+// larger than it; the splitters' sizes are clamped to what the window leaves.
+class WorkbenchOffscreenLayout : public Workbench {
+ protected:
+  WorkbenchOffscreenLayout() {
+    config_ =
+        fs::path(LOCKSTEP_BINARY_DIR) / "gui-test" / ("offscreen-" + std::to_string(getpid()));
+    fs::create_directories(config_ / "lockstep");
+    std::ofstream(config_ / "lockstep" / "settings.json")
+        << R"({"window_x": -3000, "window_y": 2500, "window_w": 5000, "window_h": 4000,
+              "sidebar_width": 9000, "map_height": 9000, "log_width": 9000})";
+    env_.push_back("XDG_CONFIG_HOME=" + config_.string());  // after the fixture's own: wins
+  }
+  ~WorkbenchOffscreenLayout() override {
+    std::error_code ec;
+    fs::remove_all(config_, ec);
+  }
+  fs::path config_;
+};
+
+TEST_F(WorkbenchOffscreenLayout, ASavedLayoutLargerThanTheScreenIsClampedToIt) {
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  ASSERT_TRUE(wait_for(30, [&] { return read_json(dir_ / "rects.json").has_value(); }));
+  const nlohmann::json w = (*read_json(dir_ / "rects.json"))["window"];
+  // The fixture's Xvfb screen is 1600 x 1000.
+  EXPECT_LE(w["w"].get<int>(), 1600);
+  EXPECT_LE(w["h"].get<int>(), 1000);
+  EXPECT_GE(w["x"].get<int>(), 0);
+  EXPECT_GE(w["y"].get<int>(), 0);
+  EXPECT_LE(w["x"].get<int>() + w["w"].get<int>(), 1600);
+  EXPECT_LE(w["y"].get<int>() + w["h"].get<int>(), 1000);
+  // Every panel keeps a usable size inside the window.
+  for (const char* panel : {"panel.sidebar", "panel.map", "panel.drilldown", "panel.log"}) {
+    auto r = window_rect(panel);
+    ASSERT_TRUE(r) << panel;
+    EXPECT_GE((*r)[2] - (*r)[0], 100) << panel;
+    EXPECT_GE((*r)[3] - (*r)[1], 60) << panel;
+    EXPECT_LE((*r)[2], w["w"].get<double>()) << panel;
+    EXPECT_LE((*r)[3], w["h"].get<double>()) << panel;
+  }
+}
+
 }  // namespace
