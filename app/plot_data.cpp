@@ -7,8 +7,6 @@
 namespace lockstep::app {
 namespace {
 
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-
 // Folds bin j's pair (2j, 2j + 1) of `finer` into one bin: its lo/hi (NaN = no value), whether
 // it holds a NaN and where its max is.
 void fold(const views::MinMaxLevel& finer, views::MinMaxLevel& out) {
