@@ -6,12 +6,16 @@
 #include <imgui.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <optional>
 #include <string>
 
 #include "app/demo_model.h"
+#include "app/frame_stats.h"
+#include "app/gui_layout.h"
 #include "app/gui_settings.h"
 #include "app/gui_test_hooks.h"
 #include "app/worker.h"
@@ -19,6 +23,7 @@
 #include "views/log_view.h"
 #include "views/map_view.h"
 #include "views/run_view.h"
+#include "views/splitter.h"
 
 namespace lockstep::app {
 namespace {
@@ -31,6 +36,11 @@ const char* const kNoDisplay =
 double steady_now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+
+// The root window covers the framebuffer: glClear paints its background, and llvmpipe (the
+// software rasteriser under Xvfb) is spared blending one more window-sized quad every frame.
+constexpr ImGuiWindowFlags kRootBackground = ImGuiWindowFlags_NoBackground;
+constexpr float kBackground[3] = {0.06f, 0.06f, 0.06f};  // the dark style's WindowBg, opaque
 
 void record_panel(views::RectSink* rects, const char* name) {
   if (!rects) return;
@@ -47,10 +57,14 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   ImGui::SetNextWindowSize(vp->WorkSize);
   const ImGuiWindowFlags root = ImGuiWindowFlags_NoDecoration | ImGuiWindowFlags_NoMove |
                                 ImGuiWindowFlags_NoBringToFrontOnFocus |
-                                ImGuiWindowFlags_NoSavedSettings;
+                                ImGuiWindowFlags_NoSavedSettings | kRootBackground;
   ImGui::Begin("Lockstep", nullptr, root);
   // Left: the sidebar of inputs (model and lanes; dump directories and exports).
-  ImGui::BeginChild("sidebar", ImVec2(340, 0), true);
+  // The splitters' sizes, clamped to what the window leaves (a drag stores the clamped size).
+  constexpr float kBar = 8;
+  const float window_w = ImGui::GetContentRegionAvail().x;
+  const float sidebar_w = std::clamp(ui.sidebar_width, 160.0f, std::max(160.0f, window_w - 420));
+  ImGui::BeginChild("sidebar", ImVec2(sidebar_w, 0), true);
   record_panel(rects, "panel.sidebar");
   if (ImGui::BeginTabBar("sidebar.tabs")) {
     if (ImGui::BeginTabItem("Model & lanes")) {
@@ -62,7 +76,12 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
     ImGui::EndTabBar();
   }
   ImGui::EndChild();
-  ImGui::SameLine();
+  ImGui::SameLine(0, 0);
+  if (const float d = views::draw_splitter("split.sidebar", true,
+                                           ImVec2(kBar, ImGui::GetContentRegionAvail().y),
+                                           "Drag to resize the sidebar", rects))
+    ui.sidebar_width = std::clamp(sidebar_w + d, 160.0f, std::max(160.0f, window_w - 420));
+  ImGui::SameLine(0, 0);
   // Right: run bar, map, then drill-down and log.
   ImGui::BeginGroup();
   const float line = ImGui::GetFrameHeightWithSpacing();
@@ -75,22 +94,42 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   // one row per layer.
   const ImGuiStyle& style = ImGui::GetStyle();
   const float text = ImGui::GetTextLineHeight();
-  const float map_h =
+  const float fit_h =
       snapshot.map ? line * 2 + text * 3 + style.CellPadding.y * 2 + 4 +
                          (text + 8 + style.CellPadding.y * 2) * float(snapshot.map->rows.size()) +
                          style.WindowPadding.y * 2 + 6
                    : line * 2;
+  // Bounded: by default the fit, up to half of what is left; the splitter below sets it; the
+  // map's table scrolls (frozen header row and layer column) when it holds more.
+  const float right_h = ImGui::GetContentRegionAvail().y;
+  const float max_map_h = std::max(line * 3, right_h - 160);
+  const float map_h =
+      std::clamp(ui.map_height > 0 ? ui.map_height : std::min(fit_h, right_h * 0.5f),
+                 std::min(line * 3, max_map_h), max_map_h);
   ImGui::BeginChild("map", ImVec2(0, map_h), true);
   record_panel(rects, "panel.map");
   views::draw_map_view(snapshot, ui, commands, rects);
   ImGui::EndChild();
+  ImGui::SetCursorPosY(ImGui::GetCursorPosY() - style.ItemSpacing.y);
+  if (const float d = views::draw_splitter(
+          "split.map", false, ImVec2(ImGui::GetContentRegionAvail().x, kBar),
+          "Drag to share the height between the map and the drill-down", rects))
+    ui.map_height = std::clamp(map_h + d, std::min(line * 3, max_map_h), max_map_h);
+  ImGui::SetCursorPosY(ImGui::GetCursorPosY() - style.ItemSpacing.y);
 
   const float rest = ImGui::GetContentRegionAvail().x;
-  ImGui::BeginChild("drilldown", ImVec2(rest * 0.68f, 0), true);
+  const float max_log_w = std::max(120.0f, rest - 240);
+  const float log_w = std::clamp(ui.log_width > 0 ? ui.log_width : rest * 0.32f, 120.0f, max_log_w);
+  ImGui::BeginChild("drilldown", ImVec2(rest - log_w - kBar, 0), true);
   record_panel(rects, "panel.drilldown");
-  views::draw_drilldown_view(snapshot, commands, rects);
+  views::draw_drilldown_view(snapshot, commands, rects, &ui);
   ImGui::EndChild();
-  ImGui::SameLine();
+  ImGui::SameLine(0, 0);
+  if (const float d =
+          views::draw_splitter("split.log", true, ImVec2(kBar, ImGui::GetContentRegionAvail().y),
+                               "Drag to share the width between the drill-down and the log", rects))
+    ui.log_width = std::clamp(log_w - d, 120.0f, max_log_w);
+  ImGui::SameLine(0, 0);
   ImGui::BeginChild("log", ImVec2(0, 0), true);
   record_panel(rects, "panel.log");
   views::draw_log_view(snapshot, seen_error);
@@ -111,20 +150,23 @@ int run_gui() {
   glfwWindowHint(GLFW_CONTEXT_VERSION_MINOR, 3);
   glfwWindowHint(GLFW_OPENGL_PROFILE, GLFW_OPENGL_CORE_PROFILE);
   glfwWindowHint(GLFW_OPENGL_FORWARD_COMPAT, GLFW_TRUE);
-  GLFWwindow* window = glfwCreateWindow(1440, 900, "Lockstep workbench", nullptr, nullptr);
+  const std::filesystem::path config = settings_dir();
+  GuiSettings settings = load_settings(config);
+  const std::array<int, 2> window_size = initial_window_size(settings);
+  GLFWwindow* window =
+      glfwCreateWindow(window_size[0], window_size[1], "Lockstep workbench", nullptr, nullptr);
   if (!window) {
     std::fputs(kNoDisplay, stderr);
     glfwTerminate();
     return kExitNoDisplay;
   }
+  place_window(window, settings);
   glfwMakeContextCurrent(window);
   glfwSwapInterval(1);
 
-  const std::filesystem::path config = settings_dir();
   std::error_code ec;
   std::filesystem::create_directories(config, ec);
   const std::string ini = (config / "imgui.ini").string();
-  GuiSettings settings = load_settings(config);
 
   IMGUI_CHECKVERSION();
   ImGui::CreateContext();
@@ -137,6 +179,11 @@ int run_gui() {
   views::UiState ui;
   ui.fault = kDemoFault;
   ui.font_scale = settings.font_scale;
+  ui.sidebar_width = settings.sidebar_width;
+  ui.map_height = settings.map_height;
+  ui.log_width = settings.log_width;
+  LayoutSaver layout_saver;
+  std::optional<FrameStats> frame_stats = FrameStats::from_environment();
   for (size_t k = 0; k < views::kMetricCount; ++k)
     if (engine::map_metric_name(views::kMetrics[k]) == settings.metric) ui.metric = k;
   std::optional<GuiTestHooks> hooks = GuiTestHooks::from_environment();
@@ -163,12 +210,13 @@ int run_gui() {
         --eager_frames;
         glfwPollEvents();
       } else {
-        const double timeout = snapshot->job.running ? 1.0 / 30 : 0.5;
+        const double timeout = snapshot->job.running ? 1.0 / 60 : 0.5;
         const double before = steady_now();
         glfwWaitEventsTimeout(timeout);
         if (steady_now() - before < timeout * 0.9) eager_frames = 3;
       }
       snapshot = worker.snapshot();  // the one this frame draws
+      if (frame_stats) frame_stats->begin_frame(steady_now());
 
       io.FontGlobalScale = ui.font_scale;
       ImGui_ImplOpenGL3_NewFrame();
@@ -178,6 +226,7 @@ int run_gui() {
       commands.clear();
       draw_workbench(*snapshot, ui, seen_error, commands, hooks ? &rects : nullptr);
       ImGui::Render();
+      if (frame_stats) frame_stats->built(steady_now());
       for (const views::Command& c : commands) worker.post(c);
       if (ui.settings_changed) {
         ui.settings_changed = false;
@@ -186,13 +235,18 @@ int run_gui() {
         if (!save_settings(config, settings))
           worker.post(views::LogCommand{"could not save " + (config / "settings.json").string()});
       }
+      if (layout_saver.update(steady_now(), ui, window, ImGui::IsAnyMouseDown(),
+                              glfwWindowShouldClose(window), settings) &&
+          !save_settings(config, settings))
+        worker.post(views::LogCommand{"could not save " + (config / "settings.json").string()});
 
       int fb_w = 0, fb_h = 0;
       glfwGetFramebufferSize(window, &fb_w, &fb_h);
       glViewport(0, 0, fb_w, fb_h);
-      glClearColor(0.08f, 0.09f, 0.1f, 1.0f);
+      glClearColor(kBackground[0], kBackground[1], kBackground[2], 1.0f);
       glClear(GL_COLOR_BUFFER_BIT);
       ImGui_ImplOpenGL3_RenderDrawData(ImGui::GetDrawData());
+      const double hooks_start = steady_now();
       if (hooks) {
         int wx = 0, wy = 0, ww = 0, wh = 0;
         glfwGetWindowPos(window, &wx, &wy);
@@ -202,8 +256,16 @@ int run_gui() {
         hooks->maybe_screenshot(fb_w, fb_h);
         if (hooks->quit_requested()) glfwSetWindowShouldClose(window, GLFW_TRUE);
       }
+      const double hooks_seconds = steady_now() - hooks_start;  // the tests', not a user's
       glfwSwapBuffers(window);
+      if (frame_stats) {
+        frame_stats->end_frame(steady_now(), snapshot->job.running, hooks_seconds);
+        frame_stats->maybe_write(steady_now());
+      }
     }
+    if (layout_saver.update(steady_now(), ui, window, false, true, settings))
+      save_settings(config, settings);
+    if (frame_stats) frame_stats->write();
   }  // the worker cancels its job and joins before the context goes
 
   ImGui_ImplOpenGL3_Shutdown();

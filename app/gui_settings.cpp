@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <system_error>
+#include <type_traits>
 
 namespace lockstep::app {
 
@@ -30,6 +31,17 @@ GuiSettings load_settings(const std::filesystem::path& dir) {
     for (const nlohmann::json& r : *it)
       if (r.is_string() && s.recent_models.size() < GuiSettings::kMaxRecent)
         s.recent_models.push_back(r.get<std::string>());
+  auto number = [&](const char* key, auto& v, double lo, double hi) {
+    if (auto it = j.find(key); it != j.end() && it->is_number())
+      v = static_cast<std::remove_reference_t<decltype(v)>>(std::clamp(it->get<double>(), lo, hi));
+  };
+  number("sidebar_width", s.sidebar_width, 0, 1e5);
+  number("map_height", s.map_height, 0, 1e5);
+  number("log_width", s.log_width, 0, 1e5);
+  number("window_x", s.window_x, -1e5, 1e5);
+  number("window_y", s.window_y, -1e5, 1e5);
+  number("window_w", s.window_w, 320, 1e5);
+  number("window_h", s.window_h, 240, 1e5);
   return s;
 }
 
@@ -42,7 +54,14 @@ bool save_settings(const std::filesystem::path& dir, const GuiSettings& settings
     if (!out) return false;
     out << nlohmann::json{{"font_scale", settings.font_scale},
                           {"metric", settings.metric},
-                          {"recent_models", settings.recent_models}}
+                          {"recent_models", settings.recent_models},
+                          {"sidebar_width", settings.sidebar_width},
+                          {"map_height", settings.map_height},
+                          {"log_width", settings.log_width},
+                          {"window_x", settings.window_x},
+                          {"window_y", settings.window_y},
+                          {"window_w", settings.window_w},
+                          {"window_h", settings.window_h}}
                .dump(2)
         << "\n";
     if (!out) return false;

@@ -14,6 +14,11 @@ struct GuiSettings {
   std::string metric = "relative_rms";     // engine::map_metric_name
   std::vector<std::string> recent_models;  // most recent first, at most kMaxRecent
   static constexpr size_t kMaxRecent = 10;
+  // The layout (app/gui_layout.h): splitter positions in pixels (0: the default) and the
+  // window's size and position (kUnset: where the window system puts it).
+  float sidebar_width = 340, map_height = 0, log_width = 0;
+  static constexpr int kUnset = -100000;
+  int window_x = kUnset, window_y = kUnset, window_w = 1440, window_h = 900;
 };
 
 std::filesystem::path settings_dir();  // created on first save

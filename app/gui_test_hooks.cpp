@@ -65,6 +65,19 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
   j["fault"] = ui.fault;
   j["decode"] = ui.decode;
   j["errors"] = s.error_seq;
+  j["layout"] = {{"sidebar_width", ui.sidebar_width},
+                 {"map_height", ui.map_height},
+                 {"log_width", ui.log_width}};
+  if (d && d->logits)
+    j["logits_plot"] = {
+        {"vocab", d->logits->vocab},
+        {"positions", d->logits->positions},
+        {"rows", d->logits->rows.size()},
+        {"levels", d->logits->rows.empty() ? 0 : d->logits->rows.back().a.levels.size()}};
+  else
+    j["logits_plot"] = nullptr;
+  j["logits_readout"] = ui.logits_readout;
+  j["logits_position"] = ui.logits_position;
   const std::string text = j.dump(1);
   if (text == last_state_) return;
   last_state_ = text;

@@ -6,7 +6,9 @@
 //     {"seq", "running", "title", "map_ready", "first_divergence", "selected", "verdict",
 //     "replayed",
 //      "diagnosis",
-//      "top_k", "sign_flips", "metric", "fault", "decode", "errors"};
+//      "top_k", "sign_flips", "metric", "fault", "decode", "errors",
+//      "layout": {sidebar_width, map_height, log_width}, "logits_plot": {vocab, positions,
+//      rows, levels} or null, "logits_readout", "logits_position"};
 //   - when DIR/screenshot.request appears (its content: the PNG path to write), reads the frame
 //     back (glReadPixels) after rendering it, writes the PNG and removes the request;
 //   - when DIR/quit.request appears, closes the window (the test's clean exit).

@@ -11,6 +11,8 @@
 #include "app/demo_model.h"
 #include "app/lanes.h"
 #include "app/model_input.h"
+#include "app/plot_data.h"
+#include "app/worker_priority.h"
 #include "engine/bisect_run.h"
 #include "engine/diagnose.h"
 #include "engine/family.h"
@@ -410,6 +412,10 @@ std::shared_ptr<const CellDetail> build_detail(const Worker::State& st, const en
             "\t" + fmt("%.9g", e.b) + "\t" + fmt("%.9g", e.abs_diff) + "\t" +
             (e.sign_flip ? "yes" : "no") + "\n";
   o.clipboard = std::move(clip);
+  // The logits plot: the vocabulary-wide last dimension of lm_head.
+  if (cell.stage == engine::Stage::LmHead && !ta->shape.empty() &&
+      ta->shape.back() == st.model->config.vocab && ta->shape == tb->shape)
+    o.logits = build_logits_plot(ta->data, tb->data, ta->shape.back());
   return out;
 }
 
@@ -507,6 +513,7 @@ void Worker::fail(const std::string& what, const std::string& detail) {
 }
 
 void Worker::loop() {
+  lower_worker_priority();  // before any compute thread starts: they inherit it
   for (;;) {
     views::Command command;
     {

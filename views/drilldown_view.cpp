@@ -2,6 +2,11 @@
 
 #include <imgui.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+
 #include "views/plot.h"
 
 namespace lockstep::views {
@@ -70,6 +75,60 @@ void draw_plots(const CellDetail& d) {
   }
 }
 
+// A and B logits over the vocabulary for one position, and |B - A| below, drawn from the
+// worker's min/max pyramids; hovering names the column's most divergent token.
+void draw_logits(const LogitsPlot& plot, UiState* ui, RectSink* rects) {
+  if (plot.rows.empty()) return;
+  ImGui::Separator();
+  const long first = long(plot.rows.front().position), last = long(plot.rows.back().position);
+  long position = ui && ui->logits_position >= first && ui->logits_position <= last
+                      ? ui->logits_position
+                      : last;
+  ImGui::Text("logits over the vocabulary (%llu entries)", (unsigned long long)plot.vocab);
+  if (plot.rows.size() > 1) {
+    ImGui::SameLine(0, 20);
+    ImGui::SetNextItemWidth(220);
+    int p = int(position);
+    if (ImGui::SliderInt("position##logits", &p, int(first), int(last)) && ui)
+      ui->logits_position = p;
+    record(rects, "drilldown.logits_position");
+    if (ImGui::IsItemHovered())
+      ImGui::SetTooltip("The token position whose logits are plotted (default: the last)");
+    position = std::clamp(long(p), first, last);
+  } else {
+    ImGui::SameLine(0, 20);
+    ImGui::Text("position %ld", position);
+  }
+  if (!plot.note.empty()) {
+    ImGui::SameLine();
+    ImGui::TextDisabled("(%s)", plot.note.c_str());
+  }
+  const LogitsRow& row = plot.rows[size_t(position - first)];
+  const float w = ImGui::GetContentRegionAvail().x;
+  const float lo = std::min(row.a.lo, row.b.lo), hi = std::max(row.a.hi, row.b.hi);
+  const MinMaxHover h1 = draw_minmax("##logits_ab", {{&row.a, kColourA}, {&row.b, kColourB}}, lo,
+                                     hi, ImVec2(w, 110), &row.diff);
+  record(rects, "drilldown.logits");
+  const MinMaxHover h2 = draw_minmax("##logits_diff", {{&row.diff, IM_COL32(200, 90, 200, 255)}},
+                                     0.0f, row.diff.hi, ImVec2(w, 60), &row.diff);
+  record(rects, "drilldown.logits_diff");
+  const MinMaxHover& h = h1.first >= 0 ? h1 : h2;
+  std::string readout;
+  if (h.first >= 0 && h.peak >= 0) {
+    const size_t t = size_t(h.peak);
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "token %lld: A %.6g, B %.6g, |B - A| %.4g  (column: tokens %lld-%lld)",
+                  (long long)t, double(row.a.values[t]), double(row.b.values[t]),
+                  double(row.diff.values[t]), (long long)h.first, (long long)h.last - 1);
+    readout = buf;
+    ImGui::SetTooltip("%s", readout.c_str());
+  }
+  ImGui::TextDisabled(
+      "%s", readout.empty() ? "hover the plot for a token's A, B and |B - A|" : readout.c_str());
+  if (ui) ui->logits_readout = readout;
+}
+
 void draw_top(const CellDetail& d) {
   ImGui::Text("largest |b - a| (%zu shown, %zu sign flips)", d.top.size(), d.sign_flips);
   const ImGuiTableFlags flags =
@@ -114,8 +173,10 @@ void draw_top(const CellDetail& d) {
 
 }  // namespace
 
-void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSink* rects) {
+void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSink* rects,
+                         UiState* ui) {
   const CellDetail* d = snapshot.detail.get();
+  if (ui && (!d || !d->logits)) ui->logits_readout.clear();
   if (!d) {
     ImGui::TextDisabled(snapshot.map ? "Click a cell of the map to drill in."
                                      : "The drill-down fills once a bisection has run.");
@@ -156,6 +217,7 @@ void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSi
     for (const std::string& e : d->evidence) ImGui::BulletText("%s", e.c_str());
     ImGui::TreePop();
   }
+  if (d->logits) draw_logits(*d->logits, ui, rects);
 
   if (ImGui::BeginTable("layout", 2, ImGuiTableFlags_SizingStretchProp)) {
     ImGui::TableSetupColumn("numbers", ImGuiTableColumnFlags_WidthStretch, 0.9f);

@@ -1,6 +1,7 @@
 #include "views/plot.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace lockstep::views {
 
@@ -36,6 +37,105 @@ int draw_bars(const char* id, const Bars& bars, ImVec2 size, ImU32 colour, const
   const Bars& tips = size_t(i) < bars.tips.size() ? bars : *overlay;
   if (size_t(i) < tips.tips.size()) ImGui::SetTooltip("%s", tips.tips[size_t(i)].c_str());
   return i;
+}
+
+namespace {
+
+// The extent of bins [b0, b1) of a level (or of the values when `level` is null): the values
+// are already reduced per bin, a pixel column spans one or two bins.
+struct Span {
+  float lo = NAN, hi = NAN;
+  bool nan = false;
+  int64_t arg_hi = -1;
+};
+Span span_of(const MinMaxPyramid& p, const MinMaxLevel* level, size_t b0, size_t b1) {
+  Span s;
+  for (size_t k = b0; k < b1; ++k) {
+    const float lo = level ? level->lo[k] : p.values[k];
+    const float hi = level ? level->hi[k] : p.values[k];
+    s.nan = s.nan || (level ? level->nan[k] != 0 : std::isnan(p.values[k]));
+    if (std::isnan(hi)) continue;
+    if (std::isnan(s.lo) || lo < s.lo) s.lo = lo;
+    if (std::isnan(s.hi) || hi > s.hi) {
+      s.hi = hi;
+      s.arg_hi = level ? int64_t(level->arg_hi[k]) : int64_t(k);
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+MinMaxHover draw_minmax(const char* id, const std::vector<MinMaxSeries>& series, float lo, float hi,
+                        ImVec2 size, const MinMaxPyramid* peak) {
+  ImDrawList* dl = ImGui::GetWindowDrawList();
+  const ImVec2 p0 = ImGui::GetCursorScreenPos();
+  ImGui::InvisibleButton(id, size);
+  const ImVec2 p1(p0.x + size.x, p0.y + size.y);
+  dl->AddRectFilled(p0, p1, IM_COL32(24, 26, 30, 255));
+  dl->AddRect(p0, p1, IM_COL32(70, 74, 82, 255));
+  MinMaxHover hover;
+  const size_t n = series.empty() || !series[0].pyramid ? 0 : series[0].pyramid->values.size();
+  const size_t columns = size_t(std::max(size.x - 2, 1.0f));
+  if (n == 0 || !std::isfinite(lo) || !std::isfinite(hi)) {
+    dl->AddText(ImVec2(p0.x + 6, p0.y + 4), IM_COL32(150, 150, 150, 255), "no finite values");
+    return hover;
+  }
+  const float range = hi > lo ? hi - lo : 1.0f, h = size.y - 4;
+  auto y_of = [&](float v) {
+    return std::clamp(p1.y - 2 - (v - lo) / range * h, p0.y + 2, p1.y - 2);
+  };
+  if (lo < 0 && hi > 0)  // the zero line
+    dl->AddLine(ImVec2(p0.x + 1, y_of(0)), ImVec2(p1.x - 1, y_of(0)), IM_COL32(90, 94, 100, 255));
+  dl->PushClipRect(p0, p1, true);
+  for (const MinMaxSeries& s : series) {
+    if (!s.pyramid || s.pyramid->values.size() != n) continue;
+    const MinMaxLevel* level = s.pyramid->level_for(columns);
+    const size_t bins = level ? level->bins() : n;
+    float prev_top = NAN, prev_bottom = NAN;  // the previous column's line, in pixels
+    for (size_t x = 0; x < columns; ++x) {
+      const size_t b0 = x * bins / columns;
+      const size_t b1 = std::max(b0 + 1, (x + 1) * bins / columns);
+      const Span sp = span_of(*s.pyramid, level, b0, std::min(b1, bins));
+      const float px = p0.x + 1.5f + float(x);
+      if (sp.nan)
+        dl->AddLine(ImVec2(px, p0.y + 1), ImVec2(px, p0.y + 5), IM_COL32(255, 60, 60, 255));
+      if (std::isnan(sp.hi)) {
+        prev_top = prev_bottom = NAN;
+        continue;
+      }
+      float top = y_of(sp.hi), bottom = y_of(sp.lo);
+      // Reach the previous column's line, so a series with fewer bins than columns (or a steep
+      // one) reads as a trace, not as dots.
+      if (!std::isnan(prev_top)) {
+        top = std::min(top, prev_bottom);
+        bottom = std::max(bottom, prev_top);
+      }
+      prev_top = y_of(sp.hi);
+      prev_bottom = y_of(sp.lo);
+      dl->AddLine(ImVec2(px, top), ImVec2(px, std::max(bottom, top + 1)), s.colour);
+    }
+  }
+  dl->PopClipRect();
+  if (!ImGui::IsItemHovered()) return hover;
+  const size_t x =
+      size_t(std::clamp(ImGui::GetIO().MousePos.x - p0.x - 1, 0.0f, float(columns - 1)));
+  const float px = p0.x + 1.5f + float(x);
+  dl->AddLine(ImVec2(px, p0.y), ImVec2(px, p1.y), IM_COL32(255, 255, 255, 140));
+  hover.first = int64_t(x * n / columns);
+  hover.last = int64_t(std::max(size_t(hover.first) + 1, (x + 1) * n / columns));
+  if (peak && peak->values.size() == n) {
+    const MinMaxLevel* level = peak->level_for(columns);
+    const size_t bins = level ? level->bins() : n;
+    const size_t b0 = x * bins / columns, b1 = std::max(b0 + 1, (x + 1) * bins / columns);
+    hover.peak = span_of(*peak, level, b0, std::min(b1, bins)).arg_hi;
+    if (level) {  // the column's elements are its bins' elements
+      hover.first = int64_t(b0 * level->bin);
+      hover.last = int64_t(std::min(n, std::min(b1, bins) * level->bin));
+    }
+  }
+  if (hover.peak < 0) hover.peak = hover.first;
+  return hover;
 }
 
 ImU32 heat_colour(float t) {

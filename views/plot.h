@@ -4,6 +4,9 @@
 
 #include <imgui.h>
 
+#include <vector>
+
+#include "views/plot_data.h"
 #include "views/snapshot.h"
 
 namespace lockstep::views {
@@ -12,6 +15,23 @@ namespace lockstep::views {
 // shows the bar's tip. Returns the hovered bar index, or -1.
 int draw_bars(const char* id, const Bars& bars, ImVec2 size, ImU32 colour,
               const Bars* overlay = nullptr, ImU32 overlay_colour = 0);
+
+// One series of a min/max plot: its pyramid and colour.
+struct MinMaxSeries {
+  const MinMaxPyramid* pyramid = nullptr;
+  ImU32 colour = 0;
+};
+// What the pointer is over in a min/max plot: the elements of the hovered pixel column
+// [first, last) and the one holding the largest value of the plot's `peak` series.
+struct MinMaxHover {
+  int64_t first = -1, last = -1, peak = -1;
+};
+// Draws the series (equal lengths) over one x axis and the y range [lo, hi] in a box of `size`:
+// one vertical min-max line per pixel column, from the coarsest pyramid level with at least one
+// bin per column (selection only; the worker built the levels). Columns holding a NaN get a red
+// tick at the top. Returns the hovered column's elements (first = -1 when not hovered).
+MinMaxHover draw_minmax(const char* id, const std::vector<MinMaxSeries>& series, float lo, float hi,
+                        ImVec2 size, const MinMaxPyramid* peak);
 
 // The heat scale of the map: 0 (agrees) .. 1 (worst); < 0: no value.
 ImU32 heat_colour(float t);

@@ -13,6 +13,7 @@
 
 #include "engine/bisect_report.h"
 #include "engine/trace.h"
+#include "views/plot_data.h"
 
 namespace lockstep::views {
 
@@ -79,6 +80,9 @@ struct CellDetail {
   std::string diagnosis_headline;
   std::vector<std::string> evidence;
   std::string clipboard;  // what "Copy values" copies
+  // The logits cell (lm_head, vocabulary-wide): A, B and |B - A| per token position, as
+  // min/max pyramids; null for other cells.
+  std::shared_ptr<const LogitsPlot> logits;
 };
 
 enum class JobKind : uint8_t { None, Run, Select, Replay };

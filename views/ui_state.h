@@ -22,6 +22,13 @@ struct UiState {
   bool decode = false;
   float font_scale = 1.0f;
   bool settings_changed = false;  // set by a view when a persisted setting changed
+  // The workbench layout, dragged with splitters (app/gui_app.cpp) and kept in settings.json:
+  // sidebar width, map height (0: fit the map, up to half the height) and log width.
+  float sidebar_width = 340, map_height = 0, log_width = 0;
+  // The drill-down's logits plot: the position shown (-1: the last) and the hover readout of
+  // the last frame ("" when the pointer is elsewhere).
+  long logits_position = -1;
+  std::string logits_readout;
 };
 
 struct NamedRect {
