@@ -30,7 +30,7 @@ std::string version_text() {
   s += "CUDA lanes: not built";
 #endif
 #ifdef LOCKSTEP_HAVE_GUI
-  s += "\nGUI: built (lockstep with no arguments opens the workbench window)";
+  s += "\nGUI: built (lockstep, or lockstep MODEL, opens the workbench window)";
 #else
   s += "\nGUI: not built (the headless commands only)";
 #endif
@@ -48,6 +48,12 @@ int run_cli(int argc, char** argv) {
   app.set_version_flag("--version",
                        std::function<std::string()>(version_text));  // probes CUDA only when asked
   app.require_subcommand(0, 1);
+#ifdef LOCKSTEP_HAVE_GUI
+  app.footer(
+      "The workbench window: `lockstep` with no arguments opens it on the embedded demo;\n"
+      "`lockstep MODEL` (a .gguf file or a safetensors folder) opens it on MODEL and runs\n"
+      "lane ref against lane cpu on the model's default tokens.");
+#endif
   app.fallthrough(false);
 
   std::vector<Command> commands = {add_inspect_command(app),   add_tokenize_command(app),
