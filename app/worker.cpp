@@ -576,8 +576,13 @@ void Worker::execute(const views::Command& command) {
     return;
   }
   if (const auto* ls = std::get_if<views::ListDirCommand>(&command)) {
-    const std::filesystem::path dir =
+    std::filesystem::path dir =
         ls->dir.empty() ? std::filesystem::current_path() : std::filesystem::path(ls->dir);
+    // A folder that is gone (a recent model's, say): list the nearest one that exists.
+    std::error_code ec;
+    while (!std::filesystem::is_directory(dir, ec) && dir.has_parent_path() &&
+           dir.parent_path() != dir)
+      dir = dir.parent_path();
     auto listing = std::make_shared<const views::DirListing>(list_dir(dir));
     if (!listing->error.empty()) log(LogEntry::Level::Warning, listing->error);
     update([&](Snapshot& s) { s.listing = listing; });
