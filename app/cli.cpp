@@ -48,12 +48,6 @@ int run_cli(int argc, char** argv) {
   app.set_version_flag("--version",
                        std::function<std::string()>(version_text));  // probes CUDA only when asked
   app.require_subcommand(0, 1);
-#ifdef LOCKSTEP_HAVE_GUI
-  app.footer(
-      "The workbench window: `lockstep` with no arguments opens it on the embedded demo;\n"
-      "`lockstep MODEL` (a .gguf file or a safetensors folder) opens it on MODEL and runs\n"
-      "lane ref against lane cpu on the model's default tokens.");
-#endif
   app.fallthrough(false);
 
   std::vector<Command> commands = {add_inspect_command(app),   add_tokenize_command(app),
@@ -61,6 +55,13 @@ int run_cli(int argc, char** argv) {
                                    add_dump_command(app),      add_bench_command(app),
                                    add_bisect_command(app),    add_diff_command(app),
                                    add_demo_command(app)};
+  // After the subcommands: they would inherit it.
+#ifdef LOCKSTEP_HAVE_GUI
+  app.footer(
+      "The workbench window: `lockstep` with no arguments opens it on the embedded demo;\n"
+      "`lockstep MODEL` (a .gguf file or a safetensors folder) opens it on MODEL and runs\n"
+      "lane ref against lane cpu on the model's default tokens.");
+#endif
 
   try {
     app.parse(argc, argv);

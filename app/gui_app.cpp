@@ -100,7 +100,7 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   views::draw_log_view(snapshot, seen_error);
   ImGui::EndChild();
   ImGui::EndGroup();
-  views::apply_dropped_dump(snapshot, ui);
+  views::sync_model_view(snapshot, ui);
   views::draw_file_browser(snapshot, ui, commands, rects);
   ImGui::End();
 }

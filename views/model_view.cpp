@@ -103,7 +103,10 @@ void model_summary(const ModelInfo& m, RectSink* rects) {
   if (!m.name.empty()) ImGui::TextDisabled("%s", m.name.c_str());
   ImGui::Text("tokenizer: %s", m.tokenizer.c_str());
   ImGui::Text("chat template: %s", m.has_chat_template ? "yes" : "none");
-  if (ImGui::TreeNode("Hyperparameters")) {
+  const bool hyper = ImGui::TreeNode("Hyperparameters");
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip("The model's shape as the file states it (GGUF metadata or config.json)");
+  if (hyper) {
     if (ImGui::BeginTable("model.hyper", 2,
                           ImGuiTableFlags_RowBg | ImGuiTableFlags_BordersInnerV)) {
       for (const auto& row : m.hyperparameters) {
@@ -148,7 +151,11 @@ void model_summary(const ModelInfo& m, RectSink* rects) {
 
 }  // namespace
 
-void apply_dropped_dump(const Snapshot& snapshot, UiState& ui) {
+void sync_model_view(const Snapshot& snapshot, UiState& ui) {
+  if (snapshot.model && snapshot.model->path != ui.seen_model) {
+    ui.seen_model = snapshot.model->path;
+    set_text(ui.model_path, ui.seen_model);
+  }
   if (snapshot.dump_drop_seq == ui.seen_dump_drop) return;
   ui.seen_dump_drop = snapshot.dump_drop_seq;
   if (snapshot.dump_drop_dir.empty()) return;

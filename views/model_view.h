@@ -12,7 +12,8 @@ namespace lockstep::views {
 void draw_model_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands, RectSink* rects);
 
 // Every frame, whichever tab is shown: a dump directory dropped onto the window becomes lane B
-// (lane A when B already is a dump).
-void apply_dropped_dump(const Snapshot& snapshot, UiState& ui);
+// (lane A when B already is a dump); a model opened some other way (dropped, recent, browser,
+// command line) fills the path field.
+void sync_model_view(const Snapshot& snapshot, UiState& ui);
 
 }  // namespace lockstep::views

@@ -29,6 +29,7 @@ struct UiState {
   double abs_threshold = 1e-3, floor_factor = 10.0;
   bool floor_cpu_ref = true;
   uint64_t seen_dump_drop = 0;  // the last dropped dump directory already made a lane
+  std::string seen_model;       // the opened model's path, once copied into the path field
   // The file browser (views/file_browser_view.h): open request, its directory and filter.
   bool browser_open = false;
   std::string browser_dir;  // "" until the first listing arrives

@@ -251,6 +251,37 @@ TEST_F(ModelPanel, CtrlOOpensTheBrowserAndDoubleClickOpensAModel) {
   EXPECT_EQ(state()["errors"], 0) << app_log();
 }
 
+TEST_F(ModelPanel, ADroppedDumpIsLaneBAgainstALiveLaneOnItsTokens) {
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  // A dump of the cpu lane with the demo's bug planted, written by `lockstep dump`.
+  const fs::path dump = dir_ / "dump-cpu-gemv";
+  const std::string cmd = std::string(LOCKSTEP_EXE) + " dump '" + shared_model().string() +
+                          "' --prompt 'Once upon a time' --lane cpu --fault gemv_transposed@lm_head"
+                          " -o '" +
+                          dump.string() + "' >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  drop({shared_model().string()});
+  ASSERT_TRUE(wait_for(30, [&] { return loaded_path() == shared_model().string() && idle(); }));
+  drop({dump.string()});
+  ASSERT_TRUE(wait_for(20, [&] { return state().value("lane_b", "") == "dump:" + dump.string(); }));
+
+  bool ran = false;
+  for (int attempt = 0; attempt < 3 && !ran; ++attempt) {
+    ASSERT_TRUE(click("run.run"));
+    ran = wait_for(120, [&] {
+      const json r = state();
+      return r.value("map_ready", false) && !r.value("running", true);
+    });
+  }
+  ASSERT_TRUE(ran) << "the run did not finish; app log:\n" << app_log();
+  const json r = state();
+  EXPECT_EQ(r["first_divergence"], "lm_head") << r.dump(1);
+  EXPECT_NE(r.value("title", "").find("lane ref vs lane dump:" + dump.string()), std::string::npos)
+      << r["title"];
+  EXPECT_EQ(r["errors"], 0) << app_log();
+  EXPECT_TRUE(screenshot("model-panel-dump-lane"));
+}
+
 class ModelArgument : public ModelPanel {
  protected:
   ModelArgument() { args_ = {shared_model().string()}; }
