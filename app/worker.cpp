@@ -479,9 +479,11 @@ void Worker::post(const views::Command& command) {
   }
   {
     std::lock_guard lock(queue_mutex_);
-    const JobKind kind = kind_of(command);
-    auto it = std::find_if(queue_.begin(), queue_.end(),
-                           [&](const views::Command& c) { return kind_of(c) == kind; });
+    // Drops are all kept: each dropped path is a request of its own.
+    const bool replaces = !std::holds_alternative<views::DropCommand>(command);
+    auto it = std::find_if(queue_.begin(), queue_.end(), [&](const views::Command& c) {
+      return replaces && c.index() == command.index();
+    });
     if (it != queue_.end())
       *it = command;  // the newer request replaces the queued older one
     else
@@ -888,24 +890,27 @@ void Worker::load_model(const std::string& path) {
 }
 
 void Worker::drop(const std::vector<std::string>& paths) {
+  std::vector<std::string> dumps;
   for (const std::string& p : paths) {
     std::error_code ec;
     const bool dir = std::filesystem::is_directory(p, ec);
-    if (dir && !std::filesystem::exists(std::filesystem::path(p) / "config.json", ec) &&
-        is_dump_dir(p)) {
+    const bool hf = dir && std::filesystem::exists(std::filesystem::path(p) / "config.json", ec);
+    if (dir && !hf && is_dump_dir(p)) {
       log(LogEntry::Level::Info, "dropped dump directory " + p + ": it becomes a lane");
-      update([&](Snapshot& s) {
-        ++s.dump_drop_seq;
-        s.dump_drop_dir = p;
-      });
+      dumps.push_back(p);
       continue;
     }
-    if (dir && !std::filesystem::exists(std::filesystem::path(p) / "config.json", ec))
+    if (dir && !hf)
       throw Error(p +
                   " is neither a model (a .gguf file, or a folder with config.json and "
                   "safetensors) nor an APRT dump (manifest.json, *.aprt or *.npy files)");
     load_model(p);
   }
+  if (dumps.empty()) return;
+  update([&](Snapshot& s) {
+    ++s.dump_drop_seq;
+    s.dump_drop_dirs = dumps;
+  });
 }
 
 void Worker::publish_recent() {

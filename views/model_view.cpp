@@ -158,10 +158,17 @@ void sync_model_view(const Snapshot& snapshot, UiState& ui) {
   }
   if (snapshot.dump_drop_seq == ui.seen_dump_drop) return;
   ui.seen_dump_drop = snapshot.dump_drop_seq;
-  if (snapshot.dump_drop_dir.empty()) return;
-  const bool to_a = is_dump(ui.lane_b);
-  (to_a ? ui.lane_a : ui.lane_b) = kDumpPrefix + snapshot.dump_drop_dir;
-  set_text(to_a ? ui.dump_dir_a : ui.dump_dir_b, snapshot.dump_drop_dir);
+  const std::vector<std::string>& dirs = snapshot.dump_drop_dirs;
+  auto set_lane = [&](bool a, const std::string& dir) {
+    (a ? ui.lane_a : ui.lane_b) = kDumpPrefix + dir;
+    set_text(a ? ui.dump_dir_a : ui.dump_dir_b, dir);
+  };
+  if (dirs.size() >= 2) {  // two at once: the first is the reference
+    set_lane(true, dirs[0]);
+    set_lane(false, dirs[1]);
+  } else if (dirs.size() == 1) {
+    set_lane(is_dump(ui.lane_b), dirs[0]);
+  }
 }
 
 void draw_model_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,

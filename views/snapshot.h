@@ -143,9 +143,10 @@ struct Snapshot {
   std::shared_ptr<const ModelInfo> model;  // null: no model opened (runs use the demo)
   std::shared_ptr<const std::vector<RecentModel>> recent;  // most recent first
   std::shared_ptr<const DirListing> listing;               // the file browser's directory
-  // A dropped APRT dump directory, for the lanes: bumps once per drop (the view sets a lane).
+  // APRT dump directories dropped together, for the lanes: the sequence number bumps once per
+  // drop (the view sets lane B, or A and B for two).
   uint64_t dump_drop_seq = 0;
-  std::string dump_drop_dir;
+  std::vector<std::string> dump_drop_dirs;
   std::vector<std::string> lane_names;  // the live lanes this build runs (app::lane_names())
 };
 

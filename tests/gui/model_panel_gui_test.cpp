@@ -185,6 +185,15 @@ TEST_F(ModelPanel, DroppedModelAndDumpAndRecentListAcrossARestart) {
   ASSERT_TRUE(wait_for(20, [&] { return state().value("lane_b", "") == "dump:" + dump.string(); }))
       << state().dump(1);
   EXPECT_EQ(state()["lane_a"], "ref");
+  // Two dropped together: lanes A and B, in the order dropped.
+  const fs::path dump2 = dir_ / "aprender-dump" / "layer-0";
+  fs::create_directories(dump2);
+  std::ofstream(dump2 / "attn_norm.npy") << "";
+  drop({dump2.parent_path().string(), dump.string()});
+  ASSERT_TRUE(wait_for(20, [&] {
+    return state().value("lane_a", "") == "dump:" + dump2.parent_path().string();
+  })) << state().dump(1);
+  EXPECT_EQ(state()["lane_b"], "dump:" + dump.string());
   EXPECT_EQ(state()["errors"], 0) << app_log();
 
   const fs::path settings = dir_ / "config" / "lockstep" / "settings.json";
