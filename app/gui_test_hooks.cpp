@@ -83,6 +83,8 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
   j["lane_b"] = ui.lane_b;
   j["model_path_field"] = std::string(ui.model_path.data());
   j["prompt"] = std::string(ui.prompt.data());
+  j["use_token_ids"] = ui.use_token_ids;
+  j["token_ids"] = std::string(ui.token_ids.data());
   j["browser_open"] = ui.browser_open;
   j["listing_dir"] = s.listing ? nlohmann::json(s.listing->dir) : nlohmann::json();
   j["listing_entries"] = nlohmann::json::array();

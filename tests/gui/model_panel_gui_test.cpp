@@ -132,6 +132,27 @@ TEST_F(ModelPanel, TypedPathOpensTheModelAndRunsRefAgainstCpu) {
       << r["title"];
   EXPECT_EQ(r["errors"], 0) << app_log();
   EXPECT_TRUE(screenshot("model-panel-stories260K"));
+
+  // Token ids instead of a prompt: four ids, commas and spaces mixed.
+  bool ids = false;
+  for (int attempt = 0; attempt < 3 && !ids; ++attempt) {
+    ASSERT_TRUE(click("run.input.tokens"));
+    ids = wait_for(10, [&] { return state().value("use_token_ids", false); });
+  }
+  ASSERT_TRUE(ids) << "the token ids radio button did not take";
+  ASSERT_TRUE(type_into("run.token_ids", "1, 5 9,12", "token_ids"));
+  auto four_tokens = [&] {
+    const json t = state();
+    return t.value("title", "").find(", 4 tokens,") != std::string::npos &&
+           !t.value("running", true);
+  };
+  bool ran_ids = false;
+  for (int attempt = 0; attempt < 3 && !ran_ids; ++attempt) {
+    ASSERT_TRUE(click("run.run"));
+    ran_ids = wait_for(60, four_tokens);
+  }
+  ASSERT_TRUE(ran_ids) << state()["title"] << app_log();
+  EXPECT_EQ(state()["errors"], 0) << app_log();
 }
 
 TEST_F(ModelPanel, BadPathsRaiseTheDialogAndKeepThePreviousModel) {
