@@ -30,7 +30,7 @@ std::string version_text() {
   s += "CUDA lanes: not built";
 #endif
 #ifdef LOCKSTEP_HAVE_GUI
-  s += "\nGUI: built (lockstep with no arguments opens the workbench window)";
+  s += "\nGUI: built (lockstep, or lockstep MODEL, opens the workbench window)";
 #else
   s += "\nGUI: not built (the headless commands only)";
 #endif
@@ -55,6 +55,13 @@ int run_cli(int argc, char** argv) {
                                    add_dump_command(app),      add_bench_command(app),
                                    add_bisect_command(app),    add_diff_command(app),
                                    add_demo_command(app)};
+  // After the subcommands: they would inherit it.
+#ifdef LOCKSTEP_HAVE_GUI
+  app.footer(
+      "The workbench window: `lockstep` with no arguments opens it on the embedded demo;\n"
+      "`lockstep MODEL` (a .gguf file or a safetensors folder) opens it on MODEL and runs\n"
+      "lane ref against lane cpu on the model's default tokens.");
+#endif
 
   try {
     app.parse(argc, argv);

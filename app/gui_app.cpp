@@ -20,8 +20,10 @@
 #include "app/gui_test_hooks.h"
 #include "app/worker.h"
 #include "views/drilldown_view.h"
+#include "views/file_browser_view.h"
 #include "views/log_view.h"
 #include "views/map_view.h"
+#include "views/model_view.h"
 #include "views/run_view.h"
 #include "views/splitter.h"
 
@@ -68,6 +70,7 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   record_panel(rects, "panel.sidebar");
   if (ImGui::BeginTabBar("sidebar.tabs")) {
     if (ImGui::BeginTabItem("Model & lanes")) {
+      views::draw_model_view(snapshot, ui, commands, rects);
       ImGui::EndTabItem();
     }
     if (ImGui::BeginTabItem("Dumps")) {
@@ -85,7 +88,8 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   // Right: run bar, map, then drill-down and log.
   ImGui::BeginGroup();
   const float line = ImGui::GetFrameHeightWithSpacing();
-  ImGui::BeginChild("run", ImVec2(0, line * 2 + ImGui::GetTextLineHeightWithSpacing() + 12), true);
+  ImGui::BeginChild("run", ImVec2(0, line * 3 + ImGui::GetTextLineHeightWithSpacing() * 2 + 12),
+                    true);
   record_panel(rects, "panel.run");
   views::draw_run_view(snapshot, ui, steady_now(), commands, rects);
   ImGui::EndChild();
@@ -135,12 +139,25 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   views::draw_log_view(snapshot, seen_error);
   ImGui::EndChild();
   ImGui::EndGroup();
+  views::sync_model_view(snapshot, ui);
+  views::draw_file_browser(snapshot, ui, commands, rects);
   ImGui::End();
+}
+
+// Paths dropped onto the window (GLFW's drop callback, or the test hook that stands in for it):
+// the worker opens models and turns dump directories into a lane.
+void handle_drop(Worker& worker, std::vector<std::string> paths) {
+  if (!paths.empty()) worker.post(views::DropCommand{std::move(paths)});
+}
+
+void on_drop(GLFWwindow* window, int count, const char** paths) {
+  auto* worker = static_cast<Worker*>(glfwGetWindowUserPointer(window));
+  if (worker) handle_drop(*worker, std::vector<std::string>(paths, paths + count));
 }
 
 }  // namespace
 
-int run_gui() {
+int run_gui(const std::string& model) {
   glfwSetErrorCallback([](int, const char*) {});  // the one-line message below says it all
   if (!glfwInit()) {
     std::fputs(kNoDisplay, stderr);
@@ -177,7 +194,8 @@ int run_gui() {
   ImGui_ImplOpenGL3_Init("#version 330");
 
   views::UiState ui;
-  ui.fault = kDemoFault;
+  ui.fault = model.empty() ? kDemoFault : "";  // a model of one's own runs clean by default
+  std::snprintf(ui.model_path.data(), ui.model_path.size(), "%s", model.c_str());
   ui.font_scale = settings.font_scale;
   ui.sidebar_width = settings.sidebar_width;
   ui.map_height = settings.map_height;
@@ -193,9 +211,15 @@ int run_gui() {
     Worker worker({.scratch = std::filesystem::temp_directory_path() /
                               ("lockstep-gui-" + std::to_string(getpid())),
                    .threads = 0,
-                   .wake = [] { glfwPostEmptyEvent(); }});
+                   .wake = [] { glfwPostEmptyEvent(); },
+                   .recent = settings.recent_models});
     worker.post(views::LogCommand{"workbench started; settings in " + config.string()});
-    worker.post(views::RunCommand{ui.fault, ui.decode});  // the embedded demo, at once
+    if (!model.empty()) worker.post(views::LoadModelCommand{model});
+    worker.post(views::run_command(ui));  // the embedded demo (or MODEL), at once
+    glfwSetWindowUserPointer(window, &worker);
+    glfwSetDropCallback(window, on_drop);
+    std::shared_ptr<const std::vector<views::RecentModel>> saved_recent;
+    std::string window_title;
 
     uint64_t seen_error = 0;
     int eager_frames = 0;  // frames drawn without waiting, after input or a publish
@@ -217,6 +241,10 @@ int run_gui() {
       }
       snapshot = worker.snapshot();  // the one this frame draws
       if (frame_stats) frame_stats->begin_frame(steady_now());
+      if (snapshot->title != window_title) {  // what was run: model, lanes, fault, mode
+        window_title = snapshot->title;
+        glfwSetWindowTitle(window, ("Lockstep workbench: " + window_title).c_str());
+      }
 
       io.FontGlobalScale = ui.font_scale;
       ImGui_ImplOpenGL3_NewFrame();
@@ -228,6 +256,15 @@ int run_gui() {
       ImGui::Render();
       if (frame_stats) frame_stats->built(steady_now());
       for (const views::Command& c : commands) worker.post(c);
+      if (snapshot->recent && snapshot->recent != saved_recent) {  // a model was opened
+        saved_recent = snapshot->recent;
+        std::vector<std::string> paths;
+        for (const views::RecentModel& r : *snapshot->recent) paths.push_back(r.path);
+        if (paths != settings.recent_models) {
+          settings.recent_models = std::move(paths);
+          ui.settings_changed = true;
+        }
+      }
       if (ui.settings_changed) {
         ui.settings_changed = false;
         settings.font_scale = ui.font_scale;
@@ -255,6 +292,7 @@ int run_gui() {
         hooks->write_state(*snapshot, ui);
         hooks->maybe_screenshot(fb_w, fb_h);
         if (hooks->quit_requested()) glfwSetWindowShouldClose(window, GLFW_TRUE);
+        handle_drop(worker, hooks->take_drop_request());
       }
       const double hooks_seconds = steady_now() - hooks_start;  // the tests', not a user's
       glfwSwapBuffers(window);
@@ -266,6 +304,8 @@ int run_gui() {
     if (layout_saver.update(steady_now(), ui, window, false, true, settings))
       save_settings(config, settings);
     if (frame_stats) frame_stats->write();
+    glfwSetDropCallback(window, nullptr);
+    glfwSetWindowUserPointer(window, nullptr);
   }  // the worker cancels its job and joins before the context goes
 
   ImGui_ImplOpenGL3_Shutdown();

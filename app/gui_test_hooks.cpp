@@ -78,6 +78,33 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
     j["logits_plot"] = nullptr;
   j["logits_readout"] = ui.logits_readout;
   j["logits_position"] = ui.logits_position;
+  if (const views::ModelInfo* m = s.model.get())
+    j["model"] = {{"path", m->path},
+                  {"kind", m->kind},
+                  {"family", m->family},
+                  {"layers", m->layers},
+                  {"tensors", m->tensors.size()},
+                  {"tokenizer", m->has_tokenizer},
+                  {"chat_template", m->has_chat_template}};
+  else
+    j["model"] = nullptr;
+  j["recent"] = nlohmann::json::array();
+  if (s.recent)
+    for (const views::RecentModel& r : *s.recent)
+      j["recent"].push_back({{"path", r.path}, {"exists", r.exists}});
+  j["lane_a"] = ui.lane_a;
+  j["lane_b"] = ui.lane_b;
+  j["model_path_field"] = std::string(ui.model_path.data());
+  j["prompt"] = std::string(ui.prompt.data());
+  j["use_token_ids"] = ui.use_token_ids;
+  j["token_ids"] = std::string(ui.token_ids.data());
+  j["browser_open"] = ui.browser_open;
+  j["listing_dir"] = s.listing ? nlohmann::json(s.listing->dir) : nlohmann::json();
+  j["listing_entries"] = nlohmann::json::array();
+  if (s.listing)
+    for (const views::DirEntry& e : s.listing->entries) j["listing_entries"].push_back(e.name);
+  j["error_title"] = s.error_title;
+  j["job"] = s.job.message;
   const std::string text = j.dump(1);
   if (text == last_state_) return;
   last_state_ = text;
@@ -105,6 +132,20 @@ void GuiTestHooks::maybe_screenshot(int w, int h) {
   const std::string tmp = target + ".tmp.png";
   if (stbi_write_png(tmp.c_str(), w, h, 3, pixels.data(), w * 3))
     std::filesystem::rename(tmp, target, ec);
+}
+
+std::vector<std::string> GuiTestHooks::take_drop_request() {
+  const std::filesystem::path request = dir_ / "drop.request";
+  std::error_code ec;
+  if (!std::filesystem::exists(request, ec)) return {};
+  std::vector<std::string> paths;
+  {
+    std::ifstream in(request);
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) paths.push_back(line);
+  }
+  std::filesystem::remove(request, ec);
+  return paths;
 }
 
 bool GuiTestHooks::quit_requested() const {

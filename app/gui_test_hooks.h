@@ -11,13 +11,17 @@
 //      rows, levels} or null, "logits_readout", "logits_position"};
 //   - when DIR/screenshot.request appears (its content: the PNG path to write), reads the frame
 //     back (glReadPixels) after rendering it, writes the PNG and removes the request;
-//   - when DIR/quit.request appears, closes the window (the test's clean exit).
+//   - when DIR/quit.request appears, closes the window (the test's clean exit);
+//   - when DIR/drop.request appears (one path per line), hands the paths to the same handler
+//     as GLFW's drop callback and removes the request: xdotool cannot drive a real X
+//     drag-and-drop (XDND needs a drag source), so the tests drop through this hook.
 // Every file is written to a temporary name and renamed, so a reader never sees half of one.
 
 #include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "views/snapshot.h"
 #include "views/ui_state.h"
@@ -33,6 +37,7 @@ class GuiTestHooks {
   // Call after rendering, before swapping buffers.
   void maybe_screenshot(int framebuffer_w, int framebuffer_h);
   bool quit_requested() const;
+  std::vector<std::string> take_drop_request();  // the paths of DIR/drop.request, once
 
  private:
   explicit GuiTestHooks(std::filesystem::path dir) : dir_(std::move(dir)) {}

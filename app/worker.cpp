@@ -9,7 +9,9 @@
 #include <optional>
 
 #include "app/demo_model.h"
+#include "app/gui_settings.h"
 #include "app/lanes.h"
+#include "app/model_info.h"
 #include "app/model_input.h"
 #include "app/plot_data.h"
 #include "app/worker_priority.h"
@@ -17,6 +19,7 @@
 #include "engine/diagnose.h"
 #include "engine/family.h"
 #include "engine/faults.h"
+#include "engine/trace_io.h"
 #include "engine/weights.h"
 #include "formats/error.h"
 
@@ -40,6 +43,9 @@ struct Worker::State {
   std::map<engine::Cell, engine::ReplayVerdict> replays;  // replayed on request
   std::map<engine::Cell, engine::Diagnosis> replay_diagnoses;
   std::shared_ptr<const MapData> map;
+  bool user_model = false;  // `model` was opened by the user (else it is the demo, or none)
+  std::optional<engine::ModelConfig> run_config;  // the result's model, when known
+  std::vector<std::string> recent;                // recent models, most recent first
 };
 
 namespace {
@@ -129,16 +135,20 @@ std::optional<engine::ReplayVerdict> localized(const engine::BisectResult& r,
   return std::nullopt;
 }
 
-std::shared_ptr<const MapData> build_map(const engine::BisectResult& r) {
+// `keep`: the cells the map shows (the run's stage and layer choice); others show "—", and a
+// stage none of whose cells is kept has no column.
+std::shared_ptr<const MapData> build_map(const engine::BisectResult& r,
+                                         const std::function<bool(const engine::Cell&)>& keep) {
   auto map = std::make_shared<MapData>();
   // Columns: per-layer stages any cell has, in table (plan) order, then whole-model stages.
   std::vector<engine::Stage> per_layer, whole;
   uint32_t layers = 0;
   for (const auto& d : r.scan.cells) {
     auto& list = d.cell.layer ? per_layer : whole;
+    if (d.cell.layer) layers = std::max(layers, *d.cell.layer + 1);
+    if (!keep(d.cell)) continue;
     if (std::find(list.begin(), list.end(), d.cell.stage) == list.end())
       list.push_back(d.cell.stage);
-    if (d.cell.layer) layers = std::max(layers, *d.cell.layer + 1);
   }
   std::sort(per_layer.begin(), per_layer.end());
   std::sort(whole.begin(), whole.end());
@@ -152,6 +162,7 @@ std::shared_ptr<const MapData> build_map(const engine::BisectResult& r) {
 
   for (size_t i = 0; i < r.scan.cells.size(); ++i) {
     const engine::CellDivergence& d = r.scan.cells[i];
+    if (!keep(d.cell)) continue;
     const size_t col = static_cast<size_t>(std::find(columns.begin(), columns.end(), d.cell.stage) -
                                            columns.begin());
     const size_t row = d.cell.layer ? *d.cell.layer : map->rows.size() - 1;
@@ -392,7 +403,8 @@ std::shared_ptr<const CellDetail> build_detail(const Worker::State& st, const en
     diag = it->second;
     basis = "from the replayed node";
   } else {
-    diag = engine::diagnose(cell, *ta, *tb, st.model->config, 0, d->threshold);
+    diag = engine::diagnose(cell, *ta, *tb, st.run_config.value_or(engine::ModelConfig{}), 0,
+                            d->threshold);
     basis = "from the captures";
   }
   o.diagnosis_class = diag->bug ? std::string(engine::bug_class_name(*diag->bug)) : "";
@@ -423,6 +435,9 @@ JobKind kind_of(const views::Command& c) {
   if (std::holds_alternative<views::RunCommand>(c)) return JobKind::Run;
   if (std::holds_alternative<views::SelectCommand>(c)) return JobKind::Select;
   if (std::holds_alternative<views::ReplayCommand>(c)) return JobKind::Replay;
+  if (std::holds_alternative<views::LoadModelCommand>(c)) return JobKind::Load;
+  if (std::holds_alternative<views::DropCommand>(c)) return JobKind::Load;
+  if (std::holds_alternative<views::ListDirCommand>(c)) return JobKind::ListDir;
   return JobKind::None;
 }
 
@@ -430,9 +445,11 @@ JobKind kind_of(const views::Command& c) {
 
 Worker::Worker(WorkerOptions options)
     : options_(std::move(options)), state_(std::make_unique<State>()) {
+  state_->recent = options_.recent;
   auto s = std::make_shared<Snapshot>();
   s->log = std::make_shared<const std::vector<LogEntry>>();
   s->title = "starting";
+  s->lane_names = lane_names();
   snapshot_ = s;
   thread_ = std::thread([this] { loop(); });
 }
@@ -468,9 +485,11 @@ void Worker::post(const views::Command& command) {
   }
   {
     std::lock_guard lock(queue_mutex_);
-    const JobKind kind = kind_of(command);
-    auto it = std::find_if(queue_.begin(), queue_.end(),
-                           [&](const views::Command& c) { return kind_of(c) == kind; });
+    // Drops are all kept: each dropped path is a request of its own.
+    const bool replaces = !std::holds_alternative<views::DropCommand>(command);
+    auto it = std::find_if(queue_.begin(), queue_.end(), [&](const views::Command& c) {
+      return replaces && c.index() == command.index();
+    });
     if (it != queue_.end())
       *it = command;  // the newer request replaces the queued older one
     else
@@ -514,6 +533,7 @@ void Worker::fail(const std::string& what, const std::string& detail) {
 
 void Worker::loop() {
   lower_worker_priority();  // before any compute thread starts: they inherit it
+  publish_recent();
   for (;;) {
     views::Command command;
     {
@@ -529,9 +549,11 @@ void Worker::loop() {
     try {
       execute(command);
     } catch (const std::exception& e) {
-      const char* what = kind == JobKind::Run      ? "The bisection failed"
-                         : kind == JobKind::Replay ? "The replay failed"
-                                                   : "Showing the cell failed";
+      const char* what = kind == JobKind::Run       ? "The bisection failed"
+                         : kind == JobKind::Replay  ? "The replay failed"
+                         : kind == JobKind::Load    ? "Opening the model failed"
+                         : kind == JobKind::ListDir ? "Listing the folder failed"
+                                                    : "Showing the cell failed";
       fail(what, e.what());
     }
     update([&](Snapshot& s) {
@@ -551,78 +573,28 @@ void Worker::execute(const views::Command& command) {
   };
 
   if (const auto* run = std::get_if<views::RunCommand>(&command)) {
-    const auto started = std::chrono::steady_clock::now();
-    const std::string fault_text = run->fault.empty() ? "no fault" : run->fault;
-    const engine::RunMode mode = run->decode ? engine::RunMode::Decode : engine::RunMode::Prefill;
-    log(LogEntry::Level::Info, "run: demo model, ref vs cpu, " + fault_text + ", " +
-                                   std::string(engine::run_mode_name(mode)));
-    const engine::FamilyRegistry families = engine::FamilyRegistry::load();
-    if (!st.model) {
-      progress(0.0, "writing the demo model");
-      std::filesystem::create_directories(options_.scratch);
-      const std::filesystem::path path = options_.scratch / "demo.gguf";
-      write_demo_model(path, "llama", options_.threads, &cancel_);
-      st.model_path = path;
-      st.model.emplace(engine::open_model(path, families));
-      st.tokens = resolve_tokens("gui", *st.model, path.string(), TokenArgs{.prompt = kDemoPrompt});
-    }
-    std::optional<engine::FaultSpec> fault;
-    if (!run->fault.empty()) {
-      fault = engine::FaultSpec::parse(run->fault);
-      engine::resolve_fault(*fault, st.model->plan, st.model->config);
-    }
-    progress(0.02, "loading lanes ref and cpu");
-    std::unique_ptr<engine::Lane> a = make_lane("ref", {.threads = options_.threads, .fault = {}});
-    std::unique_ptr<engine::Lane> b =
-        make_lane("cpu", {.threads = options_.threads, .fault = fault});
-    a->load(*st.model);
-    b->load(*st.model);
-
-    engine::BisectOptions options;
-    options.mode = mode;
-    options.heatmaps = true;
-    options.threads = options_.threads;
-    engine::BisectResult r = engine::bisect(
-        *a, *b, *st.model, st.tokens, options,
-        [&](const engine::BisectProgress& p) { progress(0.03 + 0.85 * p.fraction, p.message); },
-        &cancel_);
-    if (r.cancelled) {
-      log(LogEntry::Level::Warning, "run cancelled; the map keeps the previous result");
-      return;
-    }
-    progress(0.9, "capturing lane ref for the drill-down");
-    std::optional<engine::Trace> ta =
-        engine::capture_run(*a, st.tokens, mode, engine::CapturePlan::all(), &cancel_);
-    progress(0.95, "capturing lane cpu for the drill-down");
-    std::optional<engine::Trace> tb =
-        engine::capture_run(*b, st.tokens, mode, engine::CapturePlan::all(), &cancel_);
-    if (!ta || !tb || cancel_) {
-      log(LogEntry::Level::Warning, "run cancelled; the map keeps the previous result");
-      return;
-    }
-    st.lane_a = std::move(a);
-    st.lane_b = std::move(b);
-    st.trace_a = std::move(*ta);
-    st.trace_b = std::move(*tb);
-    st.replays.clear();
-    st.replay_diagnoses.clear();
-    st.fault = fault_text;
-    st.result.emplace(std::move(r));
-    st.map = build_map(*st.result);
-    std::shared_ptr<const CellDetail> detail;
-    if (st.map->first) detail = build_detail(st, st.map->cells[*st.map->first].cell);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    const std::string title = "demo model (" + st.model->family.name + ", " +
-                              std::to_string(st.model->config.layers) + " layers), " +
-                              std::to_string(st.tokens.size()) + " tokens, lane ref vs lane cpu (" +
-                              fault_text + "), " + std::string(engine::run_mode_name(mode));
-    update([&](Snapshot& s) {
-      s.title = title;
-      s.map = st.map;
-      s.detail = detail;
-    });
-    log(LogEntry::Level::Info, st.map->headline + fmt(" (%.2f s)", seconds));
+    run_job(*run);
+    return;
+  }
+  if (const auto* load = std::get_if<views::LoadModelCommand>(&command)) {
+    load_model(load->path);
+    return;
+  }
+  if (const auto* d = std::get_if<views::DropCommand>(&command)) {
+    drop(d->paths);
+    return;
+  }
+  if (const auto* ls = std::get_if<views::ListDirCommand>(&command)) {
+    std::filesystem::path dir =
+        ls->dir.empty() ? std::filesystem::current_path() : std::filesystem::path(ls->dir);
+    // A folder that is gone (a recent model's, say): list the nearest one that exists.
+    std::error_code ec;
+    while (!std::filesystem::is_directory(dir, ec) && dir.has_parent_path() &&
+           dir.parent_path() != dir)
+      dir = dir.parent_path();
+    auto listing = std::make_shared<const views::DirListing>(list_dir(dir));
+    if (!listing->error.empty()) log(LogEntry::Level::Warning, listing->error);
+    update([&](Snapshot& s) { s.listing = listing; });
     return;
   }
 
@@ -640,8 +612,12 @@ void Worker::execute(const views::Command& command) {
     for (const auto& x : st.result->scan.cells)
       if (x.cell == rep->cell) d = &x;
     if (!d) throw Error("no comparison holds " + engine::cell_name(rep->cell));
+    if (!st.lane_a || !st.lane_b)
+      throw Error(
+          "replay runs lane B's own implementation of a node on lane A's inputs; this "
+          "result compares a dump, which has none: choose two live lanes and Run");
     const std::string name = engine::cell_name(rep->cell);
-    progress(0.1, "replaying " + name + " on lane cpu");
+    progress(0.1, "replaying " + name + " on lane " + st.lane_b->name());
     const engine::ReplayVerdict v =
         engine::replay_cell(*st.lane_a, *st.lane_b, *st.model, st.trace_a, *d, d->threshold);
     progress(0.6, "diagnosing " + name + " from its replay");
@@ -656,6 +632,298 @@ void Worker::execute(const views::Command& command) {
                                    (v.introduced ? "introduced" : "inherited") + " (local " +
                                    sci(v.local) + ", threshold " + sci(v.threshold) + ")");
   }
+}
+
+void Worker::run_job(const views::RunCommand& run) {
+  State& st = *state_;
+  auto progress = [&](double fraction, const std::string& message) {
+    update([&](Snapshot& s) {
+      s.job.fraction = fraction;
+      s.job.message = message;
+    });
+  };
+  const auto started = std::chrono::steady_clock::now();
+  const engine::RunMode run_mode = run.decode ? engine::RunMode::Decode : engine::RunMode::Prefill;
+  const std::string mode_name(engine::run_mode_name(run_mode));
+  auto dump_dir = [](const std::string& lane) -> std::optional<std::string> {
+    if (lane.rfind("dump:", 0) != 0) return std::nullopt;
+    return lane.substr(5);
+  };
+  const std::optional<std::string> dump_a = dump_dir(run.lane_a), dump_b = dump_dir(run.lane_b);
+  if ((dump_a && dump_a->empty()) || (dump_b && dump_b->empty()))
+    throw Error("a dump lane names no directory: type the dump's directory under the lane");
+
+  // What the map keeps; checked before anything runs.
+  const LayerRange layers = parse_layer_range(run.layers);
+  std::vector<engine::Stage> stages;
+  for (const std::string& name : run.stages) {
+    const std::optional<engine::Stage> st_ = engine::find_stage(name);
+    if (!st_) throw Error("stages: \"" + name + "\" is not a stage name");
+    stages.push_back(*st_);
+  }
+  auto keep = [&](const engine::Cell& c) {
+    if (!stages.empty() && std::find(stages.begin(), stages.end(), c.stage) == stages.end())
+      return false;
+    return !c.layer || layers.contains(*c.layer);
+  };
+
+  std::string fault_text = run.fault.empty() ? "no fault" : run.fault;
+  const std::string lanes_text = "lane " + run.lane_a + " vs lane " + run.lane_b;
+  const bool live = !dump_a || !dump_b;
+  if (live && (dump_a || dump_b) && !st.user_model)
+    throw Error(lanes_text + ": running a live lane on a dump's input needs the model the dump " +
+                "ran; open it first (Model & lanes: path, Open)");
+  if (live && !st.model) {
+    progress(0.0, "writing the demo model");
+    std::filesystem::create_directories(options_.scratch);
+    const std::filesystem::path path = options_.scratch / "demo.gguf";
+    write_demo_model(path, "llama", options_.threads, &cancel_);
+    st.model_path = path;
+    st.model.emplace(engine::open_model(path, engine::FamilyRegistry::load()));
+    st.tokens = resolve_tokens("gui", *st.model, path.string(), TokenArgs{.prompt = kDemoPrompt});
+  }
+  const std::string model_name = !live && !st.user_model ? std::string("dumps")
+                                 : st.user_model
+                                     ? std::filesystem::path(st.model_path).filename().string()
+                                     : std::string("demo model");
+
+  // The input: the dump's token ids when a lane is a dump, else the typed ones, else the
+  // default (the demo's prompt; a model's default tokens).
+  std::vector<int32_t> tokens;
+  if (live && !dump_a && !dump_b) {
+    TokenArgs args;
+    if (run.use_token_ids && !run.token_ids.empty())
+      args.tokens = parse_token_ids(run.token_ids);
+    else if (!run.use_token_ids && !run.prompt.empty())
+      args = {.prompt = run.prompt, .chat = run.chat, .tokens = {}};
+    if (!args.tokens.empty() || !args.prompt.empty())
+      tokens = resolve_tokens("run", *st.model, st.model_path.string(), args);
+    else
+      tokens = st.user_model ? default_tokens(*st.model) : st.tokens;
+  }
+
+  std::optional<engine::FaultSpec> fault;
+  if (!run.fault.empty()) {
+    if (dump_b) {
+      log(LogEntry::Level::Warning, "fault " + run.fault + " not planted: lane B is a dump");
+      fault_text = "no fault";
+    } else {
+      fault = engine::FaultSpec::parse(run.fault);
+      engine::resolve_fault(*fault, st.model->plan, st.model->config);
+    }
+  }
+  log(LogEntry::Level::Info,
+      "run: " + model_name + ", " + lanes_text + ", " + fault_text + ", " + mode_name);
+
+  engine::BisectOptions options;
+  options.mode = run_mode;
+  options.threads = options_.threads;
+  options.settings.abs_threshold = run.abs_threshold;
+  options.settings.floor_factor = run.floor_factor;
+  options.floor = run.floor_cpu_ref ? engine::FloorSource::CpuVsRef : engine::FloorSource::None;
+
+  std::unique_ptr<engine::Lane> a, b;
+  engine::Trace trace_a, trace_b;
+  std::optional<engine::BisectResult> result;
+  if (!dump_a && !dump_b) {
+    progress(0.02, "loading lanes " + run.lane_a + " and " + run.lane_b);
+    a = make_lane(run.lane_a, {.threads = options_.threads, .fault = {}});
+    b = make_lane(run.lane_b, {.threads = options_.threads, .fault = fault});
+    a->load(*st.model);
+    b->load(*st.model);
+    options.heatmaps = true;
+    engine::BisectResult r = engine::bisect(
+        *a, *b, *st.model, tokens, options,
+        [&](const engine::BisectProgress& p) { progress(0.03 + 0.85 * p.fraction, p.message); },
+        &cancel_);
+    if (r.cancelled) {
+      log(LogEntry::Level::Warning, "run cancelled; the map keeps the previous result");
+      return;
+    }
+    progress(0.9, "capturing lane " + run.lane_a + " for the drill-down");
+    std::optional<engine::Trace> ta =
+        engine::capture_run(*a, tokens, run_mode, engine::CapturePlan::all(), &cancel_);
+    progress(0.95, "capturing lane " + run.lane_b + " for the drill-down");
+    std::optional<engine::Trace> tb =
+        engine::capture_run(*b, tokens, run_mode, engine::CapturePlan::all(), &cancel_);
+    if (!ta || !tb || cancel_) {
+      log(LogEntry::Level::Warning, "run cancelled; the map keeps the previous result");
+      return;
+    }
+    trace_a = std::move(*ta);
+    trace_b = std::move(*tb);
+    result.emplace(std::move(r));
+  } else {
+    // A dump on either side: compare saved traces the way `lockstep diff` does.
+    const engine::ModelConfig* config = st.user_model ? &st.model->config : nullptr;
+    auto read_dump = [&](const std::string& dir, double at) {
+      progress(at, "reading dump " + dir);
+      engine::LoadedDump d = engine::load_dump(dir, config);
+      for (const formats::DumpIssue& issue : d.issues)
+        log(LogEntry::Level::Warning, dir + ": " +
+                                          std::string(formats::dump_issue_kind_name(issue.kind)) +
+                                          ": " + issue.message);
+      if (d.trace.size() == 0)
+        throw Error(dir + " holds no readable cell (the log lists its files' problems)");
+      return std::move(d.trace);
+    };
+    if (dump_a) trace_a = read_dump(*dump_a, 0.05);
+    if (dump_b) trace_b = read_dump(*dump_b, 0.15);
+    if (dump_a && dump_b) {
+      if (!trace_a.tokens.empty() && !trace_b.tokens.empty() && trace_a.tokens != trace_b.tokens)
+        throw Error(*dump_a + " and " + *dump_b +
+                    " ran different token ids (their manifests disagree): a comparison would be "
+                    "meaningless");
+      if (trace_a.tokens.empty()) trace_a.tokens = trace_b.tokens;
+      tokens = trace_a.tokens;
+    } else {
+      const std::string& dir = dump_a ? *dump_a : *dump_b;
+      const std::string& lane = dump_a ? run.lane_b : run.lane_a;
+      tokens = dump_a ? trace_a.tokens : trace_b.tokens;
+      if (tokens.empty())
+        throw Error(dir +
+                    " records no token ids (its manifest.json is missing or has no "
+                    "\"tokens\"): lane " +
+                    lane +
+                    " cannot run the same input; compare two dumps instead, or write both with "
+                    "`lockstep dump`");
+      tokens = resolve_tokens("run", *st.model, st.model_path.string(),
+                              TokenArgs{.prompt = {}, .chat = false, .tokens = tokens});
+      progress(0.25, "running lane " + lane + " on the dump's " + std::to_string(tokens.size()) +
+                         " tokens");
+      std::unique_ptr<engine::Lane> l =
+          make_lane(lane, {.threads = options_.threads, .fault = dump_a ? fault : std::nullopt});
+      l->load(*st.model);
+      std::optional<engine::Trace> t =
+          engine::capture_run(*l, tokens, run_mode, engine::CapturePlan::all(), &cancel_);
+      if (!t || cancel_) {
+        log(LogEntry::Level::Warning, "run cancelled; the map keeps the previous result");
+        return;
+      }
+      (dump_a ? trace_b : trace_a) = std::move(*t);
+    }
+    std::optional<engine::NoiseFloor> floor;
+    std::string floor_note;
+    if (options.floor == engine::FloorSource::CpuVsRef) {
+      if (!st.user_model)
+        floor_note = "none: measuring it needs the model the dumps ran (open it first)";
+      else if (tokens.empty())
+        floor_note = "none: neither dump's manifest records the token ids it ran";
+      else {
+        progress(0.5, "measuring the noise floor (cpu against ref)");
+        floor =
+            engine::measure_noise_floor(*st.model, tokens, run_mode, options_.threads, &cancel_);
+        if (!floor) {
+          log(LogEntry::Level::Warning, "run cancelled; the map keeps the previous result");
+          return;
+        }
+      }
+    }
+    progress(0.8, "comparing " + std::to_string(trace_a.size()) + " cells");
+    result.emplace(
+        engine::diff_traces(trace_a, trace_b, config, floor ? &*floor : nullptr, options));
+    if (!floor_note.empty()) {
+      result->floor_note = floor_note;
+      log(LogEntry::Level::Info, "noise floor " + floor_note);
+    }
+  }
+
+  st.lane_a = std::move(a);
+  st.lane_b = std::move(b);
+  st.trace_a = std::move(trace_a);
+  st.trace_b = std::move(trace_b);
+  st.replays.clear();
+  st.replay_diagnoses.clear();
+  st.fault = fault_text;
+  st.run_config.reset();
+  if (st.model && (live || st.user_model)) st.run_config = st.model->config;
+  st.result.emplace(std::move(*result));
+  st.map = build_map(*st.result, keep);
+  std::shared_ptr<const CellDetail> detail;
+  if (st.map->first) detail = build_detail(st, st.map->cells[*st.map->first].cell);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::string title = model_name;
+  if (st.model && (live || st.user_model))
+    title +=
+        " (" + st.model->family.name + ", " + std::to_string(st.model->config.layers) + " layers)";
+  title += ", " + std::to_string(tokens.size()) + " tokens, lane " + run.lane_a + " vs lane " +
+           run.lane_b + " (" + fault_text + "), " + mode_name;
+  update([&](Snapshot& s) {
+    s.title = title;
+    s.map = st.map;
+    s.detail = detail;
+  });
+  log(LogEntry::Level::Info, st.map->headline + fmt(" (%.2f s)", seconds));
+}
+
+void Worker::load_model(const std::string& path) {
+  State& st = *state_;
+  if (path.empty()) throw Error("no path given: type a model's path, or press Browse");
+  update([&](Snapshot& s) {
+    s.job.fraction = 0.1;
+    s.job.message = "opening " + path;
+  });
+  log(LogEntry::Level::Info, "open model " + path);
+  std::error_code ec;
+  const std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  engine::Model model = engine::open_model(abs, engine::FamilyRegistry::load());
+  auto info = std::make_shared<const views::ModelInfo>(model_info(abs, model));
+  // Lanes, traces and the result belong to the previous model.
+  st.lane_a.reset();
+  st.lane_b.reset();
+  st.result.reset();
+  st.trace_a = {};
+  st.trace_b = {};
+  st.replays.clear();
+  st.replay_diagnoses.clear();
+  st.map.reset();
+  st.run_config.reset();
+  if (!st.user_model && !st.model_path.empty()) std::filesystem::remove_all(options_.scratch, ec);
+  st.model.emplace(std::move(model));
+  st.model_path = abs;
+  st.user_model = true;
+  st.tokens.clear();
+  st.recent = push_recent(st.recent, abs.string(), GuiSettings::kMaxRecent);
+  update([&](Snapshot& s) {
+    s.model = info;
+    s.map = nullptr;
+    s.detail = nullptr;
+    s.title = abs.filename().string() + " opened; press Run (Ctrl+R)";
+  });
+  publish_recent();
+  log(LogEntry::Level::Info, "opened " + abs.string() + ": " + info->family + ", " +
+                                 std::to_string(info->layers) + " layers, " + info->tensor_bytes);
+}
+
+void Worker::drop(const std::vector<std::string>& paths) {
+  std::vector<std::string> dumps;
+  for (const std::string& p : paths) {
+    std::error_code ec;
+    const bool dir = std::filesystem::is_directory(p, ec);
+    const bool hf = dir && std::filesystem::exists(std::filesystem::path(p) / "config.json", ec);
+    if (dir && !hf && is_dump_dir(p)) {
+      log(LogEntry::Level::Info, "dropped dump directory " + p + ": it becomes a lane");
+      dumps.push_back(p);
+      continue;
+    }
+    if (dir && !hf)
+      throw Error(p +
+                  " is neither a model (a .gguf file, or a folder with config.json and "
+                  "safetensors) nor an APRT dump (manifest.json, *.aprt or *.npy files)");
+    load_model(p);
+  }
+  if (dumps.empty()) return;
+  update([&](Snapshot& s) {
+    ++s.dump_drop_seq;
+    s.dump_drop_dirs = dumps;
+  });
+}
+
+void Worker::publish_recent() {
+  auto recent =
+      std::make_shared<const std::vector<views::RecentModel>>(check_recent(state_->recent));
+  update([&](Snapshot& s) { s.recent = recent; });
 }
 
 }  // namespace lockstep::app

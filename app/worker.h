@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "views/snapshot.h"
 
@@ -22,6 +23,7 @@ struct WorkerOptions {
   std::filesystem::path scratch;  // a directory of its own for the demo model (removed at the end)
   unsigned threads = 0;           // lanes and comparison; 0 = one per hardware thread
   std::function<void()> wake;     // called after each publish (wakes the frame loop)
+  std::vector<std::string> recent;  // recent models from the settings, most recent first
 };
 
 class Worker {
@@ -31,8 +33,9 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Run, Select and Replay are queued (replacing a queued one of the same kind); Cancel stops
-  // the job under way and drops queued runs and replays; Log adds a line.
+  // Run, Select, Replay, LoadModel, ListDir and Drop are queued (replacing a queued one of the
+  // same kind); Cancel stops the job under way and drops queued runs and replays; Log adds a
+  // line.
   void post(const views::Command& command);
   std::shared_ptr<const views::Snapshot> snapshot() const;
 
@@ -41,6 +44,10 @@ class Worker {
  private:
   void loop();
   void execute(const views::Command& command);
+  void run_job(const views::RunCommand& run);
+  void load_model(const std::string& path);
+  void drop(const std::vector<std::string>& paths);
+  void publish_recent();
   void update(const std::function<void(views::Snapshot&)>& change);
   void log(views::LogEntry::Level level, const std::string& text);
   void fail(const std::string& what, const std::string& detail);

@@ -1,6 +1,7 @@
 #include "engine/bisect_run.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 
@@ -104,11 +105,35 @@ BisectResult bisect(Lane& a, Lane& b, const Model& model, std::span<const int32_
   };
   const std::string mode(run_mode_name(options.mode));
 
-  report(0.0, "running lane " + r.lane_a + " (" + mode + ")");
-  std::optional<Trace> ta = capture_run(a, tokens, options.mode, CapturePlan::all(), cancel);
+  // A lane's run reports the cell it has reached ("running lane cpu (prefill): attn_norm@3"):
+  // at each new layer, and otherwise at most every 50 ms.
+  auto run_lane = [&](Lane& lane, double from, double to) {
+    const std::string what = "running lane " + lane.name() + " (" + mode + ")";
+    report(from, what);
+    const double total = double(model.plan.nodes.size()) *
+                         double(options.mode == RunMode::Decode ? tokens.size() : 1);
+    double reached = 0;
+    std::optional<uint32_t> last_layer;
+    auto last_time = std::chrono::steady_clock::now();
+    lane.set_node_observer([&](const Node& node) {
+      ++reached;
+      if (!node.stage) return;
+      const auto now = std::chrono::steady_clock::now();
+      if (node.layer == last_layer && now - last_time < std::chrono::milliseconds(50)) return;
+      last_layer = node.layer;
+      last_time = now;
+      report(from + (to - from) * std::min(1.0, reached / total),
+             what + ": " + cell_name(Cell{*node.stage, node.layer}));
+    });
+    struct Detach {
+      Lane& lane;
+      ~Detach() { lane.set_node_observer({}); }
+    } detach{lane};
+    return capture_run(lane, tokens, options.mode, CapturePlan::all(), cancel);
+  };
+  std::optional<Trace> ta = run_lane(a, 0.0, 0.2);
   if (!ta) return cancelled();
-  report(0.2, "running lane " + r.lane_b + " (" + mode + ")");
-  std::optional<Trace> tb = capture_run(b, tokens, options.mode, CapturePlan::all(), cancel);
+  std::optional<Trace> tb = run_lane(b, 0.2, 0.4);
   if (!tb) return cancelled();
 
   if (options.floor == FloorSource::CpuVsRef) {

@@ -657,6 +657,7 @@ Logits CpuLane::forward(std::span<const int32_t> tokens, uint32_t pos, const Cap
   };
 
   for (const Node& node : nodes) {
+    observe(node);
     if (!done[node.index]) {
       Impl::NodeArgs a;
       for (size_t i : node.inputs) a.in.push_back(&out[i]);

@@ -3,6 +3,7 @@
 // Every lane walks the same Plan, so cells and nodes mean the same thing everywhere.
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -50,8 +51,19 @@ class Lane {
   void set_last_logits_only(bool on) { last_logits_only_ = on; }
   bool last_logits_only() const { return last_logits_only_; }
 
+  // Called as forward() reaches each node, for progress displays (the stage and layer a long
+  // run is at). Lanes that run a whole graph at once may call it for none.
+  using NodeObserver = std::function<void(const Node&)>;
+  void set_node_observer(NodeObserver observer) { observer_ = std::move(observer); }
+
+ protected:
+  void observe(const Node& node) const {
+    if (observer_) observer_(node);
+  }
+
  private:
   bool last_logits_only_ = false;
+  NodeObserver observer_;
 };
 
 // For lane implementations: a lockstep::Error naming the lane, the node and its cell.

@@ -334,6 +334,7 @@ Logits RefLane::forward(std::span<const int32_t> tokens, uint32_t pos, const Cap
   const uint64_t kv_dim = c.kv_dim(), q_dim = c.q_dim();
   std::vector<Vec> out(m.plan.nodes.size());  // per node: [tokens, width] or [heads, tokens, ctx]
   for (const Node& node : m.plan.nodes) {
+    observe(node);
     std::vector<const Vec*> in;
     for (size_t i : node.inputs) in.push_back(&out[i]);
     std::span<const double> k_ctx, v_ctx;

@@ -2,9 +2,10 @@
 
 #include <imgui.h>
 
+#include <algorithm>
 #include <string>
 
-#include "engine/faults.h"
+#include "engine/stages.h"
 
 namespace lockstep::views {
 namespace {
@@ -15,58 +16,107 @@ void record(RectSink* rects, const std::string& name) {
   rects->push_back({name, a.x, a.y, b.x, b.y});
 }
 
+void tooltip(const char* text) {
+  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled)) ImGui::SetTooltip("%s", text);
+}
+
+// The stage checklist (none ticked: all) in a combo.
+void stage_picker(UiState& ui, RectSink* rects) {
+  const std::string preview =
+      ui.stages.empty() ? "all stages" : std::to_string(ui.stages.size()) + " stages";
+  ImGui::SetNextItemWidth(150);
+  if (ImGui::BeginCombo("##run.stages", preview.c_str(), ImGuiComboFlags_HeightLarge)) {
+    if (ImGui::Selectable("all stages", ui.stages.empty(), ImGuiSelectableFlags_DontClosePopups))
+      ui.stages.clear();
+    for (const engine::StageInfo& s : engine::kStages) {
+      if (s.reserved) continue;
+      const std::string name(s.name);
+      bool on = std::find(ui.stages.begin(), ui.stages.end(), name) != ui.stages.end();
+      if (ImGui::Checkbox(name.c_str(), &on)) {
+        std::erase(ui.stages, name);
+        if (on) ui.stages.push_back(name);
+      }
+      record(rects, "run.stages.item." + name);
+      tooltip(s.per_layer ? "A per-layer stage" : "A whole-model stage");
+    }
+    ImGui::EndCombo();
+  }
+  record(rects, "run.stages");
+  tooltip(
+      "Which stages the map and the drill-down keep (none ticked: all). The bisection itself\n"
+      "always captures every stage: finding the first divergence needs them all");
+}
+
 }  // namespace
+
+RunCommand run_command(const UiState& ui) {
+  RunCommand r;
+  r.fault = ui.fault;
+  r.decode = ui.decode;
+  r.lane_a = ui.lane_a;
+  r.lane_b = ui.lane_b;
+  r.prompt = ui.prompt.data();
+  r.token_ids = ui.token_ids.data();
+  r.use_token_ids = ui.use_token_ids;
+  r.chat = ui.chat;
+  r.abs_threshold = ui.abs_threshold;
+  r.floor_factor = ui.floor_factor;
+  r.floor_cpu_ref = ui.floor_cpu_ref;
+  r.stages = ui.stages;
+  r.layers = ui.layers.data();
+  return r;
+}
 
 void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSink& commands,
                    RectSink* rects) {
   const bool running = snapshot.job.running;
   const ImGuiIO& io = ImGui::GetIO();
   auto run = [&] {
-    commands.push_back(RunCommand{ui.fault, ui.decode});  // the worker logs it
+    commands.push_back(run_command(ui));  // the worker logs it
   };
 
-  ImGui::SetNextItemWidth(260);
-  if (ImGui::BeginCombo("fault in lane cpu", ui.fault.empty() ? "none" : ui.fault.c_str())) {
-    if (ImGui::Selectable("none", ui.fault.empty())) ui.fault.clear();
-    for (const engine::FaultInfo& f : engine::fault_registry()) {
-      const std::string spec = engine::FaultSpec::defaults(f.kind).str();
-      if (ImGui::Selectable(spec.c_str(), spec == ui.fault)) ui.fault = spec;
-      record(rects, "run.fault.item." + spec);
-      if (ImGui::IsItemHovered())
-        ImGui::SetTooltip("%.*s\nexpected diagnosis: %.*s", int(f.description.size()),
-                          f.description.data(), int(engine::bug_class_label(f.diagnosis).size()),
-                          engine::bug_class_label(f.diagnosis).data());
-    }
-    ImGui::EndCombo();
-  }
-  record(rects, "run.fault");
-  if (ImGui::IsItemHovered())
-    ImGui::SetTooltip(
-        "The bug planted in lane cpu (the fast CPU engine); lane ref, the float64\n"
-        "oracle, never carries one");
+  int input = ui.use_token_ids ? 1 : 0;
+  ImGui::RadioButton("prompt", &input, 0);
+  record(rects, "run.input.prompt");
+  tooltip("Run text, encoded with the model's tokenizer (empty: the default prompt)");
   ImGui::SameLine();
+  ImGui::RadioButton("token ids", &input, 1);
+  record(rects, "run.input.tokens");
+  tooltip("Run token ids given directly: 1, 2, 3 (commas or spaces)");
+  ui.use_token_ids = input == 1;
+  ImGui::SameLine();
+  const bool has_template = snapshot.model && snapshot.model->has_chat_template;
+  const bool chat_usable = has_template && !ui.use_token_ids;
+  if (!chat_usable) ImGui::BeginDisabled();
+  bool chat = ui.chat && chat_usable;
+  if (ImGui::Checkbox("chat", &chat)) ui.chat = chat;
+  if (!chat_usable) ImGui::EndDisabled();
+  record(rects, "run.chat");
+  tooltip(has_template ? "Wrap the prompt as one ChatML user turn (the model has a chat template)"
+          : snapshot.model ? "The model has no chat template: the prompt runs as plain text"
+                           : "The demo model has no chat template: the prompt runs as plain text");
+
+  ImGui::SameLine(0, 20);
   int mode = ui.decode ? 1 : 0;
   ImGui::RadioButton("prefill", &mode, 0);
-  if (ImGui::IsItemHovered()) ImGui::SetTooltip("All tokens in one forward from position 0");
+  tooltip("All tokens in one forward from position 0");
   ImGui::SameLine();
   ImGui::RadioButton("decode", &mode, 1);
   record(rects, "run.decode");
-  if (ImGui::IsItemHovered())
-    ImGui::SetTooltip("One token per forward over the KV cache, stitched into one trace");
+  tooltip("One token per forward over the KV cache, stitched into one trace");
   ui.decode = mode == 1;
   ImGui::SameLine(0, 20);
   if (running) ImGui::BeginDisabled();
   if (ImGui::Button("Run")) run();
   if (running) ImGui::EndDisabled();
   record(rects, "run.run");
-  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
-    ImGui::SetTooltip("Bisect lane cpu against lane ref on the demo model (Ctrl+R)");
+  tooltip("Bisect lane B against lane A (Model & lanes) on the open model, or the demo (Ctrl+R)");
   ImGui::SameLine();
   if (!running) ImGui::BeginDisabled();
   if (ImGui::Button("Cancel")) commands.emplace_back(std::in_place_type<CancelCommand>);
   if (!running) ImGui::EndDisabled();
-  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
-    ImGui::SetTooltip("Stop the job under way (Esc); the map keeps the last result");
+  record(rects, "run.cancel");
+  tooltip("Stop the job under way (Esc); the map keeps the last result");
 
   const bool popup =
       ImGui::IsPopupOpen("", ImGuiPopupFlags_AnyPopupId | ImGuiPopupFlags_AnyPopupLevel);
@@ -81,8 +131,31 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   if (ImGui::SliderFloat("font scale", &ui.font_scale, 0.75f, 2.5f, "%.2f")) {
     ui.settings_changed = true;
   }
-  if (ImGui::IsItemHovered())
-    ImGui::SetTooltip("Text size (saved in settings.json); Ctrl+click to type");
+  tooltip("Text size (saved in settings.json); Ctrl+click to type");
+
+  // The input, and beside it what the map keeps.
+  const float side = 330;
+  const ImVec2 box(std::max(120.0f, ImGui::GetContentRegionAvail().x - side),
+                   ImGui::GetTextLineHeight() * 2 + ImGui::GetStyle().FramePadding.y * 2);
+  if (ui.use_token_ids) {
+    ImGui::InputTextMultiline("##run.token_ids", ui.token_ids.data(), ui.token_ids.size(), box);
+    record(rects, "run.token_ids");
+    tooltip("Token ids, separated by commas or spaces (empty: the model's default tokens)");
+  } else {
+    ImGui::InputTextMultiline("##run.prompt", ui.prompt.data(), ui.prompt.size(), box);
+    record(rects, "run.prompt");
+    tooltip("The prompt (empty: the demo's sentence, or the model's default tokens)");
+  }
+  ImGui::SameLine();
+  ImGui::BeginGroup();
+  stage_picker(ui, rects);
+  ImGui::SetNextItemWidth(150);
+  ImGui::InputTextWithHint("layers", "all, 3 or 2-5", ui.layers.data(), ui.layers.size());
+  record(rects, "run.layers");
+  tooltip(
+      "Which layers the map and the drill-down keep: all, one (3) or a range (2-5). The\n"
+      "bisection itself runs and compares every layer");
+  ImGui::EndGroup();
 
   const JobStatus& job = snapshot.job;
   char overlay[256];
@@ -93,6 +166,7 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   ImGui::ProgressBar(job.running ? float(job.fraction) : (snapshot.map ? 1.0f : 0.0f),
                      ImVec2(-1, 0), overlay);
   record(rects, "run.progress");
+  tooltip("The job under way: what it does now, and the time since it started");
   ImGui::TextDisabled("%s", snapshot.title.c_str());
 }
 

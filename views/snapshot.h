@@ -85,7 +85,7 @@ struct CellDetail {
   std::shared_ptr<const LogitsPlot> logits;
 };
 
-enum class JobKind : uint8_t { None, Run, Select, Replay };
+enum class JobKind : uint8_t { None, Run, Select, Replay, Load, ListDir };
 
 struct JobStatus {
   JobKind kind = JobKind::None;
@@ -101,6 +101,40 @@ struct LogEntry {
   std::string text;
 };
 
+// The model opened in the workbench (none: the embedded demo), as the worker read it.
+struct ModelInfo {
+  std::string path;
+  std::string kind;    // "gguf", "safetensors"
+  std::string family;  // engine family name: "llama", "qwen2", ...
+  std::string name;    // general.name or the HF architecture, when the file has one
+  uint32_t layers = 0;
+  uint64_t vocab = 0;
+  std::vector<std::array<std::string, 2>> hyperparameters;  // label, value
+  std::vector<std::array<std::string, 4>> tensors;          // name, type, shape, bytes
+  std::string tensor_bytes;                                 // "1.2 MiB in 48 tensors"
+  bool has_tokenizer = false;
+  std::string tokenizer;  // "llama, 512 tokens"; why there is none otherwise
+  bool has_chat_template = false;
+};
+
+struct RecentModel {
+  std::string path;
+  bool exists = true;  // checked by the worker when it publishes the list
+};
+
+// One directory for the file browser, listed by the worker: directories first, then files.
+struct DirEntry {
+  std::string name, path;
+  bool is_dir = false;
+  bool is_model = false;  // a .gguf/.safetensors file, or a directory holding config.json
+  std::string size;       // files: "3.1 MiB"
+};
+struct DirListing {
+  std::string dir, parent;  // parent "" at the root
+  std::vector<DirEntry> entries;
+  std::string error;  // why it could not be listed ("" when it was)
+};
+
 struct Snapshot {
   uint64_t seq = 0;
   JobStatus job;
@@ -110,12 +144,45 @@ struct Snapshot {
   std::shared_ptr<const std::vector<LogEntry>> log;
   uint64_t error_seq = 0;  // bumps with every error: the modal opens once per error
   std::string error_title, error_text;
+  std::shared_ptr<const ModelInfo> model;  // null: no model opened (runs use the demo)
+  std::shared_ptr<const std::vector<RecentModel>> recent;  // most recent first
+  std::shared_ptr<const DirListing> listing;               // the file browser's directory
+  // APRT dump directories dropped together, for the lanes: the sequence number bumps once per
+  // drop (the view sets lane B, or A and B for two).
+  uint64_t dump_drop_seq = 0;
+  std::vector<std::string> dump_drop_dirs;
+  std::vector<std::string> lane_names;  // the live lanes this build runs (app::lane_names())
 };
 
 // Commands views post; the app hands them to the worker.
 struct RunCommand {
   std::string fault;  // FaultSpec text; "" = none
   bool decode = false;
+  // Lane A (the reference) and lane B: a lane name, or "dump:" + an APRT dump directory.
+  std::string lane_a = "ref", lane_b = "cpu";
+  // The input: a prompt (encoded with the model's tokenizer), or token ids as text
+  // ("1, 2 3"); both empty: the demo's prompt, or the model's default tokens.
+  std::string prompt, token_ids;
+  bool use_token_ids = false;
+  bool chat = false;                                 // wrap the prompt as one ChatML user turn
+  double abs_threshold = 1e-3, floor_factor = 10.0;  // engine::DivergenceSettings
+  bool floor_cpu_ref = true;                         // else no noise floor
+  // What the map and the drill-down keep: stage names (empty: all) and a layer range text
+  // ("all", "3", "2-5"). The bisection itself always captures every cell.
+  std::vector<std::string> stages;
+  std::string layers = "all";
+};
+// Opens a GGUF file or a safetensors model directory; the previous model stays on failure.
+struct LoadModelCommand {
+  std::string path;
+};
+// Lists a directory for the file browser.
+struct ListDirCommand {
+  std::string dir;
+};
+// Paths dropped onto the window: models are opened, dump directories become a lane.
+struct DropCommand {
+  std::vector<std::string> paths;
 };
 struct CancelCommand {};
 struct SelectCommand {
@@ -127,7 +194,8 @@ struct ReplayCommand {
 struct LogCommand {
   std::string text;  // a UI action worth a log line
 };
-using Command = std::variant<RunCommand, CancelCommand, SelectCommand, ReplayCommand, LogCommand>;
+using Command = std::variant<RunCommand, CancelCommand, SelectCommand, ReplayCommand, LogCommand,
+                             LoadModelCommand, ListDirCommand, DropCommand>;
 using CommandSink = std::vector<Command>;
 
 }  // namespace lockstep::views

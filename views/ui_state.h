@@ -29,6 +29,28 @@ struct UiState {
   // the last frame ("" when the pointer is elsewhere).
   long logits_position = -1;
   std::string logits_readout;
+  // Model & lanes panel (views/model_view.h): the path field, the dump directories typed for
+  // lanes A and B, the thresholds and the noise-floor source of a run.
+  std::array<char, 1024> model_path{};
+  std::array<char, 1024> dump_dir_a{}, dump_dir_b{};
+  double abs_threshold = 1e-3, floor_factor = 10.0;
+  bool floor_cpu_ref = true;
+  uint64_t seen_dump_drop = 0;  // the last dropped dump directory already made a lane
+  std::string seen_model;       // the opened model's path, once copied into the path field
+  // The file browser (views/file_browser_view.h): open request, its directory and filter.
+  bool browser_open = false;
+  std::string browser_dir;  // "" until the first listing arrives
+  std::array<char, 128> browser_filter{};
+  std::array<char, 1024> browser_path{};  // the browser's folder field
+  std::string browser_selected;           // path of the entry clicked once
+  // Run panel: the input (a prompt, or token ids as text), the chat template, and what the
+  // map keeps (stage names, none = all; a layer range).
+  std::array<char, 4096> prompt{};
+  std::array<char, 1024> token_ids{};
+  bool use_token_ids = false;
+  bool chat = false;
+  std::vector<std::string> stages;
+  std::array<char, 32> layers{'a', 'l', 'l'};
 };
 
 struct NamedRect {

@@ -293,6 +293,34 @@ TEST(BisectRun, HeatmapsShowLocalErrorOnlyWhereTheFaultIs) {
   EXPECT_EQ(fractions.back(), 1.0);
 }
 
+TEST(BisectRun, ProgressNamesTheCellEachLaneHasReached) {
+  const Model& model = synthetic("llama");
+  RefLane ref;
+  CpuLane cpu(CpuLaneOptions{.threads = 2, .isa = std::nullopt, .fault = std::nullopt});
+  ref.load(model);
+  cpu.load(model);
+  for (const RunMode mode : {RunMode::Prefill, RunMode::Decode}) {
+    BisectOptions options;
+    options.mode = mode;
+    std::vector<BisectProgress> seen;
+    bisect(ref, cpu, model, kPrompt, options, [&](const BisectProgress& p) { seen.push_back(p); });
+    const std::string m(run_mode_name(mode));
+    // Each lane names the first cell of every layer it reaches, and of the whole-model stages.
+    for (const std::string lane : {"ref", "cpu"})
+      for (const std::string cell : {"embedding@0", "attn_norm@1", "final_norm"}) {
+        const std::string want = "running lane " + lane + " (" + m + "): " + cell;
+        EXPECT_TRUE(std::any_of(seen.begin(), seen.end(), [&](const BisectProgress& p) {
+          return p.message == want;
+        })) << want;
+      }
+    std::vector<double> fractions;
+    for (const auto& p : seen) fractions.push_back(p.fraction);
+    EXPECT_TRUE(std::is_sorted(fractions.begin(), fractions.end()));
+  }
+  // The observer is detached after the bisection: the lanes run on without it.
+  EXPECT_TRUE(capture_run(cpu, kPrompt, RunMode::Prefill, CapturePlan::all()).has_value());
+}
+
 TEST(BisectRun, InheritedDivergenceWalksBackToTheNodeThatIntroducedIt) {
   // rms_eps_wrong at attn_norm@0 scales each token's row by a factor just below 1 (~0.4%);
   // Q and K both carry it, so attn_scores (q·k) carry about twice that. With the threshold
