@@ -6,16 +6,22 @@
 #include <imgui.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cfloat>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "app/demo_model.h"
+#include "app/gui_png_capture.h"
 #include "app/gui_settings.h"
 #include "app/gui_test_hooks.h"
 #include "app/worker.h"
 #include "views/drilldown_view.h"
+#include "views/dumps_view.h"
 #include "views/log_view.h"
 #include "views/map_view.h"
 #include "views/run_view.h"
@@ -56,7 +62,13 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
     if (ImGui::BeginTabItem("Model & lanes")) {
       ImGui::EndTabItem();
     }
-    if (ImGui::BeginTabItem("Dumps")) {
+    const bool dumps_tab = ImGui::BeginTabItem("Dumps");
+    if (rects) {
+      const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
+      rects->push_back({"tab.dumps", a.x, a.y, b.x, b.y});
+    }
+    if (dumps_tab) {
+      views::draw_dumps_view(snapshot, ui, commands, rects);
       ImGui::EndTabItem();
     }
     ImGui::EndTabBar();
@@ -88,7 +100,7 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   const float rest = ImGui::GetContentRegionAvail().x;
   ImGui::BeginChild("drilldown", ImVec2(rest * 0.68f, 0), true);
   record_panel(rects, "panel.drilldown");
-  views::draw_drilldown_view(snapshot, commands, rects);
+  views::draw_drilldown_view(snapshot, ui, commands, rects);
   ImGui::EndChild();
   ImGui::SameLine();
   ImGui::BeginChild("log", ImVec2(0, 0), true);
@@ -173,6 +185,9 @@ int run_gui() {
       io.FontGlobalScale = ui.font_scale;
       ImGui_ImplOpenGL3_NewFrame();
       ImGui_ImplGlfw_NewFrame();
+      // A PNG capture waits for its popup to close; meanwhile no hover (tooltips, highlights)
+      // may draw over the widget.
+      if (!ui.png.widget.empty()) io.MousePos = ImVec2(-FLT_MAX, -FLT_MAX);
       ImGui::NewFrame();
       rects.clear();
       commands.clear();
@@ -193,6 +208,19 @@ int run_gui() {
       glClearColor(0.08f, 0.09f, 0.1f, 1.0f);
       glClear(GL_COLOR_BUFFER_BIT);
       ImGui_ImplOpenGL3_RenderDrawData(ImGui::GetDrawData());
+      if (!ui.png.widget.empty()) {
+        // Read the widget back from this frame once the popup is gone (a few frames), then hand
+        // the pixels to the worker, which encodes and writes them.
+        eager_frames = std::max(eager_frames, 1);
+        if (++ui.png.frames >= 3) {
+          const PixelRect r = to_framebuffer(ui.png.x0, ui.png.y0, ui.png.x1, ui.png.y1,
+                                             io.DisplayFramebufferScale.x,
+                                             io.DisplayFramebufferScale.y, fb_w, fb_h);
+          auto rgb = std::make_shared<const std::vector<uint8_t>>(read_back_rgb(r, fb_h));
+          worker.post(views::ExportPngCommand{ui.png.widget, ui.png.path, r.w, r.h, rgb});
+          ui.png = views::PngRequest{};
+        }
+      }
       if (hooks) {
         int wx = 0, wy = 0, ww = 0, wh = 0;
         glfwGetWindowPos(window, &wx, &wy);

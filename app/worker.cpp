@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "app/demo_model.h"
+#include "app/gui_dumps_jobs.h"
 #include "app/lanes.h"
 #include "app/model_input.h"
 #include "engine/bisect_run.h"
@@ -417,6 +418,9 @@ JobKind kind_of(const views::Command& c) {
   if (std::holds_alternative<views::RunCommand>(c)) return JobKind::Run;
   if (std::holds_alternative<views::SelectCommand>(c)) return JobKind::Select;
   if (std::holds_alternative<views::ReplayCommand>(c)) return JobKind::Replay;
+  if (std::holds_alternative<views::OpenDumpsCommand>(c)) return JobKind::OpenDumps;
+  if (std::holds_alternative<views::ExportCommand>(c)) return JobKind::Export;
+  if (std::holds_alternative<views::ExportPngCommand>(c)) return JobKind::ExportPng;
   return JobKind::None;
 }
 
@@ -525,6 +529,9 @@ void Worker::loop() {
       const char* what = kind == JobKind::Run      ? "The bisection failed"
                          : kind == JobKind::Replay ? "The replay failed"
                                                    : "Showing the cell failed";
+      if (kind == JobKind::OpenDumps) what = "Opening the dump directories failed";
+      if (kind == JobKind::Export) what = "The export failed";
+      if (kind == JobKind::ExportPng) what = "The PNG export failed";
       fail(what, e.what());
     }
     update([&](Snapshot& s) {
@@ -616,6 +623,15 @@ void Worker::execute(const views::Command& command) {
       s.detail = detail;
     });
     log(LogEntry::Level::Info, st.map->headline + fmt(" (%.2f s)", seconds));
+    return;
+  }
+
+  if (is_dumps_command(command)) {
+    run_dumps_job(command,
+                  {st.result ? &*st.result : nullptr, &st.trace_a, &st.trace_b,
+                   st.model ? &*st.model : nullptr, st.model_path, st.fault},
+                  {progress, [&](LogEntry::Level l, const std::string& t) { log(l, t); },
+                   [&](const std::function<void(Snapshot&)>& f) { update(f); }, &cancel_});
     return;
   }
 

@@ -47,7 +47,7 @@ void draw_numbers(const CellDetail& d) {
   }
 }
 
-void draw_plots(const CellDetail& d) {
+void draw_plots(const CellDetail& d, UiState& ui, CommandSink& commands, RectSink* rects) {
   const float w = ImGui::GetContentRegionAvail().x;
   ImGui::TextColored(ImVec4(0.31f, 0.59f, 0.9f, 1), "A");
   ImGui::SameLine();
@@ -55,16 +55,20 @@ void draw_plots(const CellDetail& d) {
   ImGui::SameLine();
   ImGui::Text("values %s", d.hist_range.c_str());
   draw_bars("##values", d.hist_a, ImVec2(w, 90), kColourA, &d.hist_b, kColourB);
+  png_export_menu("drilldown.values", ui, commands, rects);
   ImGui::Text("b - a, log bins (%s ... %s ... %s)",
               d.diff_axis.size() > 0 ? d.diff_axis[0].c_str() : "",
               d.diff_axis.size() > 1 ? d.diff_axis[1].c_str() : "",
               d.diff_axis.size() > 2 ? d.diff_axis[2].c_str() : "");
   draw_bars("##diff", d.diff, ImVec2(w, 70), IM_COL32(200, 90, 200, 255));
+  png_export_menu("drilldown.diff", ui, commands, rects);
   ImGui::Text("relative RMS per token (%zu)", d.per_token.heights.size());
   draw_bars("##per_token", d.per_token, ImVec2(w, 50), IM_COL32(90, 190, 140, 255));
+  png_export_menu("drilldown.per_token", ui, commands, rects);
   if (!d.per_head.heights.empty()) {
     ImGui::Text("relative RMS per head (%zu)", d.per_head.heights.size());
     draw_bars("##per_head", d.per_head, ImVec2(w, 50), IM_COL32(140, 160, 220, 255));
+    png_export_menu("drilldown.per_head", ui, commands, rects);
   } else {
     ImGui::TextDisabled("no per-head layout for this stage");
   }
@@ -114,7 +118,8 @@ void draw_top(const CellDetail& d) {
 
 }  // namespace
 
-void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSink* rects) {
+void draw_drilldown_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
+                         RectSink* rects) {
   const CellDetail* d = snapshot.detail.get();
   if (!d) {
     ImGui::TextDisabled(snapshot.map ? "Click a cell of the map to drill in."
@@ -164,7 +169,7 @@ void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSi
     ImGui::TableNextColumn();
     draw_numbers(*d);
     ImGui::TableNextColumn();
-    draw_plots(*d);
+    draw_plots(*d, ui, commands, rects);
     ImGui::EndTable();
   }
   draw_top(*d);

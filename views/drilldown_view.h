@@ -8,6 +8,8 @@
 
 namespace lockstep::views {
 
-void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSink* rects);
+// `ui`: a right-click on a plot exports it as PNG (views/plot.h png_export_menu).
+void draw_drilldown_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
+                         RectSink* rects);
 
 }  // namespace lockstep::views

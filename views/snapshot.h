@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/bisect_report.h"
+#include "engine/dump_export.h"
 #include "engine/trace.h"
 
 namespace lockstep::views {
@@ -81,7 +82,7 @@ struct CellDetail {
   std::string clipboard;  // what "Copy values" copies
 };
 
-enum class JobKind : uint8_t { None, Run, Select, Replay };
+enum class JobKind : uint8_t { None, Run, Select, Replay, OpenDumps, Export, ExportPng };
 
 struct JobStatus {
   JobKind kind = JobKind::None;
@@ -106,6 +107,11 @@ struct Snapshot {
   std::shared_ptr<const std::vector<LogEntry>> log;
   uint64_t error_seq = 0;  // bumps with every error: the modal opens once per error
   std::string error_title, error_text;
+  // The Dumps tab: the opened directories (A, then B when given), the last export's files,
+  // the last PNG written.
+  std::shared_ptr<const std::vector<engine::DumpListing>> dumps;
+  std::shared_ptr<const std::vector<std::string>> exported;  // paths; the first is the directory
+  std::string last_png;
 };
 
 // Commands views post; the app hands them to the worker.
@@ -123,7 +129,25 @@ struct ReplayCommand {
 struct LogCommand {
   std::string text;  // a UI action worth a log line
 };
-using Command = std::variant<RunCommand, CancelCommand, SelectCommand, ReplayCommand, LogCommand>;
+// The Dumps tab: list one or two dump directories; export the current run; write a PNG of
+// pixels the frame loop read back (rows top first, RGB).
+struct OpenDumpsCommand {
+  std::string dir_a, dir_b;  // dir_b "" = one directory
+};
+struct ExportCommand {
+  std::string dest;
+  bool overwrite = false;
+  std::vector<engine::Cell> cells;  // empty: every cell
+  engine::ExportFormats formats;
+};
+struct ExportPngCommand {
+  std::string widget;  // what was captured ("map", "drilldown.values")
+  std::string path;    // "~/" is the home directory
+  int width = 0, height = 0;
+  std::shared_ptr<const std::vector<uint8_t>> rgb;  // [height, width, 3]
+};
+using Command = std::variant<RunCommand, CancelCommand, SelectCommand, ReplayCommand, LogCommand,
+                             OpenDumpsCommand, ExportCommand, ExportPngCommand>;
 using CommandSink = std::vector<Command>;
 
 }  // namespace lockstep::views
