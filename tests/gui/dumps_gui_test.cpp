@@ -209,6 +209,25 @@ TEST_F(DumpsTab, OpensTwoDumpsFlagsBadFilesExportsEverythingAndTheMapAsPng) {
       if (p[0] > 230 && p[1] < 30 && p[2] > 230) ++magenta;
     }
   EXPECT_GT(magenta, 20) << "no first-divergence outline in the exported map";
+
+  // A drill-down plot the same way: the value histogram of the selected cell (lm_head).
+  const fs::path hist = dir_ / "values.png";
+  menu = false;
+  for (int attempt = 0; attempt < 3 && !menu; ++attempt) {
+    ASSERT_TRUE(right_click("png.drilldown.values"));
+    menu = wait_for(10, [&] { return screen_rect("png.save").has_value(); });
+  }
+  ASSERT_TRUE(menu) << "right-click on the value histogram opened no Export PNG menu";
+  ASSERT_TRUE(type_into("png.path", hist.string()));
+  ASSERT_TRUE(click("png.save"));
+  ASSERT_TRUE(wait_for(30, [&] { return state()["last_png"] == hist.string(); }))
+      << state().dump(1);
+  const auto plot = window_rect("png.drilldown.values");
+  ASSERT_TRUE(plot);
+  std::optional<Image> himg = load_png(hist);
+  ASSERT_TRUE(himg);
+  EXPECT_NEAR(himg->w, (*plot)[2] - (*plot)[0], 1.0);
+  EXPECT_NEAR(himg->h, (*plot)[3] - (*plot)[1], 1.0);
   EXPECT_EQ(state()["errors"], 1) << app_log();
 }
 
