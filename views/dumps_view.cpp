@@ -64,7 +64,9 @@ void draw_listing(const engine::DumpListing& l, const char* side, RectSink* rect
         ImGui::TableNextColumn();
         ImGui::TextUnformatted(r.name.c_str());
         record(rects, std::string("dumps.cell.") + side + "." + r.name);
-        if (ImGui::IsItemHovered()) ImGui::SetTooltip("%s", r.rel_path.c_str());
+        if (ImGui::IsItemHovered())
+          ImGui::SetTooltip("%s%s%s", r.rel_path.c_str(), r.dtype.empty() ? "" : ", ",
+                            r.dtype.c_str());
         ImGui::TableNextColumn();
         ImGui::TextUnformatted(r.shape.empty() ? "-" : r.shape.c_str());
         ImGui::TableNextColumn();
