@@ -9,6 +9,7 @@
 #include "app/commands.h"
 #include "app/lanes.h"
 #include "app/model_input.h"
+#include "engine/dump_export.h"
 #include "engine/family.h"
 #include "engine/faults.h"
 #include "engine/lanes.h"
@@ -35,49 +36,6 @@ struct DumpArgs {
   bool force = false;
   std::string fault;
 };
-
-// The manifest's "config": what a reader needs to interpret the cells without the model.
-nlohmann::json config_json(const engine::ModelConfig& c) {
-  nlohmann::json j = {
-      {"format", c.format == engine::FileFormat::Gguf ? "gguf" : "safetensors"},
-      {"family", c.family},
-      {"architecture", c.architecture},
-      {"hidden", c.hidden},
-      {"layers", c.layers},
-      {"heads", c.heads},
-      {"kv_heads", c.kv_heads},
-      {"head_dim", c.head_dim},
-      {"ffn", c.ffn},
-      {"vocab", c.vocab},
-      {"context", c.context},
-      {"norm", engine::norm_kind_name(c.norm)},
-      {"norm_eps", c.norm_eps},
-      {"activation", engine::activation_name(c.activation)},
-      {"qkv_bias", c.qkv_bias},
-      {"attn_output_bias", c.attn_output_bias},
-      {"ffn_bias", c.ffn_bias},
-      {"qk_norm", c.qk_norm},
-      {"tied_embeddings", c.tied_embeddings},
-      {"rope_layout", engine::rope_layout_name(c.rope_layout)},
-      {"rope_base", c.rope_base},
-      {"rope_dims", c.rope_dims},
-      {"rope_freq_factors", c.rope_freq_factors},
-      {"embedding_multiplier", c.embedding_multiplier},
-      {"residual_multiplier", c.residual_multiplier},
-      {"logits_scaling", c.logits_scaling},
-      {"attention_scale", c.attention_scale()},
-  };
-  if (c.rope_scaling) {
-    const engine::RopeScalingConfig& s = *c.rope_scaling;
-    j["rope_scaling"] = {{"type", s.type}, {"factor", s.factor}};
-    if (s.original_context) j["rope_scaling"]["original_context"] = *s.original_context;
-    if (s.low_freq_factor) j["rope_scaling"]["low_freq_factor"] = *s.low_freq_factor;
-    if (s.high_freq_factor) j["rope_scaling"]["high_freq_factor"] = *s.high_freq_factor;
-  }
-  if (c.sliding_window) j["sliding_window"] = *c.sliding_window;
-  if (c.attention_multiplier) j["attention_multiplier"] = *c.attention_multiplier;
-  return j;
-}
 
 std::string human_bytes(uint64_t b) {
   char buf[64];
@@ -120,15 +78,9 @@ int cmd_dump(const DumpArgs& a) {
     bytes += formats::kAprtHeaderBytes + 4 * t.data.size();
   }
 
-  formats::Manifest m;
-  m.tool_name = "lockstep";
-  m.tool_version = LOCKSTEP_VERSION;
-  m.lane = lane->name();
-  m.model_path = fs::absolute(a.model).lexically_normal().string();
-  if (model.gguf) m.model_sha256 = formats::sha256_hex(formats::MappedFile(a.model).bytes());
-  m.family = model.family.name;
-  m.config = config_json(model.config);
-  m.token_ids = tokens;
+  // The same manifest as the workbench's export (engine/dump_export.h).
+  formats::Manifest m =
+      engine::run_manifest(lane->name(), model, a.model, tokens, LOCKSTEP_VERSION);
   writer.set_manifest(std::move(m));  // files: the shapes given to write()
   writer.commit();
 

@@ -8,19 +8,24 @@
 
 #include <algorithm>
 #include <array>
+#include <cfloat>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "app/demo_model.h"
 #include "app/frame_stats.h"
 #include "app/gui_layout.h"
+#include "app/gui_png_capture.h"
 #include "app/gui_settings.h"
 #include "app/gui_test_hooks.h"
 #include "app/worker.h"
 #include "views/drilldown_view.h"
 #include "views/file_browser_view.h"
+#include "views/dumps_view.h"
 #include "views/log_view.h"
 #include "views/map_view.h"
 #include "views/model_view.h"
@@ -73,7 +78,13 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
       views::draw_model_view(snapshot, ui, commands, rects);
       ImGui::EndTabItem();
     }
-    if (ImGui::BeginTabItem("Dumps")) {
+    const bool dumps_tab = ImGui::BeginTabItem("Dumps");
+    if (rects) {
+      const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
+      rects->push_back({"tab.dumps", a.x, a.y, b.x, b.y});
+    }
+    if (dumps_tab) {
+      views::draw_dumps_view(snapshot, ui, commands, rects);
       ImGui::EndTabItem();
     }
     ImGui::EndTabBar();
@@ -126,7 +137,7 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   const float log_w = std::clamp(ui.log_width > 0 ? ui.log_width : rest * 0.32f, 120.0f, max_log_w);
   ImGui::BeginChild("drilldown", ImVec2(rest - log_w - kBar, 0), true);
   record_panel(rects, "panel.drilldown");
-  views::draw_drilldown_view(snapshot, commands, rects, &ui);
+  views::draw_drilldown_view(snapshot, ui, commands, rects);
   ImGui::EndChild();
   ImGui::SameLine(0, 0);
   if (const float d =
@@ -249,6 +260,9 @@ int run_gui(const std::string& model) {
       io.FontGlobalScale = ui.font_scale;
       ImGui_ImplOpenGL3_NewFrame();
       ImGui_ImplGlfw_NewFrame();
+      // A PNG capture waits for its popup to close; meanwhile no hover (tooltips, highlights)
+      // may draw over the widget.
+      if (!ui.png.widget.empty()) io.MousePos = ImVec2(-FLT_MAX, -FLT_MAX);
       ImGui::NewFrame();
       rects.clear();
       commands.clear();
@@ -283,6 +297,19 @@ int run_gui(const std::string& model) {
       glClearColor(kBackground[0], kBackground[1], kBackground[2], 1.0f);
       glClear(GL_COLOR_BUFFER_BIT);
       ImGui_ImplOpenGL3_RenderDrawData(ImGui::GetDrawData());
+      if (!ui.png.widget.empty()) {
+        // Read the widget back from this frame once the popup is gone (a few frames), then hand
+        // the pixels to the worker, which encodes and writes them.
+        eager_frames = std::max(eager_frames, 1);
+        if (++ui.png.frames >= 3) {
+          const PixelRect r = to_framebuffer(ui.png.x0, ui.png.y0, ui.png.x1, ui.png.y1,
+                                             io.DisplayFramebufferScale.x,
+                                             io.DisplayFramebufferScale.y, fb_w, fb_h);
+          auto rgb = std::make_shared<const std::vector<uint8_t>>(read_back_rgb(r, fb_h));
+          worker.post(views::ExportPngCommand{ui.png.widget, ui.png.path, r.w, r.h, rgb});
+          ui.png = views::PngRequest{};
+        }
+      }
       const double hooks_start = steady_now();
       if (hooks) {
         int wx = 0, wy = 0, ww = 0, wh = 0;

@@ -1,6 +1,5 @@
 #include "app/gui_test_hooks.h"
 
-#include <GL/gl.h>
 #include <stb_image_write.h>  // Debian's libstb (linked with ImGui) holds the implementation
 
 #include <cstdlib>
@@ -8,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <system_error>
 #include <vector>
+
+#include "app/gui_png_capture.h"
 
 namespace lockstep::app {
 namespace {
@@ -20,6 +21,35 @@ void write_atomically(const std::filesystem::path& path, const std::string& text
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
+}
+
+// The Dumps tab: per opened directory its counts and the cells by status; the lanes; the last
+// export's files; the last PNG; a pending capture.
+void write_dumps_state(nlohmann::json& j, const views::Snapshot& s, const views::UiState& ui) {
+  nlohmann::json dumps = nlohmann::json::array();
+  if (s.dumps)
+    for (const engine::DumpListing& l : *s.dumps) {
+      nlohmann::json d = {{"dir", l.dir},
+                          {"cells", l.rows.size()},
+                          {"ok", l.ok},
+                          {"missing", l.missing},
+                          {"malformed", l.malformed},
+                          {"lane", l.lane},
+                          {"manifest", l.has_manifest}};
+      nlohmann::json status = nlohmann::json::object();
+      for (const engine::DumpListingRow& r : l.rows)
+        status[r.name] = std::string(engine::dump_cell_status_name(r.status));
+      d["status"] = status;
+      dumps.push_back(d);
+    }
+  j["dumps"] = dumps;
+  j["lane_a"] = ui.lane_a;
+  j["lane_b"] = ui.lane_b;
+  j["exported"] = s.exported ? nlohmann::json(*s.exported) : nlohmann::json::array();
+  j["last_png"] = s.last_png;
+  j["png_pending"] = ui.png.widget;
+  j["job"] = int(s.job.kind);
+  j["error_text"] = s.error_text;
 }
 
 }  // namespace
@@ -105,6 +135,7 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
     for (const views::DirEntry& e : s.listing->entries) j["listing_entries"].push_back(e.name);
   j["error_title"] = s.error_title;
   j["job"] = s.job.message;
+  write_dumps_state(j, s, ui);
   const std::string text = j.dump(1);
   if (text == last_state_) return;
   last_state_ = text;
@@ -124,11 +155,8 @@ void GuiTestHooks::maybe_screenshot(int w, int h) {
   }
   std::filesystem::remove(request, ec);
   if (target.empty() || w <= 0 || h <= 0) return;
-  std::vector<unsigned char> pixels(size_t(w) * size_t(h) * 3);  // [h, w, rgb], bottom row first
-  glPixelStorei(GL_PACK_ALIGNMENT, 1);
-  glReadBuffer(GL_BACK);
-  glReadPixels(0, 0, w, h, GL_RGB, GL_UNSIGNED_BYTE, pixels.data());
-  stbi_flip_vertically_on_write(1);
+  // Rows top first, so stb's process-wide flip flag stays off (the worker encodes PNG exports).
+  const std::vector<unsigned char> pixels = read_back_rgb({0, 0, w, h}, h);  // [h, w, rgb]
   const std::string tmp = target + ".tmp.png";
   if (stbi_write_png(tmp.c_str(), w, h, 3, pixels.data(), w * 3))
     std::filesystem::rename(tmp, target, ec);

@@ -10,6 +10,7 @@
 
 #include "app/demo_model.h"
 #include "app/gui_settings.h"
+#include "app/gui_dumps_jobs.h"
 #include "app/lanes.h"
 #include "app/model_info.h"
 #include "app/model_input.h"
@@ -438,6 +439,9 @@ JobKind kind_of(const views::Command& c) {
   if (std::holds_alternative<views::LoadModelCommand>(c)) return JobKind::Load;
   if (std::holds_alternative<views::DropCommand>(c)) return JobKind::Load;
   if (std::holds_alternative<views::ListDirCommand>(c)) return JobKind::ListDir;
+  if (std::holds_alternative<views::OpenDumpsCommand>(c)) return JobKind::OpenDumps;
+  if (std::holds_alternative<views::ExportCommand>(c)) return JobKind::Export;
+  if (std::holds_alternative<views::ExportPngCommand>(c)) return JobKind::ExportPng;
   return JobKind::None;
 }
 
@@ -549,11 +553,14 @@ void Worker::loop() {
     try {
       execute(command);
     } catch (const std::exception& e) {
-      const char* what = kind == JobKind::Run       ? "The bisection failed"
-                         : kind == JobKind::Replay  ? "The replay failed"
-                         : kind == JobKind::Load    ? "Opening the model failed"
-                         : kind == JobKind::ListDir ? "Listing the folder failed"
-                                                    : "Showing the cell failed";
+      const char* what = kind == JobKind::Run         ? "The bisection failed"
+                         : kind == JobKind::Replay    ? "The replay failed"
+                         : kind == JobKind::Load      ? "Opening the model failed"
+                         : kind == JobKind::ListDir   ? "Listing the folder failed"
+                         : kind == JobKind::OpenDumps ? "Opening the dump directories failed"
+                         : kind == JobKind::Export    ? "The export failed"
+                         : kind == JobKind::ExportPng ? "The PNG export failed"
+                                                      : "Showing the cell failed";
       fail(what, e.what());
     }
     update([&](Snapshot& s) {
@@ -595,6 +602,15 @@ void Worker::execute(const views::Command& command) {
     auto listing = std::make_shared<const views::DirListing>(list_dir(dir));
     if (!listing->error.empty()) log(LogEntry::Level::Warning, listing->error);
     update([&](Snapshot& s) { s.listing = listing; });
+    return;
+  }
+
+  if (is_dumps_command(command)) {
+    run_dumps_job(command,
+                  {st.result ? &*st.result : nullptr, &st.trace_a, &st.trace_b,
+                   st.model ? &*st.model : nullptr, st.model_path, st.fault},
+                  {progress, [&](LogEntry::Level l, const std::string& t) { log(l, t); },
+                   [&](const std::function<void(Snapshot&)>& f) { update(f); }, &cancel_});
     return;
   }
 

@@ -52,7 +52,7 @@ void draw_numbers(const CellDetail& d) {
   }
 }
 
-void draw_plots(const CellDetail& d) {
+void draw_plots(const CellDetail& d, UiState& ui, CommandSink& commands, RectSink* rects) {
   const float w = ImGui::GetContentRegionAvail().x;
   ImGui::TextColored(ImVec4(0.31f, 0.59f, 0.9f, 1), "A");
   ImGui::SameLine();
@@ -60,16 +60,20 @@ void draw_plots(const CellDetail& d) {
   ImGui::SameLine();
   ImGui::Text("values %s", d.hist_range.c_str());
   draw_bars("##values", d.hist_a, ImVec2(w, 90), kColourA, &d.hist_b, kColourB);
+  png_export_menu("drilldown.values", ui, commands, rects);
   ImGui::Text("b - a, log bins (%s ... %s ... %s)",
               d.diff_axis.size() > 0 ? d.diff_axis[0].c_str() : "",
               d.diff_axis.size() > 1 ? d.diff_axis[1].c_str() : "",
               d.diff_axis.size() > 2 ? d.diff_axis[2].c_str() : "");
   draw_bars("##diff", d.diff, ImVec2(w, 70), IM_COL32(200, 90, 200, 255));
+  png_export_menu("drilldown.diff", ui, commands, rects);
   ImGui::Text("relative RMS per token (%zu)", d.per_token.heights.size());
   draw_bars("##per_token", d.per_token, ImVec2(w, 50), IM_COL32(90, 190, 140, 255));
+  png_export_menu("drilldown.per_token", ui, commands, rects);
   if (!d.per_head.heights.empty()) {
     ImGui::Text("relative RMS per head (%zu)", d.per_head.heights.size());
     draw_bars("##per_head", d.per_head, ImVec2(w, 50), IM_COL32(140, 160, 220, 255));
+    png_export_menu("drilldown.per_head", ui, commands, rects);
   } else {
     ImGui::TextDisabled("no per-head layout for this stage");
   }
@@ -77,20 +81,18 @@ void draw_plots(const CellDetail& d) {
 
 // A and B logits over the vocabulary for one position, and |B - A| below, drawn from the
 // worker's min/max pyramids; hovering names the column's most divergent token.
-void draw_logits(const LogitsPlot& plot, UiState* ui, RectSink* rects) {
+void draw_logits(const LogitsPlot& plot, UiState& ui, CommandSink& commands, RectSink* rects) {
   if (plot.rows.empty()) return;
   ImGui::Separator();
   const long first = long(plot.rows.front().position), last = long(plot.rows.back().position);
-  long position = ui && ui->logits_position >= first && ui->logits_position <= last
-                      ? ui->logits_position
-                      : last;
+  long position =
+      ui.logits_position >= first && ui.logits_position <= last ? ui.logits_position : last;
   ImGui::Text("logits over the vocabulary (%llu entries)", (unsigned long long)plot.vocab);
   if (plot.rows.size() > 1) {
     ImGui::SameLine(0, 20);
     ImGui::SetNextItemWidth(220);
     int p = int(position);
-    if (ImGui::SliderInt("position##logits", &p, int(first), int(last)) && ui)
-      ui->logits_position = p;
+    if (ImGui::SliderInt("position##logits", &p, int(first), int(last))) ui.logits_position = p;
     record(rects, "drilldown.logits_position");
     if (ImGui::IsItemHovered())
       ImGui::SetTooltip("The token position whose logits are plotted (default: the last)");
@@ -109,9 +111,11 @@ void draw_logits(const LogitsPlot& plot, UiState* ui, RectSink* rects) {
   const MinMaxHover h1 = draw_minmax("##logits_ab", {{&row.a, kColourA}, {&row.b, kColourB}}, lo,
                                      hi, ImVec2(w, 110), &row.diff);
   record(rects, "drilldown.logits");
+  png_export_menu("drilldown.logits", ui, commands, rects);
   const MinMaxHover h2 = draw_minmax("##logits_diff", {{&row.diff, IM_COL32(200, 90, 200, 255)}},
                                      0.0f, row.diff.hi, ImVec2(w, 60), &row.diff);
   record(rects, "drilldown.logits_diff");
+  png_export_menu("drilldown.logits_diff", ui, commands, rects);
   const MinMaxHover& h = h1.first >= 0 ? h1 : h2;
   std::string readout;
   if (h.first >= 0 && h.peak >= 0) {
@@ -126,7 +130,7 @@ void draw_logits(const LogitsPlot& plot, UiState* ui, RectSink* rects) {
   }
   ImGui::TextDisabled(
       "%s", readout.empty() ? "hover the plot for a token's A, B and |B - A|" : readout.c_str());
-  if (ui) ui->logits_readout = readout;
+  ui.logits_readout = readout;
 }
 
 void draw_top(const CellDetail& d) {
@@ -173,10 +177,10 @@ void draw_top(const CellDetail& d) {
 
 }  // namespace
 
-void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSink* rects,
-                         UiState* ui) {
+void draw_drilldown_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
+                         RectSink* rects) {
   const CellDetail* d = snapshot.detail.get();
-  if (ui && (!d || !d->logits)) ui->logits_readout.clear();
+  if (!d || !d->logits) ui.logits_readout.clear();
   if (!d) {
     ImGui::TextDisabled(snapshot.map ? "Click a cell of the map to drill in."
                                      : "The drill-down fills once a bisection has run.");
@@ -217,7 +221,7 @@ void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSi
     for (const std::string& e : d->evidence) ImGui::BulletText("%s", e.c_str());
     ImGui::TreePop();
   }
-  if (d->logits) draw_logits(*d->logits, ui, rects);
+  if (d->logits) draw_logits(*d->logits, ui, commands, rects);
 
   if (ImGui::BeginTable("layout", 2, ImGuiTableFlags_SizingStretchProp)) {
     ImGui::TableSetupColumn("numbers", ImGuiTableColumnFlags_WidthStretch, 0.9f);
@@ -226,7 +230,7 @@ void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSi
     ImGui::TableNextColumn();
     draw_numbers(*d);
     ImGui::TableNextColumn();
-    draw_plots(*d);
+    draw_plots(*d, ui, commands, rects);
     ImGui::EndTable();
   }
   draw_top(*d);

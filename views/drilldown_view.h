@@ -9,8 +9,9 @@
 
 namespace lockstep::views {
 
-// `ui` keeps the logits plot's position and readout; null: the last position, no readout kept.
-void draw_drilldown_view(const Snapshot& snapshot, CommandSink& commands, RectSink* rects,
-                         UiState* ui = nullptr);
+// `ui` keeps the logits plot's position and readout; a right-click on a plot exports it as PNG
+// (views/plot.h png_export_menu).
+void draw_drilldown_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
+                         RectSink* rects);
 
 }  // namespace lockstep::views

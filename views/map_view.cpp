@@ -210,6 +210,7 @@ void draw_map_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands,
     }
   }
   ImGui::EndTable();
+  png_export_menu("map", ui, commands, rects);  // the table's outer rectangle
 }
 
 }  // namespace lockstep::views

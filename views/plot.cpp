@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <string>
 
 namespace lockstep::views {
 
@@ -136,6 +139,66 @@ MinMaxHover draw_minmax(const char* id, const std::vector<MinMaxSeries>& series,
   }
   if (hover.peak < 0) hover.peak = hover.first;
   return hover;
+}
+
+void png_export_menu(const char* widget, ImVec2 p0, ImVec2 p1, UiState& ui, CommandSink& commands,
+                     RectSink* rects) {
+  if (ui.png.widget == widget) {
+    ui.png.x0 = p0.x;
+    ui.png.y0 = p0.y;
+    ui.png.x1 = p1.x;
+    ui.png.y1 = p1.y;
+  }
+  const std::string name(widget);
+  if (rects) rects->push_back({"png." + name, p0.x, p0.y, p1.x, p1.y});
+  const std::string popup = "export_png##" + name;
+  if (ImGui::IsMouseReleased(ImGuiMouseButton_Right) && ImGui::IsMouseHoveringRect(p0, p1) &&
+      ImGui::IsWindowHovered(ImGuiHoveredFlags_ChildWindows)) {
+    // A fresh default name each time the menu opens.
+    const std::time_t t = std::time(nullptr);
+    std::tm tm{};
+    localtime_r(&t, &tm);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
+    std::snprintf(ui.dumps.png_path.data(), ui.dumps.png_path.size(), "~/lockstep-%s-%s.png",
+                  widget, stamp);
+    ImGui::OpenPopup(popup.c_str());
+  }
+  if (!ImGui::BeginPopup(popup.c_str())) return;
+  auto record = [&](const char* rect_name) {
+    if (!rects) return;
+    const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
+    rects->push_back({rect_name, a.x, a.y, b.x, b.y});
+  };
+  ImGui::Text("Export PNG of %s", widget);
+  ImGui::SetNextItemWidth(420);
+  ImGui::InputText("##png_path", ui.dumps.png_path.data(), ui.dumps.png_path.size());
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip(
+        "Where to write the PNG (~/ is your home directory); an existing file is "
+        "not replaced");
+  record("png.path");
+  const bool busy = !ui.png.widget.empty();
+  if (busy) ImGui::BeginDisabled();
+  if (ImGui::Button("Export PNG...")) {
+    ui.png = PngRequest{};
+    ui.png.widget = name;
+    ui.png.path = ui.dumps.png_path.data();
+    commands.push_back(LogCommand{"PNG export of " + name + " requested"});
+    ImGui::CloseCurrentPopup();
+  }
+  if (busy) ImGui::EndDisabled();
+  record("png.save");
+  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled))
+    ImGui::SetTooltip("Capture this widget as it is drawn and write it as a PNG");
+  ImGui::SameLine();
+  if (ImGui::Button("Close")) ImGui::CloseCurrentPopup();
+  if (ImGui::IsItemHovered()) ImGui::SetTooltip("Close without exporting");
+  ImGui::EndPopup();
+}
+
+void png_export_menu(const char* widget, UiState& ui, CommandSink& commands, RectSink* rects) {
+  png_export_menu(widget, ImGui::GetItemRectMin(), ImGui::GetItemRectMax(), ui, commands, rects);
 }
 
 ImU32 heat_colour(float t) {

@@ -8,6 +8,7 @@
 
 #include "views/plot_data.h"
 #include "views/snapshot.h"
+#include "views/ui_state.h"
 
 namespace lockstep::views {
 
@@ -32,6 +33,14 @@ struct MinMaxHover {
 // tick at the top. Returns the hovered column's elements (first = -1 when not hovered).
 MinMaxHover draw_minmax(const char* id, const std::vector<MinMaxSeries>& series, float lo, float hi,
                         ImVec2 size, const MinMaxPyramid* peak);
+// Right-click on [p0, p1] (a plot, the map) opens "Export PNG…": a path field (default
+// ~/lockstep-<widget>-<time>.png) and a button that asks the frame loop to capture the widget
+// (UiState::png). While a capture of `widget` is pending, reports where it is drawn; with
+// `rects`, records "png.<widget>" (its rectangle) and "png.path", "png.save" (the popup's).
+void png_export_menu(const char* widget, ImVec2 p0, ImVec2 p1, UiState& ui, CommandSink& commands,
+                     RectSink* rects);
+// The same over the last item.
+void png_export_menu(const char* widget, UiState& ui, CommandSink& commands, RectSink* rects);
 
 // The heat scale of the map: 0 (agrees) .. 1 (worst); < 0: no value.
 ImU32 heat_colour(float t);

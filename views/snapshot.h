@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/bisect_report.h"
+#include "engine/dump_export.h"
 #include "engine/trace.h"
 #include "views/plot_data.h"
 
@@ -85,7 +86,9 @@ struct CellDetail {
   std::shared_ptr<const LogitsPlot> logits;
 };
 
-enum class JobKind : uint8_t { None, Run, Select, Replay, Load, ListDir };
+enum class JobKind : uint8_t {
+  None, Run, Select, Replay, Load, ListDir, OpenDumps, Export, ExportPng
+};
 
 struct JobStatus {
   JobKind kind = JobKind::None;
@@ -152,6 +155,11 @@ struct Snapshot {
   uint64_t dump_drop_seq = 0;
   std::vector<std::string> dump_drop_dirs;
   std::vector<std::string> lane_names;  // the live lanes this build runs (app::lane_names())
+  // The Dumps tab: the opened directories (A, then B when given), the last export's files,
+  // the last PNG written.
+  std::shared_ptr<const std::vector<engine::DumpListing>> dumps;
+  std::shared_ptr<const std::vector<std::string>> exported;  // paths; the first is the directory
+  std::string last_png;
 };
 
 // Commands views post; the app hands them to the worker.
@@ -194,8 +202,26 @@ struct ReplayCommand {
 struct LogCommand {
   std::string text;  // a UI action worth a log line
 };
+// The Dumps tab: list one or two dump directories; export the current run; write a PNG of
+// pixels the frame loop read back (rows top first, RGB).
+struct OpenDumpsCommand {
+  std::string dir_a, dir_b;  // dir_b "" = one directory
+};
+struct ExportCommand {
+  std::string dest;
+  bool overwrite = false;
+  std::vector<engine::Cell> cells;  // empty: every cell
+  engine::ExportFormats formats;
+};
+struct ExportPngCommand {
+  std::string widget;  // what was captured ("map", "drilldown.values")
+  std::string path;    // "~/" is the home directory
+  int width = 0, height = 0;
+  std::shared_ptr<const std::vector<uint8_t>> rgb;  // [height, width, 3]
+};
 using Command = std::variant<RunCommand, CancelCommand, SelectCommand, ReplayCommand, LogCommand,
-                             LoadModelCommand, ListDirCommand, DropCommand>;
+                             LoadModelCommand, ListDirCommand, DropCommand, OpenDumpsCommand,
+                             ExportCommand, ExportPngCommand>;
 using CommandSink = std::vector<Command>;
 
 }  // namespace lockstep::views
