@@ -607,8 +607,11 @@ void Worker::execute(const views::Command& command) {
 
   if (is_dumps_command(command)) {
     run_dumps_job(command,
+                  // The model only when the result was computed on it (run_config), not the
+                  // demo left open under a comparison of two dumps.
                   {st.result ? &*st.result : nullptr, &st.trace_a, &st.trace_b,
-                   st.model ? &*st.model : nullptr, st.model_path, st.fault},
+                   st.model && st.run_config ? &*st.model : nullptr,
+                   st.model && st.run_config ? st.model_path : std::filesystem::path(), st.fault},
                   {progress, [&](LogEntry::Level l, const std::string& t) { log(l, t); },
                    [&](const std::function<void(Snapshot&)>& f) { update(f); }, &cancel_});
     return;
