@@ -79,6 +79,9 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
   j["running"] = s.job.running;
   j["title"] = s.title;
   j["map_ready"] = s.map != nullptr;
+  j["kept_cells"] = s.kept_cells;
+  j["layers_field"] = std::string(ui.layers.data());
+  j["stages_chosen"] = ui.stages;
   j["first_divergence"] =
       s.map && s.map->first ? nlohmann::json(s.map->cells[*s.map->first].name) : nlohmann::json();
   const views::CellDetail* d = s.detail.get();

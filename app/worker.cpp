@@ -685,6 +685,16 @@ void Worker::run_job(const views::RunCommand& run) {
       return false;
     return !c.layer || layers.contains(*c.layer);
   };
+  // The same choice as what the live lanes capture for the drill-down and the exports (the
+  // bisection itself compares every cell: it needs them to find the first divergence and to
+  // replay its inputs).
+  engine::CapturePlan kept;
+  const std::optional<std::pair<uint32_t, uint32_t>> range =
+      layers.first == 0 && layers.last == UINT32_MAX
+          ? std::nullopt
+          : std::optional(std::pair(layers.first, layers.last));
+  if (stages.empty()) kept.add_all(range);
+  for (engine::Stage stage : stages) kept.add(stage, range);
 
   std::string fault_text = run.fault.empty() ? "no fault" : run.fault;
   const std::string lanes_text = "lane " + run.lane_a + " vs lane " + run.lane_b;
@@ -760,11 +770,9 @@ void Worker::run_job(const views::RunCommand& run) {
       return;
     }
     progress(0.9, "capturing lane " + run.lane_a + " for the drill-down");
-    std::optional<engine::Trace> ta =
-        engine::capture_run(*a, tokens, run_mode, engine::CapturePlan::all(), &cancel_);
+    std::optional<engine::Trace> ta = engine::capture_run(*a, tokens, run_mode, kept, &cancel_);
     progress(0.95, "capturing lane " + run.lane_b + " for the drill-down");
-    std::optional<engine::Trace> tb =
-        engine::capture_run(*b, tokens, run_mode, engine::CapturePlan::all(), &cancel_);
+    std::optional<engine::Trace> tb = engine::capture_run(*b, tokens, run_mode, kept, &cancel_);
     if (!ta || !tb || cancel_) {
       log(LogEntry::Level::Warning, "run cancelled; the map keeps the previous result");
       return;
@@ -870,10 +878,16 @@ void Worker::run_job(const views::RunCommand& run) {
            run.lane_b + " (" + fault_text + "), " + mode_name;
   update([&](Snapshot& s) {
     s.title = title;
+    s.kept_cells = st.trace_a.size();
     s.map = st.map;
     s.detail = detail;
   });
   log(LogEntry::Level::Info, st.map->headline + fmt(" (%.2f s)", seconds));
+  if (live && !dump_a && !dump_b)
+    log(LogEntry::Level::Info, "kept " + std::to_string(st.trace_a.size()) +
+                                   " cells a lane for the drill-down and the exports (stages: " +
+                                   (run.stages.empty() ? std::string("all") : std::to_string(run.stages.size())) +
+                                   ", layers: " + run.layers + ")");
 }
 
 void Worker::load_model(const std::string& path) {

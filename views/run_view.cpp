@@ -43,8 +43,9 @@ void stage_picker(UiState& ui, RectSink* rects) {
   }
   record(rects, "run.stages");
   tooltip(
-      "Which stages the map and the drill-down keep (none ticked: all). The bisection itself\n"
-      "always captures every stage: finding the first divergence needs them all");
+      "Which stages to capture for the map, the drill-down and the exports (none ticked: all).\n"
+      "The bisection itself still compares every stage: finding the first divergence and\n"
+      "replaying it need them all");
 }
 
 }  // namespace
@@ -153,8 +154,8 @@ void draw_run_view(const Snapshot& snapshot, UiState& ui, double now, CommandSin
   ImGui::InputTextWithHint("layers", "all, 3 or 2-5", ui.layers.data(), ui.layers.size());
   record(rects, "run.layers");
   tooltip(
-      "Which layers the map and the drill-down keep: all, one (3) or a range (2-5). The\n"
-      "bisection itself runs and compares every layer");
+      "Which layers to capture for the map, the drill-down and the exports: all, one (3) or a\n"
+      "range (2-5). The bisection itself still runs and compares every layer");
   ImGui::EndGroup();
 
   const JobStatus& job = snapshot.job;

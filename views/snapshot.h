@@ -145,6 +145,7 @@ struct Snapshot {
   std::shared_ptr<const MapData> map;
   std::shared_ptr<const CellDetail> detail;  // the selected cell
   std::shared_ptr<const std::vector<LogEntry>> log;
+  size_t kept_cells = 0;   // cells each lane's trace keeps for the drill-down and exports
   uint64_t error_seq = 0;  // bumps with every error: the modal opens once per error
   std::string error_title, error_text;
   std::shared_ptr<const ModelInfo> model;  // null: no model opened (runs use the demo)

@@ -155,6 +155,46 @@ TEST_F(ModelPanel, TypedPathOpensTheModelAndRunsRefAgainstCpu) {
   EXPECT_EQ(state()["errors"], 0) << app_log();
 }
 
+// The stage and layer choice decides what each lane's trace keeps (for the drill-down and the
+// exports) and what the map shows: attn_norm in layers 1-2 is two cells a lane.
+TEST_F(ModelPanel, StageAndLayerChoiceLimitsWhatIsCaptured) {
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  const size_t all_cells = state().value("kept_cells", size_t{0});
+  EXPECT_GT(all_cells, 20u) << "the demo keeps every cell";
+  ASSERT_NO_FATAL_FAILURE(open_by_typing());
+  ASSERT_TRUE(type_into("run.layers", "1-2", "layers_field"));
+  bool picked = false;
+  for (int attempt = 0; attempt < 3 && !picked; ++attempt) {
+    ASSERT_TRUE(click("run.stages"));
+    if (!wait_for(10, [&] { return screen_rect("run.stages.item.attn_norm").has_value(); }))
+      continue;
+    ASSERT_TRUE(click("run.stages.item.attn_norm"));
+    picked = wait_for(10, [&] {
+      return state().value("stages_chosen", json::array()) == json::array({"attn_norm"});
+    });
+  }
+  ASSERT_TRUE(picked) << "could not tick attn_norm";
+  std::system("xdotool keydown Escape sleep 0.2 keyup Escape");  // closes the combo
+  auto done = [&] {
+    const json r = state();
+    return r.value("title", "").find("stories260K") != std::string::npos &&
+           r.value("map_ready", false) && !r.value("running", true);
+  };
+  bool ran = false;
+  for (int attempt = 0; attempt < 4 && !ran; ++attempt) {
+    ASSERT_TRUE(click("run.run"));  // a click that only closes a popup starts nothing: retry
+    if (wait_for(10, [&] { return state().value("running", false) || done(); }))
+      ran = wait_for(120, done);
+  }
+  ASSERT_TRUE(ran) << "the run did not finish; app log:\n" << app_log();
+  EXPECT_EQ(state()["kept_cells"], 2) << state().dump(1);
+  EXPECT_EQ(state()["errors"], 0) << app_log();
+  // Only the kept cells are on the map (the others show "—"): attn_norm@1 and @2.
+  EXPECT_TRUE(wait_for(10, [&] { return screen_rect("map.cell.attn_norm@1").has_value(); }));
+  EXPECT_FALSE(screen_rect("map.cell.attn_norm@0").has_value());
+  EXPECT_FALSE(screen_rect("map.cell.ffn_up@1").has_value());
+}
+
 TEST_F(ModelPanel, BadPathsRaiseTheDialogAndKeepThePreviousModel) {
   ASSERT_NO_FATAL_FAILURE(wait_for_demo());
   ASSERT_NO_FATAL_FAILURE(open_by_typing());
