@@ -9,8 +9,8 @@
 #include <optional>
 
 #include "app/demo_model.h"
-#include "app/gui_settings.h"
 #include "app/gui_dumps_jobs.h"
+#include "app/gui_settings.h"
 #include "app/lanes.h"
 #include "app/model_info.h"
 #include "app/model_input.h"
@@ -884,10 +884,11 @@ void Worker::run_job(const views::RunCommand& run) {
   });
   log(LogEntry::Level::Info, st.map->headline + fmt(" (%.2f s)", seconds));
   if (live && !dump_a && !dump_b)
-    log(LogEntry::Level::Info, "kept " + std::to_string(st.trace_a.size()) +
-                                   " cells a lane for the drill-down and the exports (stages: " +
-                                   (run.stages.empty() ? std::string("all") : std::to_string(run.stages.size())) +
-                                   ", layers: " + run.layers + ")");
+    log(LogEntry::Level::Info,
+        "kept " + std::to_string(st.trace_a.size()) +
+            " cells a lane for the drill-down and the exports (stages: " +
+            (run.stages.empty() ? std::string("all") : std::to_string(run.stages.size())) +
+            ", layers: " + run.layers + ")");
 }
 
 void Worker::load_model(const std::string& path) {
