@@ -8,6 +8,7 @@
 #include <string>
 
 #include "views/plot.h"
+#include "views/widgets.h"
 
 namespace lockstep::views {
 namespace {
@@ -15,12 +16,6 @@ namespace {
 constexpr ImU32 kColourA = IM_COL32(80, 150, 230, 255);
 constexpr ImU32 kColourB = IM_COL32(240, 150, 40, 150);
 const ImVec4 kFlipText(1.0f, 0.45f, 0.45f, 1.0f);
-
-void record(RectSink* rects, const char* name) {
-  if (!rects) return;
-  const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
-  rects->push_back({name, a.x, a.y, b.x, b.y});
-}
 
 void draw_numbers(const CellDetail& d) {
   if (ImGui::BeginTable("stats", 3, ImGuiTableFlags_RowBg | ImGuiTableFlags_BordersInnerV)) {

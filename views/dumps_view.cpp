@@ -6,27 +6,19 @@
 #include <string>
 #include <vector>
 
+#include "views/widgets.h"
+
 namespace lockstep::views {
 namespace {
 
 const ImVec4 kOk(0.55f, 0.8f, 0.55f, 1), kMissing(0.95f, 0.75f, 0.3f, 1),
     kMalformed(1.0f, 0.4f, 0.4f, 1);
 
-void record(RectSink* rects, const std::string& name) {
-  if (!rects) return;
-  const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
-  rects->push_back({name, a.x, a.y, b.x, b.y});
-}
-
-void tip(const char* text) {
-  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled)) ImGui::SetTooltip("%s", text);
-}
-
 void path_field(const char* id, const char* hint, std::array<char, 512>& buf, const char* help,
                 RectSink* rects, const std::string& rect) {
   ImGui::SetNextItemWidth(-FLT_MIN);
   ImGui::InputTextWithHint(id, hint, buf.data(), buf.size());
-  tip(help);
+  tooltip(help);
   record(rects, rect);
 }
 
@@ -98,10 +90,10 @@ void draw_checklist(const MapData& map, DumpsForm& form, RectSink* rects) {
   if (ImGui::SmallButton("tick all"))
     for (const MapCell& c : map.cells)
       if (c.present) form.ticked.insert(c.name);
-  tip("Tick every cell of the current run");
+  tooltip("Tick every cell of the current run");
   ImGui::SameLine();
   if (ImGui::SmallButton("tick none")) form.ticked.clear();
-  tip("Untick every cell");
+  tooltip("Untick every cell");
   ImGui::SameLine();
   ImGui::Text("%zu ticked", form.ticked.size());
   std::vector<const MapCell*> present;
@@ -123,7 +115,7 @@ void draw_checklist(const MapData& map, DumpsForm& form, RectSink* rects) {
         else
           form.ticked.erase(c.name);
       }
-      tip("Export this cell");
+      tooltip("Export this cell");
       record(rects, "export.tick." + c.name);
     }
   }
@@ -138,40 +130,40 @@ void draw_export(const Snapshot& snapshot, UiState& ui, CommandSink& commands, R
              "comparison.json / .md / .csv. It must not exist unless \"overwrite\" is ticked.",
              rects, "export.dest");
   ImGui::RadioButton("all cells", &form.scope, 0);
-  tip("Every cell both lanes captured");
+  tooltip("Every cell both lanes captured");
   record(rects, "export.all");
   ImGui::SameLine();
   ImGui::RadioButton("ticked", &form.scope, 1);
-  tip("Only the cells ticked in the list below");
+  tooltip("Only the cells ticked in the list below");
   record(rects, "export.ticked");
   ImGui::SameLine();
   ImGui::RadioButton("selected", &form.scope, 2);
-  tip("Only the cell selected in the map");
+  tooltip("Only the cell selected in the map");
   record(rects, "export.selected");
   if (form.scope == 1 && snapshot.map) draw_checklist(*snapshot.map, form, rects);
 
   ImGui::Checkbox("APRT", &form.aprt);
-  tip("a/ and b/: APRT files + manifest.json, as `lockstep dump` writes (readable by\n"
+  tooltip("a/ and b/: APRT files + manifest.json, as `lockstep dump` writes (readable by\n"
       "`lockstep diff` and aprender's `apr diff --values`)");
   record(rects, "export.aprt");
   ImGui::SameLine();
   ImGui::Checkbox("NPY", &form.npy);
-  tip("npy/a/ and npy/b/: one NumPy .npy per cell (np.load)");
+  tooltip("npy/a/ and npy/b/: one NumPy .npy per cell (np.load)");
   record(rects, "export.npy");
   ImGui::SameLine();
   ImGui::Checkbox("JSON", &form.json);
-  tip("comparison.json: the bisection report (lockstep bisect --json's schema)");
+  tooltip("comparison.json: the bisection report (lockstep bisect --json's schema)");
   record(rects, "export.json");
   ImGui::Checkbox("Markdown", &form.markdown);
-  tip("comparison.md: the bisection report for people");
+  tooltip("comparison.md: the bisection report for people");
   record(rects, "export.markdown");
   ImGui::SameLine();
   ImGui::Checkbox("CSV", &form.csv);
-  tip("comparison.csv: one row per cell with every metric, full precision");
+  tooltip("comparison.csv: one row per cell with every metric, full precision");
   record(rects, "export.csv");
   ImGui::SameLine();
   ImGui::Checkbox("overwrite", &form.overwrite);
-  tip("Replace an existing export at the destination (only a directory an export wrote;\n"
+  tooltip("Replace an existing export at the destination (only a directory an export wrote;\n"
       "it is replaced once the new one is complete)");
   record(rects, "export.overwrite");
 
@@ -194,7 +186,7 @@ void draw_export(const Snapshot& snapshot, UiState& ui, CommandSink& commands, R
   }
   if (busy || !can) ImGui::EndDisabled();
   record(rects, "export.run");
-  tip(!snapshot.map ? "Nothing to export yet: run first (Ctrl+R)"
+  tooltip(!snapshot.map ? "Nothing to export yet: run first (Ctrl+R)"
       : !can        ? "Type a destination directory (and tick cells, or select one)"
                     : "Write the export on the worker; Esc cancels it");
   if (snapshot.exported && !snapshot.exported->empty()) {
@@ -229,7 +221,7 @@ void draw_dumps_view(const Snapshot& snapshot, UiState& ui, CommandSink& command
   }
   if (busy || !has_a) ImGui::EndDisabled();
   record(rects, "dumps.open");
-  tip("List the cells of the directories: shapes, sizes, and missing or malformed files");
+  tooltip("List the cells of the directories: shapes, sizes, and missing or malformed files");
   ImGui::SameLine();
   const bool has_both = snapshot.dumps && snapshot.dumps->size() == 2;
   if (!has_both) ImGui::BeginDisabled();
@@ -240,7 +232,7 @@ void draw_dumps_view(const Snapshot& snapshot, UiState& ui, CommandSink& command
   }
   if (!has_both) ImGui::EndDisabled();
   record(rects, "dumps.use_as_lanes");
-  tip("Compare these two dumps on the next run: lane A = dump A, lane B = dump B");
+  tooltip("Compare these two dumps on the next run: lane A = dump A, lane B = dump B");
   if (snapshot.dumps)
     for (size_t i = 0; i < snapshot.dumps->size(); ++i) {
       ImGui::Separator();

@@ -7,20 +7,12 @@
 #include <cstdio>
 #include <string>
 
+#include "views/widgets.h"
+
 namespace lockstep::views {
 namespace {
 
 constexpr const char* kTitle = "Open a model";
-
-void record(RectSink* rects, const std::string& name) {
-  if (!rects) return;
-  const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
-  rects->push_back({name, a.x, a.y, b.x, b.y});
-}
-
-void tooltip(const char* text) {
-  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled)) ImGui::SetTooltip("%s", text);
-}
 
 bool contains_folded(const std::string& text, const char* needle) {
   if (!*needle) return true;

@@ -6,21 +6,12 @@
 #include <string>
 
 #include "engine/faults.h"
+#include "views/widgets.h"
 
 namespace lockstep::views {
 namespace {
 
 constexpr const char* kDumpPrefix = "dump:";
-
-void record(RectSink* rects, const std::string& name) {
-  if (!rects) return;
-  const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
-  rects->push_back({name, a.x, a.y, b.x, b.y});
-}
-
-void tooltip(const char* text) {
-  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled)) ImGui::SetTooltip("%s", text);
-}
 
 template <size_t N>
 void set_text(std::array<char, N>& field, const std::string& text) {

@@ -6,19 +6,10 @@
 #include <string>
 
 #include "engine/stages.h"
+#include "views/widgets.h"
 
 namespace lockstep::views {
 namespace {
-
-void record(RectSink* rects, const std::string& name) {
-  if (!rects) return;
-  const ImVec2 a = ImGui::GetItemRectMin(), b = ImGui::GetItemRectMax();
-  rects->push_back({name, a.x, a.y, b.x, b.y});
-}
-
-void tooltip(const char* text) {
-  if (ImGui::IsItemHovered(ImGuiHoveredFlags_AllowWhenDisabled)) ImGui::SetTooltip("%s", text);
-}
 
 // The stage checklist (none ticked: all) in a combo.
 void stage_picker(UiState& ui, RectSink* rects) {

@@ -55,17 +55,6 @@ class DumpsTab : public Workbench {
     return std::system(("xdotool type --delay 20 '" + text + "'").c_str()) == 0;
   }
 
-  bool right_click(const std::string& widget) {
-    auto r = screen_rect(widget);
-    if (!r) return false;
-    const int x = int(((*r)[0] + (*r)[2]) / 2), y = int(((*r)[1] + (*r)[3]) / 2);
-    std::system("xdotool mousemove 1595 995");
-    std::this_thread::sleep_for(std::chrono::milliseconds(150));
-    std::system(("xdotool mousemove " + std::to_string(x) + " " + std::to_string(y)).c_str());
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    return std::system("xdotool click 3") == 0;
-  }
-
   void open_dumps_tab() {
     ASSERT_TRUE(wait_for(30, [&] { return screen_rect("tab.dumps").has_value(); }));
     for (int attempt = 0; attempt < 5 && !screen_rect("dumps.path_a"); ++attempt) {
@@ -187,7 +176,7 @@ TEST_F(DumpsTab, OpensTwoDumpsFlagsBadFilesExportsEverythingAndTheMapAsPng) {
   const fs::path png = dir_ / "map.png";
   bool menu = false;
   for (int attempt = 0; attempt < 3 && !menu; ++attempt) {
-    ASSERT_TRUE(right_click("png.map"));
+    ASSERT_TRUE(click("png.map", 3));
     menu = wait_for(10, [&] { return screen_rect("png.save").has_value(); });
   }
   ASSERT_TRUE(menu) << "right-click on the map opened no Export PNG menu";
@@ -214,7 +203,7 @@ TEST_F(DumpsTab, OpensTwoDumpsFlagsBadFilesExportsEverythingAndTheMapAsPng) {
   const fs::path hist = dir_ / "values.png";
   menu = false;
   for (int attempt = 0; attempt < 3 && !menu; ++attempt) {
-    ASSERT_TRUE(right_click("png.drilldown.values"));
+    ASSERT_TRUE(click("png.drilldown.values", 3));
     menu = wait_for(10, [&] { return screen_rect("png.save").has_value(); });
   }
   ASSERT_TRUE(menu) << "right-click on the value histogram opened no Export PNG menu";

@@ -227,8 +227,9 @@ class Workbench : public ::testing::Test {
     return std::array<double, 4>{r[0], r[1], r[2], r[3]};
   }
 
-  // Moves the pointer off the window, then onto the widget's centre, and clicks.
-  bool click(const std::string& widget) {
+  // Moves the pointer off the window, then onto the widget's centre, and clicks `button`
+  // (1 left, 3 right).
+  bool click(const std::string& widget, int button = 1) {
     auto r = screen_rect(widget);
     if (!r) return false;
     const int x = int(((*r)[0] + (*r)[2]) / 2), y = int(((*r)[1] + (*r)[3]) / 2);
@@ -236,7 +237,7 @@ class Workbench : public ::testing::Test {
     std::this_thread::sleep_for(std::chrono::milliseconds(150));
     std::system(("xdotool mousemove " + std::to_string(x) + " " + std::to_string(y)).c_str());
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    return std::system("xdotool click 1") == 0;
+    return std::system(("xdotool click " + std::to_string(button)).c_str()) == 0;
   }
 
   // Clicks a map cell until the state dump shows it selected (a click can land while a frame
