@@ -5,17 +5,29 @@
 #include <cstdio>
 #include <ctime>
 #include <string>
+#include <utility>
 
 namespace lockstep::views {
+namespace {
 
-int draw_bars(const char* id, const Bars& bars, ImVec2 size, ImU32 colour, const Bars* overlay,
-              ImU32 overlay_colour) {
+// A plot's box: an item of `size` (hover and clicks), its background and border; returns its
+// corners.
+std::pair<ImVec2, ImVec2> plot_frame(const char* id, ImVec2 size) {
   ImDrawList* dl = ImGui::GetWindowDrawList();
   const ImVec2 p0 = ImGui::GetCursorScreenPos();
   ImGui::InvisibleButton(id, size);
   const ImVec2 p1(p0.x + size.x, p0.y + size.y);
   dl->AddRectFilled(p0, p1, IM_COL32(24, 26, 30, 255));
   dl->AddRect(p0, p1, IM_COL32(70, 74, 82, 255));
+  return {p0, p1};
+}
+
+}  // namespace
+
+int draw_bars(const char* id, const Bars& bars, ImVec2 size, ImU32 colour, const Bars* overlay,
+              ImU32 overlay_colour) {
+  ImDrawList* dl = ImGui::GetWindowDrawList();
+  const auto [p0, p1] = plot_frame(id, size);
   const size_t n = std::max(bars.heights.size(), overlay ? overlay->heights.size() : size_t{0});
   if (n == 0) {
     dl->AddText(ImVec2(p0.x + 6, p0.y + 4), IM_COL32(150, 150, 150, 255), "no data");
@@ -72,11 +84,7 @@ Span span_of(const MinMaxPyramid& p, const MinMaxLevel* level, size_t b0, size_t
 MinMaxHover draw_minmax(const char* id, const std::vector<MinMaxSeries>& series, float lo, float hi,
                         ImVec2 size, const MinMaxPyramid* peak) {
   ImDrawList* dl = ImGui::GetWindowDrawList();
-  const ImVec2 p0 = ImGui::GetCursorScreenPos();
-  ImGui::InvisibleButton(id, size);
-  const ImVec2 p1(p0.x + size.x, p0.y + size.y);
-  dl->AddRectFilled(p0, p1, IM_COL32(24, 26, 30, 255));
-  dl->AddRect(p0, p1, IM_COL32(70, 74, 82, 255));
+  const auto [p0, p1] = plot_frame(id, size);
   MinMaxHover hover;
   const size_t n = series.empty() || !series[0].pyramid ? 0 : series[0].pyramid->values.size();
   const size_t columns = size_t(std::max(size.x - 2, 1.0f));

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 
 #include "tests/gui/gui_driver.h"
@@ -80,6 +81,17 @@ class ModelPanel : public Workbench {
     ASSERT_GT(app_, 0);
   }
 
+  // Clicks Run until a run starts (a click that only closes a popup starts nothing), then
+  // waits for `done`.
+  bool run_until(const std::function<bool()>& done) {
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      if (!click("run.run")) return false;
+      if (wait_for(10, [&] { return state().value("running", false) || done(); }))
+        return wait_for(120, done);
+    }
+    return false;
+  }
+
   void open_by_typing() {
     ASSERT_TRUE(type_into("model.path", shared_model().string(), "model_path_field"))
         << "typing the model's path did not take";
@@ -116,15 +128,11 @@ TEST_F(ModelPanel, TypedPathOpensTheModelAndRunsRefAgainstCpu) {
   ASSERT_TRUE(none) << "could not pick no fault";
   ASSERT_TRUE(type_into("run.prompt", "Once upon a time", "prompt"));
 
-  bool ran = false;
-  for (int attempt = 0; attempt < 3 && !ran; ++attempt) {
-    ASSERT_TRUE(click("run.run"));
-    ran = wait_for(120, [&] {
-      const json r = state();
-      return r.value("map_ready", false) && !r.value("running", true);
-    });
-  }
-  ASSERT_TRUE(ran) << "the run did not finish; app log:\n" << app_log();
+  ASSERT_TRUE(run_until([&] {
+    const json r = state();
+    return r.value("map_ready", false) && !r.value("running", true);
+  })) << "the run did not finish; app log:\n"
+      << app_log();
   const json r = state();
   EXPECT_TRUE(r["first_divergence"].is_null()) << r.dump(1);
   EXPECT_NE(r.value("title", "").find("stories260K.gguf"), std::string::npos) << r["title"];
@@ -175,18 +183,12 @@ TEST_F(ModelPanel, StageAndLayerChoiceLimitsWhatIsCaptured) {
   }
   ASSERT_TRUE(picked) << "could not tick attn_norm";
   std::system("xdotool keydown Escape sleep 0.2 keyup Escape");  // closes the combo
-  auto done = [&] {
+  ASSERT_TRUE(run_until([&] {
     const json r = state();
     return r.value("title", "").find("stories260K") != std::string::npos &&
            r.value("map_ready", false) && !r.value("running", true);
-  };
-  bool ran = false;
-  for (int attempt = 0; attempt < 4 && !ran; ++attempt) {
-    ASSERT_TRUE(click("run.run"));  // a click that only closes a popup starts nothing: retry
-    if (wait_for(10, [&] { return state().value("running", false) || done(); }))
-      ran = wait_for(120, done);
-  }
-  ASSERT_TRUE(ran) << "the run did not finish; app log:\n" << app_log();
+  })) << "the run did not finish; app log:\n"
+      << app_log();
   EXPECT_EQ(state()["kept_cells"], 2) << state().dump(1);
   EXPECT_EQ(state()["errors"], 0) << app_log();
   // Only the kept cells are on the map (the others show "—"): attn_norm@1 and @2.
@@ -335,15 +337,11 @@ TEST_F(ModelPanel, ADroppedDumpIsLaneBAgainstALiveLaneOnItsTokens) {
   drop({dump.string()});
   ASSERT_TRUE(wait_for(20, [&] { return state().value("lane_b", "") == "dump:" + dump.string(); }));
 
-  bool ran = false;
-  for (int attempt = 0; attempt < 3 && !ran; ++attempt) {
-    ASSERT_TRUE(click("run.run"));
-    ran = wait_for(120, [&] {
-      const json r = state();
-      return r.value("map_ready", false) && !r.value("running", true);
-    });
-  }
-  ASSERT_TRUE(ran) << "the run did not finish; app log:\n" << app_log();
+  ASSERT_TRUE(run_until([&] {
+    const json r = state();
+    return r.value("map_ready", false) && !r.value("running", true);
+  })) << "the run did not finish; app log:\n"
+      << app_log();
   const json r = state();
   EXPECT_EQ(r["first_divergence"], "lm_head") << r.dump(1);
   EXPECT_NE(r.value("title", "").find("lane ref vs lane dump:" + dump.string()), std::string::npos)
