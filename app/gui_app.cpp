@@ -11,13 +11,16 @@
 #include <cfloat>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "app/demo_model.h"
 #include "app/frame_stats.h"
+#include "app/gui_layers.h"
 #include "app/gui_layout.h"
 #include "app/gui_png_capture.h"
 #include "app/gui_settings.h"
@@ -246,6 +249,10 @@ int run_gui(const std::string& model) {
     int eager_frames = 0;  // frames drawn without waiting, after input or a publish
     views::RectSink rects;
     views::CommandSink commands;
+    PlotLayerTextures layers;  // freed at the end of this scope, with the context still current
+    // LOCKSTEP_PLOT_LAYERS=0: plots drawn directly every frame (to compare, app/gui_layers.h).
+    const char* layers_env = std::getenv("LOCKSTEP_PLOT_LAYERS");
+    const bool plot_layers = !layers_env || std::string_view(layers_env) != "0";
     while (!glfwWindowShouldClose(window)) {
       std::shared_ptr<const views::Snapshot> snapshot = worker.snapshot();
       // Redraw often while a job runs (progress, elapsed time), else wait for input or a
@@ -273,12 +280,14 @@ int run_gui(const std::string& model) {
       // A PNG capture waits for its popup to close; meanwhile no hover (tooltips, highlights)
       // may draw over the widget.
       if (!ui.png.widget.empty()) io.MousePos = ImVec2(-FLT_MAX, -FLT_MAX);
+      update_font_filter(io.DisplayFramebufferScale, io.FontGlobalScale);
       ImGui::NewFrame();
       rects.clear();
       commands.clear();
       draw_workbench(*snapshot, ui, seen_error, commands, hooks ? &rects : nullptr);
       ImGui::Render();
       if (frame_stats) frame_stats->built(steady_now());
+      if (plot_layers) layers.render_pending(ui.plot_layers, io.DisplayFramebufferScale);
       for (const views::Command& c : commands) worker.post(c);
       if (snapshot->recent && snapshot->recent != saved_recent) {  // a model was opened
         saved_recent = snapshot->recent;

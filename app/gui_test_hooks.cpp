@@ -78,6 +78,10 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
   nlohmann::json j;
   j["running"] = s.job.running;
   j["title"] = s.title;
+  // Per plot: whether it is drawn from its still image (views/plot_layer.h).
+  j["plot_layers"] = nlohmann::json::object();
+  for (const auto& [name, layer] : ui.plot_layers)
+    j["plot_layers"][name] = layer.key != 0 && layer.key == layer.pending_key;
   j["map_ready"] = s.map != nullptr;
   j["kept_cells"] = s.kept_cells;
   j["layers_field"] = std::string(ui.layers.data());

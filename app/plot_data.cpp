@@ -1,6 +1,7 @@
 #include "app/plot_data.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <string>
 
@@ -42,7 +43,9 @@ size_t pyramid_bytes(uint64_t n) {
 }  // namespace
 
 views::MinMaxPyramid build_pyramid(std::vector<float> values) {
+  static std::atomic<uint64_t> next_id{1};
   views::MinMaxPyramid p;
+  p.id = next_id.fetch_add(1, std::memory_order_relaxed);
   p.values = std::move(values);
   const std::vector<float>& v = p.values;
   for (float x : v) {

@@ -4,21 +4,26 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <memory>
 #include <string>
 #include <utility>
 
 namespace lockstep::views {
 namespace {
 
+// A plot's background (opaque: a plot's still image needs nothing from below) and border.
+void plot_box(ImDrawList* dl, ImVec2 p0, ImVec2 p1) {
+  dl->AddRectFilled(p0, p1, IM_COL32(24, 26, 30, 255));
+  dl->AddRect(p0, p1, IM_COL32(70, 74, 82, 255));
+}
+
 // A plot's box: an item of `size` (hover and clicks), its background and border; returns its
 // corners.
 std::pair<ImVec2, ImVec2> plot_frame(const char* id, ImVec2 size) {
-  ImDrawList* dl = ImGui::GetWindowDrawList();
   const ImVec2 p0 = ImGui::GetCursorScreenPos();
   ImGui::InvisibleButton(id, size);
   const ImVec2 p1(p0.x + size.x, p0.y + size.y);
-  dl->AddRectFilled(p0, p1, IM_COL32(24, 26, 30, 255));
-  dl->AddRect(p0, p1, IM_COL32(70, 74, 82, 255));
+  plot_box(ImGui::GetWindowDrawList(), p0, p1);
   return {p0, p1};
 }
 
@@ -81,18 +86,16 @@ Span span_of(const MinMaxPyramid& p, const MinMaxLevel* level, size_t b0, size_t
 
 }  // namespace
 
-MinMaxHover draw_minmax(const char* id, const std::vector<MinMaxSeries>& series, float lo, float hi,
-                        ImVec2 size, const MinMaxPyramid* peak) {
-  ImDrawList* dl = ImGui::GetWindowDrawList();
-  const auto [p0, p1] = plot_frame(id, size);
-  MinMaxHover hover;
-  const size_t n = series.empty() || !series[0].pyramid ? 0 : series[0].pyramid->values.size();
-  const size_t columns = size_t(std::max(size.x - 2, 1.0f));
-  if (n == 0 || !std::isfinite(lo) || !std::isfinite(hi)) {
-    dl->AddText(ImVec2(p0.x + 6, p0.y + 4), IM_COL32(150, 150, 150, 255), "no finite values");
-    return hover;
-  }
-  const float range = hi > lo ? hi - lo : 1.0f, h = size.y - 4;
+namespace {
+
+// The still part of a min/max plot, in the box [p0, p1] of `dl`: its background and border,
+// the zero line, one vertical min-max line per pixel column of each series, and a red tick
+// over the columns holding a NaN.
+void draw_minmax_still(ImDrawList* dl, ImVec2 p0, ImVec2 p1,
+                       const std::vector<MinMaxSeries>& series, float lo, float hi, size_t n,
+                       size_t columns) {
+  plot_box(dl, p0, p1);
+  const float range = hi > lo ? hi - lo : 1.0f, h = p1.y - p0.y - 4;
   auto y_of = [&](float v) {
     return std::clamp(p1.y - 2 - (v - lo) / range * h, p0.y + 2, p1.y - 2);
   };
@@ -128,6 +131,61 @@ MinMaxHover draw_minmax(const char* id, const std::vector<MinMaxSeries>& series,
     }
   }
   dl->PopClipRect();
+}
+
+// What a min/max plot's still part shows: its series (by pyramid id) and colours, the range,
+// the size and the framebuffer scale (FNV-1a over their bytes).
+uint64_t minmax_key(const std::vector<MinMaxSeries>& series, float lo, float hi, ImVec2 size) {
+  uint64_t h = 14695981039346656037ull;
+  auto mix = [&h](const void* p, size_t bytes) {
+    for (size_t i = 0; i < bytes; ++i) {
+      h ^= static_cast<const unsigned char*>(p)[i];
+      h *= 1099511628211ull;
+    }
+  };
+  for (const MinMaxSeries& s : series) {
+    const uint64_t id = s.pyramid ? s.pyramid->id : 0;
+    mix(&id, sizeof id);
+    mix(&s.colour, sizeof s.colour);
+  }
+  const ImVec2 scale = ImGui::GetIO().DisplayFramebufferScale;
+  for (float f : {lo, hi, size.x, size.y, scale.x, scale.y}) mix(&f, sizeof f);
+  return h == 0 ? 1 : h;
+}
+
+}  // namespace
+
+MinMaxHover draw_minmax(const char* id, const std::vector<MinMaxSeries>& series, float lo, float hi,
+                        ImVec2 size, const MinMaxPyramid* peak, PlotLayer* layer) {
+  ImDrawList* dl = ImGui::GetWindowDrawList();
+  const ImVec2 p0 = ImGui::GetCursorScreenPos();
+  ImGui::InvisibleButton(id, size);
+  const ImVec2 p1(p0.x + size.x, p0.y + size.y);
+  MinMaxHover hover;
+  const size_t n = series.empty() || !series[0].pyramid ? 0 : series[0].pyramid->values.size();
+  const size_t columns = size_t(std::max(size.x - 2, 1.0f));
+  if (n == 0 || !std::isfinite(lo) || !std::isfinite(hi)) {
+    plot_box(dl, p0, p1);
+    dl->AddText(ImVec2(p0.x + 6, p0.y + 4), IM_COL32(150, 150, 150, 255), "no finite values");
+    return hover;
+  }
+  const uint64_t key = layer ? minmax_key(series, lo, hi, size) : 0;
+  if (layer && layer->key == key && layer->texture) {
+    // The texture's first row is the plot's bottom (it was rendered upside down).
+    dl->AddImage(layer->texture, p0, p1, ImVec2(0, 1), ImVec2(1, 0));
+  } else {
+    draw_minmax_still(dl, p0, p1, series, lo, hi, n, columns);
+    if (layer && layer->pending_key != key) {  // record it once for the frame loop to render
+      auto list = std::make_shared<ImDrawList>(ImGui::GetDrawListSharedData());
+      list->_ResetForNewFrame();
+      list->PushClipRect(ImVec2(0, 0), size);
+      list->PushTextureID(ImGui::GetIO().Fonts->TexID);
+      draw_minmax_still(list.get(), ImVec2(0, 0), size, series, lo, hi, n, columns);
+      layer->pending = std::move(list);
+      layer->pending_key = key;
+      layer->pending_size = size;
+    }
+  }
   if (!ImGui::IsItemHovered()) return hover;
   const size_t x =
       size_t(std::clamp(ImGui::GetIO().MousePos.x - p0.x - 1, 0.0f, float(columns - 1)));

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "views/plot_data.h"
+#include "views/plot_layer.h"
 #include "views/snapshot.h"
 #include "views/ui_state.h"
 
@@ -31,8 +32,10 @@ struct MinMaxHover {
 // one vertical min-max line per pixel column, from the coarsest pyramid level with at least one
 // bin per column (selection only; the worker built the levels). Columns holding a NaN get a red
 // tick at the top. Returns the hovered column's elements (first = -1 when not hovered).
+// With `layer`, all but the hover line is drawn from the layer's texture when it shows the same
+// (views/plot_layer.h), else drawn and recorded for the frame loop to render.
 MinMaxHover draw_minmax(const char* id, const std::vector<MinMaxSeries>& series, float lo, float hi,
-                        ImVec2 size, const MinMaxPyramid* peak);
+                        ImVec2 size, const MinMaxPyramid* peak, PlotLayer* layer = nullptr);
 // Right-click on [p0, p1] (a plot, the map) opens "Export PNG…": a path field (default
 // ~/lockstep-<widget>-<time>.png) and a button that asks the frame loop to capture the widget
 // (UiState::png). While a capture of `widget` is pending, reports where it is drawn; with

@@ -31,6 +31,9 @@ struct MinMaxPyramid {
   std::vector<MinMaxLevel> levels;                     // finest (bin 2) first
   float lo = std::numeric_limits<float>::quiet_NaN();  // over every non-NaN value
   float hi = std::numeric_limits<float>::quiet_NaN();
+  // Unique to each pyramid built (app::build_pyramid), never 0: what a plot's still image is
+  // keyed by (views/plot_layer.h), where an address could be reused by a later pyramid.
+  uint64_t id = 0;
   // The coarsest level with at least `columns` bins; nullptr: draw from `values`.
   const MinMaxLevel* level_for(size_t columns) const {
     for (size_t k = levels.size(); k-- > 0;)

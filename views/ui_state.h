@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "views/plot_layer.h"
+
 namespace lockstep::views {
 
 // A PNG export of one widget (right-click → Export PNG…, views/plot.h): the view names the
@@ -74,6 +76,7 @@ struct UiState {
   std::array<char, 32> layers{'a', 'l', 'l'};
   DumpsForm dumps;
   PngRequest png;
+  PlotLayers plot_layers;  // the still images of the drill-down's min/max plots
 };
 
 struct NamedRect {

@@ -58,17 +58,19 @@ class WorkbenchLayout : public Workbench {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
 
-  // Closes the app cleanly and starts it again on the same settings directory.
-  void restart() {
+  // Closes the app cleanly and starts it again on the same settings directory, with `env` added
+  // to its environment.
+  void restart(const std::vector<std::string>& env = {}) {
     std::ofstream(dir_ / "quit.request") << "\n";
     int status = 0;
     ASSERT_TRUE(wait_for(30, [&] { return exited(app_, &status); })) << "no clean exit";
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit status " << status;
     for (const char* f : {"quit.request", "rects.json", "state.json"}) fs::remove(dir_ / f);
-    app_ = spawn({LOCKSTEP_EXE},
-                 {"DISPLAY=" + x_->display(), "LOCKSTEP_GUI_TEST_DIR=" + dir_.string(),
-                  "XDG_CONFIG_HOME=" + (dir_ / "config").string()},
-                 dir_ / "app.log");
+    std::vector<std::string> full = {"DISPLAY=" + x_->display(),
+                                     "LOCKSTEP_GUI_TEST_DIR=" + dir_.string(),
+                                     "XDG_CONFIG_HOME=" + (dir_ / "config").string()};
+    full.insert(full.end(), env.begin(), env.end());
+    app_ = spawn({LOCKSTEP_EXE}, full, dir_ / "app.log");
     ASSERT_GT(app_, 0);
   }
 
@@ -260,3 +262,43 @@ TEST_F(WorkbenchOffscreenLayout, ASavedLayoutLargerThanTheScreenIsClampedToIt) {
 }
 
 }  // namespace
+
+// The logits plots drawn from their still images (views/plot_layer.h) give the same pixels as
+// drawn directly, every frame (LOCKSTEP_PLOT_LAYERS=0).
+TEST_F(WorkbenchLayout, PlotsFromTheirStillImagesMatchPlotsDrawnDirectly) {
+  auto plot_pixels = [&](bool from_image, const std::string& shot_name) {
+    std::vector<unsigned char> pixels;
+    EXPECT_TRUE(click_cell("lm_head"));
+    EXPECT_TRUE(wait_for(10, [&] {
+      const nlohmann::json layers = state()["plot_layers"];
+      return layers.value("drilldown.logits", !from_image) == from_image &&
+             layers.value("drilldown.logits_diff", !from_image) == from_image;
+    })) << state()["plot_layers"].dump();
+    xdo("mousemove 1595 995");  // no hover line, no tooltip
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    std::optional<Image> shot = screenshot(shot_name);
+    EXPECT_TRUE(shot);
+    if (!shot) return pixels;
+    for (const char* plot : {"drilldown.logits", "drilldown.logits_diff"}) {
+      auto r = window_rect(plot);
+      EXPECT_TRUE(r) << plot;
+      if (!r) continue;
+      for (int y = int((*r)[1]); y < int((*r)[3]) && y < shot->h; ++y)
+        for (int x = int((*r)[0]); x < int((*r)[2]) && x < shot->w; ++x)
+          pixels.insert(pixels.end(), shot->at(x, y), shot->at(x, y) + 3);
+    }
+    return pixels;
+  };
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  const std::vector<unsigned char> from_image = plot_pixels(true, "plots-from-still-images");
+  ASSERT_NO_FATAL_FAILURE(restart({"LOCKSTEP_PLOT_LAYERS=0"}));
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  const std::vector<unsigned char> direct = plot_pixels(false, "plots-drawn-directly");
+  ASSERT_GT(from_image.size(), 3000u) << "no plot pixels";
+  ASSERT_EQ(from_image.size(), direct.size()) << "the plots moved between the two runs";
+  size_t differ = 0;
+  for (size_t i = 0; i < direct.size(); i += 3)
+    differ += !std::equal(direct.begin() + long(i), direct.begin() + long(i) + 3,
+                          from_image.begin() + long(i));
+  EXPECT_EQ(differ, 0u) << "of " << direct.size() / 3 << " plot pixels";
+}
