@@ -153,7 +153,7 @@ void draw_workbench(const views::Snapshot& snapshot, views::UiState& ui, uint64_
   views::draw_log_view(snapshot, seen_error);
   ImGui::EndChild();
   ImGui::EndGroup();
-  views::sync_model_view(snapshot, ui);
+  views::sync_model_view(snapshot, ui, commands);
   views::draw_file_browser(snapshot, ui, commands, rects);
   ImGui::End();
 }
@@ -239,7 +239,10 @@ int run_gui(const std::string& model) {
                    .recent = settings.recent_models});
     worker.post(views::LogCommand{"workbench started; settings in " + config.string()});
     if (!model.empty()) worker.post(views::LoadModelCommand{model});
-    worker.post(views::run_command(ui));  // the embedded demo (or MODEL), at once
+    if (model.empty())
+      worker.post(views::run_command(ui));  // the embedded demo, at once
+    else
+      ui.run_when_model_opens = true;  // once it is open, on lanes that can hold it
     glfwSetWindowUserPointer(window, &worker);
     glfwSetDropCallback(window, on_drop);
     std::shared_ptr<const std::vector<views::RecentModel>> saved_recent;

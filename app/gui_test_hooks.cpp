@@ -43,8 +43,6 @@ void write_dumps_state(nlohmann::json& j, const views::Snapshot& s, const views:
       dumps.push_back(d);
     }
   j["dumps"] = dumps;
-  j["lane_a"] = ui.lane_a;
-  j["lane_b"] = ui.lane_b;
   j["exported"] = s.exported ? nlohmann::json(*s.exported) : nlohmann::json::array();
   j["last_png"] = s.last_png;
   j["png_pending"] = ui.png.widget;
@@ -102,6 +100,9 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
   j["fault"] = ui.fault;
   j["decode"] = ui.decode;
   j["errors"] = s.error_seq;
+  j["log"] = nlohmann::json::array();  // the messages, oldest first
+  if (s.log)
+    for (const views::LogEntry& e : *s.log) j["log"].push_back(e.text);
   j["layout"] = {{"sidebar_width", ui.sidebar_width},
                  {"map_height", ui.map_height},
                  {"log_width", ui.log_width}};
@@ -131,6 +132,7 @@ void GuiTestHooks::write_state(const views::Snapshot& s, const views::UiState& u
       j["recent"].push_back({{"path", r.path}, {"exists", r.exists}});
   j["lane_a"] = ui.lane_a;
   j["lane_b"] = ui.lane_b;
+  j["floor_cpu_ref"] = ui.floor_cpu_ref;
   j["model_path_field"] = std::string(ui.model_path.data());
   j["prompt"] = std::string(ui.prompt.data());
   j["use_token_ids"] = ui.use_token_ids;

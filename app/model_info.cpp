@@ -11,6 +11,7 @@
 #include "app/demo_model.h"
 #include "engine/generate.h"
 #include "engine/inspect.h"
+#include "engine/ref_lane.h"
 #include "engine/tokenizer.h"
 #include "formats/error.h"
 
@@ -153,6 +154,7 @@ views::ModelInfo model_info(const fs::path& path, const engine::Model& model) {
                            byte_text(bytes)});
     }
   m.tensor_bytes = byte_text(total) + " in " + std::to_string(m.tensors.size()) + " tensors";
+  m.ref_problem = engine::ref_lane_memory_problem(model);
   if (auto t = r.find("tokenizer"); t != r.end() && t->is_object() && t->contains("model")) {
     m.has_tokenizer = t->value("tokens", uint64_t{0}) > 0;
     m.tokenizer = json_value_text((*t)["model"]) + ", " +

@@ -2,8 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <limits>
 #include <numbers>
+#include <set>
 
 #include "engine/rope.h"
 #include "formats/error.h"
@@ -62,9 +66,51 @@ const std::vector<float>& RefLane::weight(const WeightRef& ref) const {
   return it->second;
 }
 
+uint64_t ref_lane_weight_bytes(const Model& m) {
+  std::set<const std::byte*> seen;
+  uint64_t bytes = 0;
+  for (const Node& node : m.plan.nodes)
+    for (const auto* refs : {&node.weights, &node.biases})
+      for (const WeightRef& ref : *refs)
+        if (const TensorRef* t = m.weights.find(ref); t && seen.insert(t->data.data()).second)
+          bytes += t->elements() * sizeof(float);
+  return bytes;
+}
+
+std::optional<uint64_t> available_memory_bytes() {
+  if (const char* v = std::getenv("LOCKSTEP_MEMORY_AVAILABLE"); v && *v) {
+    char* end = nullptr;
+    const unsigned long long n = std::strtoull(v, &end, 10);
+    if (end && *end == '\0') return n;
+    throw Error(std::string("LOCKSTEP_MEMORY_AVAILABLE: \"") + v + "\" is not a byte count");
+  }
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kib = 0;
+  while (in >> key >> kib) {
+    std::getline(in, unit);
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return std::nullopt;
+}
+
+std::string ref_lane_memory_problem(const Model& m) {
+  const std::optional<uint64_t> available = available_memory_bytes();
+  const uint64_t needed = ref_lane_weight_bytes(m);
+  if (!available || needed <= *available) return "";
+  char text[256];
+  std::snprintf(text, sizeof text,
+                "lane ref (the float64 oracle) holds this model's weights as f32: %.1f GB, more "
+                "than the %.1f GB of memory available; compare lanes without ref (cpu, cuda) and "
+                "no noise floor (it runs ref)",
+                double(needed) / 1e9, double(*available) / 1e9);
+  return text;
+}
+
 void RefLane::load(const Model& m) {
   model_ = nullptr;
   dequantized_.clear();
+  if (const std::string problem = ref_lane_memory_problem(m); !problem.empty()) throw Error(problem);
   const ModelConfig& c = m.config;
   for (const Node& node : m.plan.nodes) {
     for (const auto* refs : {&node.weights, &node.biases}) {

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -24,12 +25,22 @@
 
 namespace lockstep::engine {
 
+// Bytes RefLane::load holds for `model`: every distinct weight tensor the plan reads, as f32.
+uint64_t ref_lane_weight_bytes(const Model& model);
+// Memory this process may still take: LOCKSTEP_MEMORY_AVAILABLE (bytes) when set, else
+// /proc/meminfo's MemAvailable; nullopt when neither can be read.
+std::optional<uint64_t> available_memory_bytes();
+// "" when the ref lane's weights of `model` fit the available memory (or it is unknown), else
+// why not, in one sentence naming both sizes.
+std::string ref_lane_memory_problem(const Model& model);
+
 class RefLane final : public Lane {
  public:
   std::string name() const override { return "ref"; }
   // Dequantizes every weight the plan references. Throws lockstep::Error for RoPE scaling the
-  // lane does not compute (anything but linear and llama3) or a weight the plan needs but the
-  // model did not bind.
+  // lane does not compute (anything but linear and llama3), a weight the plan needs but the
+  // model did not bind, or weights larger than the available memory
+  // (ref_lane_memory_problem), before allocating any.
   void load(const Model& model) override;
   void reset() override;
   // `pos` may be below the cached length (the cache is cut back to `pos` first, so a run can

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/faults.h"
+#include "views/run_view.h"
 #include "views/widgets.h"
 
 namespace lockstep::views {
@@ -142,10 +143,22 @@ void model_summary(const ModelInfo& m, RectSink* rects) {
 
 }  // namespace
 
-void sync_model_view(const Snapshot& snapshot, UiState& ui) {
+void sync_model_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands) {
   if (snapshot.model && snapshot.model->path != ui.seen_model) {
     ui.seen_model = snapshot.model->path;
     set_text(ui.model_path, ui.seen_model);
+    const std::string& problem = snapshot.model->ref_problem;
+    if (!problem.empty() && (ui.lane_a == "ref" || ui.lane_b == "ref" || ui.floor_cpu_ref)) {
+      if (ui.lane_a == "ref") ui.lane_a = "cpu";
+      if (ui.lane_b == "ref") ui.lane_b = "cpu";
+      ui.floor_cpu_ref = false;
+      commands.push_back(LogCommand{"lanes " + ui.lane_a + " and " + ui.lane_b +
+                                    ", no noise floor: " + problem});
+    }
+    if (ui.run_when_model_opens) {
+      ui.run_when_model_opens = false;
+      commands.push_back(run_command(ui));
+    }
   }
   if (snapshot.dump_drop_seq == ui.seen_dump_drop) return;
   ui.seen_dump_drop = snapshot.dump_drop_seq;
@@ -213,6 +226,14 @@ void draw_model_view(const Snapshot& snapshot, UiState& ui, CommandSink& command
   lane_picker("lane B", "lane_b", ui.lane_b, ui.dump_dir_b, snapshot, rects,
               "Lane B, the lane under test (it carries the fault)");
   fault_picker(ui, rects);
+  if (snapshot.model && !snapshot.model->ref_problem.empty()) {
+    ImGui::PushStyleColor(ImGuiCol_Text, IM_COL32(240, 190, 80, 255));
+    ImGui::PushTextWrapPos(0);
+    ImGui::TextUnformatted(snapshot.model->ref_problem.c_str());
+    ImGui::PopTextWrapPos();
+    ImGui::PopStyleColor();
+    record(rects, "model.ref_problem");
+  }
 
   section("Thresholds");
   ImGui::SetNextItemWidth(120);

@@ -13,7 +13,9 @@ void draw_model_view(const Snapshot& snapshot, UiState& ui, CommandSink& command
 
 // Every frame, whichever tab is shown: a dump directory dropped onto the window becomes lane B
 // (lane A when B already is a dump); a model opened some other way (dropped, recent, browser,
-// command line) fills the path field.
-void sync_model_view(const Snapshot& snapshot, UiState& ui);
+// command line) fills the path field. A model opened that lane ref cannot hold (its f32 weights
+// exceed the free memory) turns lane ref into cpu and the noise floor off, with a log line; then
+// the run UiState::run_when_model_opens waits for is posted.
+void sync_model_view(const Snapshot& snapshot, UiState& ui, CommandSink& commands);
 
 }  // namespace lockstep::views

@@ -118,6 +118,8 @@ struct ModelInfo {
   bool has_tokenizer = false;
   std::string tokenizer;  // "llama, 512 tokens"; why there is none otherwise
   bool has_chat_template = false;
+  // Why lane ref cannot hold this model (engine::ref_lane_memory_problem), "" when it can.
+  std::string ref_problem;
 };
 
 struct RecentModel {

@@ -60,6 +60,8 @@ struct UiState {
   bool floor_cpu_ref = true;
   uint64_t seen_dump_drop = 0;  // the last dropped dump directory already made a lane
   std::string seen_model;       // the opened model's path, once copied into the path field
+  // `lockstep MODEL`: the first run waits until the model is open (its lanes may change).
+  bool run_when_model_opens = false;
   // The file browser (views/file_browser_view.h): open request, its directory and filter.
   bool browser_open = false;
   std::string browser_dir;  // "" until the first listing arrives

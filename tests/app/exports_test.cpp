@@ -226,7 +226,9 @@ TEST(ExportRun, CsvHasAHeaderAndOneParsableRowPerCellThatRoundTrips) {
   // The first divergence was replayed: its local error is there.
   const std::string first = cell_name(r.result.first()->cell);
   for (size_t i = 1; i < lines.size(); ++i) {
-    if (split(lines[i], ',')[0] == first) EXPECT_FALSE(split(lines[i], ',')[11].empty());
+    if (split(lines[i], ',')[0] == first) {
+      EXPECT_FALSE(split(lines[i], ',')[11].empty());
+    }
   }
 }
 

@@ -4,14 +4,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 #include "formats/aprt.h"
+#include "formats/error.h"
 #include "tests/engine/lane_test_util.h"
 #include "tests/engine/tiny_model.h"
 #include "tests/test_util.h"
@@ -333,6 +336,58 @@ INSTANTIATE_TEST_SUITE_P(Families, RefLaneTiny,
                          [](const ::testing::TestParamInfo<TinyCase>& info) {
                            return info.param.name;
                          });
+
+// A model whose f32 weights do not fit the available memory is refused before anything is
+// allocated, with both sizes in the message; one that fits loads.
+TEST(RefLaneMemory, WeightsLargerThanTheAvailableMemoryAreRefusedUpFront) {
+  const test::TinySpec spec;
+  fs::path path = test::write_tiny_gguf(test::scratch_dir("ref_lane_memory") / "m.gguf", spec);
+  Model model = open_model(path, registry());
+  uint64_t expected = 0;  // every tiny tensor is read by the plan, once
+  for (const auto& [name, shape] : test::tiny_tensors(spec)) {
+    uint64_t n = 1;
+    for (uint64_t d : shape) n *= d;
+    expected += 4 * n;
+  }
+  EXPECT_EQ(ref_lane_weight_bytes(model), expected);
+
+  const char* before = std::getenv("LOCKSTEP_MEMORY_AVAILABLE");
+  const std::string saved = before ? before : "";
+  struct Restore {
+    const char* before;
+    std::string saved;
+    ~Restore() {
+      if (before)
+        setenv("LOCKSTEP_MEMORY_AVAILABLE", saved.c_str(), 1);
+      else
+        unsetenv("LOCKSTEP_MEMORY_AVAILABLE");
+    }
+  } restore{before, saved};
+
+  setenv("LOCKSTEP_MEMORY_AVAILABLE", std::to_string(expected - 1).c_str(), 1);
+  EXPECT_EQ(available_memory_bytes(), expected - 1);
+  RefLane lane;
+  try {
+    lane.load(model);
+    ADD_FAILURE() << "loaded weights larger than the available memory";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lane ref"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("memory available"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(ref_lane_memory_problem(model).empty());
+
+  setenv("LOCKSTEP_MEMORY_AVAILABLE", std::to_string(expected).c_str(), 1);
+  EXPECT_EQ(ref_lane_memory_problem(model), "");
+  EXPECT_NO_THROW(lane.load(model));
+
+  setenv("LOCKSTEP_MEMORY_AVAILABLE", "lots", 1);
+  EXPECT_THROW(available_memory_bytes(), Error);
+
+  unsetenv("LOCKSTEP_MEMORY_AVAILABLE");
+  const std::optional<uint64_t> real = available_memory_bytes();  // /proc/meminfo on Linux
+  ASSERT_TRUE(real.has_value());
+  EXPECT_GT(*real, uint64_t{1} << 20);
+}
 
 }  // namespace
 }  // namespace lockstep::engine

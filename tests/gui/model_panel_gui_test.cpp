@@ -371,4 +371,35 @@ TEST_F(ModelArgument, LockstepModelOpensAndRunsIt) {
   EXPECT_EQ(s["errors"], 0) << app_log();
 }
 
+// A model lane ref cannot hold (here: the memory the app sees is made smaller than its f32
+// weights) opens on lanes cpu and cpu without a noise floor, says why in the panel and the log,
+// and runs: no failed run, no error dialog.
+class ModelTooBigForRef : public ModelPanel {
+ protected:
+  ModelTooBigForRef() {
+    args_ = {shared_model().string()};
+    env_ = {"LOCKSTEP_MEMORY_AVAILABLE=100000"};  // stories260K: ~1 MB of f32 weights
+  }
+};
+
+TEST_F(ModelTooBigForRef, OpensOnLanesThatHoldItAndSaysWhy) {
+  ASSERT_TRUE(wait_for(180, [&] {
+    const json s = state();
+    return !app_alive() || (s.value("map_ready", false) && !s.value("running", true));
+  })) << app_log();
+  ASSERT_TRUE(app_alive()) << app_log();
+  const json s = state();
+  EXPECT_EQ(s["lane_a"], "cpu");
+  EXPECT_EQ(s["lane_b"], "cpu");
+  EXPECT_EQ(s["floor_cpu_ref"], false);
+  EXPECT_NE(s.value("title", "").find("lane cpu vs lane cpu (no fault)"), std::string::npos)
+      << s["title"];
+  EXPECT_EQ(s["errors"], 0) << app_log();
+  EXPECT_TRUE(screen_rect("model.ref_problem").has_value()) << "no warning in the panel";
+  bool logged = false;
+  for (const json& e : s.value("log", json::array()))
+    logged = logged || e.dump().find("memory available") != std::string::npos;
+  EXPECT_TRUE(logged) << s.value("log", json::array()).dump(1);
+}
+
 }  // namespace
