@@ -125,16 +125,15 @@ wait_until 60 sh -c "[ -n \"\$(jq -r '.rects[\"drilldown.logits\"] // empty' '$h
   { echo "gui-frame-bench: no logits plot on screen" >&2; exit 1; }
 echo "logits plot: $(state '.logits_plot | "vocab \(.vocab), \(.positions) positions, \(.levels) levels"')"
 
-# The pointer sweeps the plot back and forth, a step every 10 ms, until killed.
+# The pointer sweeps the plot back and forth, a step every 10 ms, until killed: one xdotool
+# process per pass (a process per step would load the two cores the frames are measured on).
 read -r px0 py0 px1 py1 <<<"$(rect drilldown.logits)"
 sweep() {
-  local y=$(((py0 + py1) / 2)) x=$px0 step=7
-  while :; do
-    x=$((x + step))
-    if [ $x -ge $px1 ] || [ $x -le $px0 ]; then step=$((-step)); x=$((x + 2 * step)); fi
-    xdotool mousemove $x $y
-    sleep 0.01
-  done
+  local y=$(((py0 + py1) / 2)) x
+  local pass=()
+  for ((x = px0 + 1; x < px1; x += 7)); do pass+=(mousemove $x $y sleep 0.01); done
+  for ((x = px1 - 1; x > px0; x -= 7)); do pass+=(mousemove $x $y sleep 0.01); done
+  while :; do xdotool "${pass[@]}"; done
 }
 summary() {  # summary LABEL FILE JQ-PATH
   jq -r --arg l "$1" "$3"' as $s | "\($l): \($s.frames) frames; frame time p50 \($s.frame_ms.p50 * 100 | round / 100) ms, p90 \($s.frame_ms.p90 * 100 | round / 100) ms, p99 \($s.frame_ms.p99 * 100 | round / 100) ms, max \($s.frame_ms.max * 100 | round / 100) ms; UI build p50 \($s.build_ms.p50 * 100 | round / 100) ms, p99 \($s.build_ms.p99 * 100 | round / 100) ms; frame interval p50 \($s.interval_ms.p50 * 100 | round / 100) ms, p99 \($s.interval_ms.p99 * 100 | round / 100) ms"' "$2"
