@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "app/demo_model.h"
@@ -249,7 +250,8 @@ int run_gui(const std::string& model) {
     std::string window_title;
 
     uint64_t seen_error = 0;
-    int eager_frames = 0;  // frames drawn without waiting, after input or a publish
+    int eager_frames = 0;   // frames drawn without waiting, after input or a publish
+    double last_frame = 0;  // when the last frame began (steady clock, seconds)
     views::RectSink rects;
     views::CommandSink commands;
     PlotLayerTextures layers;  // freed at the end of this scope, with the context still current
@@ -270,6 +272,16 @@ int run_gui(const std::string& model) {
         glfwWaitEventsTimeout(timeout);
         if (steady_now() - before < timeout * 0.9) eager_frames = 3;
       }
+      // While a job runs, at most 60 frames a second (swaps are not paced by every display
+      // server, Xvfb's included): faster shows nothing more and takes cores from the worker.
+      // A 7B-shaped run under the frame bench finished in 26 s instead of 37 s, frames as
+      // smooth. Idle, input alone wakes the loop, and its frames are drawn at once.
+      if (const double wait = last_frame + 1.0 / 60 - steady_now();
+          snapshot->job.running && wait > 0) {
+        std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+        glfwPollEvents();
+      }
+      last_frame = steady_now();
       snapshot = worker.snapshot();  // the one this frame draws
       if (frame_stats) frame_stats->begin_frame(steady_now());
       if (snapshot->title != window_title) {  // what was run: model, lanes, fault, mode
