@@ -28,7 +28,7 @@ jobs=${JOBS:-$(nproc)}
 packages=(
   build-essential cmake ninja-build pkg-config git
   libimgui-dev libglfw3-dev libgl-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-  libbenchmark-dev libpcre2-dev libstb-dev xvfb xauth xdotool
+  libbenchmark-dev libpcre2-dev libstb-dev xvfb xauth xdotool libx11-dev
   clang libfuzzer-14-dev libclang-rt-14-dev
 )
 

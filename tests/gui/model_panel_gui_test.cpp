@@ -1,7 +1,7 @@
 // The Model & lanes panel and the run bar in a real window (Xvfb + xdotool, see gui_driver.h):
 // typing a model's path and opening it, a bad path that leaves the previous model, dropping a
-// model and a dump directory (through the app's drop hook: xdotool cannot drive an X
-// drag-and-drop), the recent list across a restart, the file browser (Ctrl+O, double-click),
+// model and a dump directory (a real XDND drag-and-drop from tests/gui/xdnd_drop.cpp), the
+// recent list across a restart, the file browser (Ctrl+O, double-click),
 // and `lockstep MODEL` on the command line.
 
 #include <gtest/gtest.h>
@@ -57,12 +57,34 @@ class ModelPanel : public Workbench {
     return !s.value("running", true);
   }
 
+  // Drops `paths` onto the window: a real XDND drag-and-drop (tests/gui/xdnd_drop.cpp) where
+  // it was built, else through the app's drop hook, which calls the same handler.
   void drop(const std::vector<std::string>& paths) {
+#ifdef LOCKSTEP_XDND_DROP
+    std::string window;
+    if (FILE* p = popen("xdotool search --name '^Lockstep workbench' 2>/dev/null", "r")) {
+      char line[64];
+      if (fgets(line, sizeof line, p)) window = line;
+      pclose(p);
+    }
+    while (!window.empty() && (window.back() == '\n' || window.back() == ' ')) window.pop_back();
+    ASSERT_FALSE(window.empty()) << "no window named Lockstep workbench";
+    const auto rects = read_json(dir_ / "rects.json");
+    ASSERT_TRUE(rects && rects->contains("window"));
+    const json& w = (*rects)["window"];
+    const int x = w["x"].get<int>() + w["w"].get<int>() / 2;
+    const int y = w["y"].get<int>() + w["h"].get<int>() / 2;
+    std::string command = std::string(LOCKSTEP_XDND_DROP) + " " + window + " " +
+                          std::to_string(x) + " " + std::to_string(y);
+    for (const std::string& path : paths) command += " '" + path + "'";
+    ASSERT_EQ(std::system(command.c_str()), 0) << command;
+#else
     {
       std::ofstream out(dir_ / "drop.request.tmp");
       for (const std::string& p : paths) out << p << "\n";
     }
     fs::rename(dir_ / "drop.request.tmp", dir_ / "drop.request");
+#endif
   }
 
   // Closes the app the way the test's teardown does, and starts it again on the same
@@ -233,7 +255,7 @@ TEST_F(ModelPanel, BadPathsRaiseTheDialogAndKeepThePreviousModel) {
 TEST_F(ModelPanel, DroppedModelAndDumpAndRecentListAcrossARestart) {
   ASSERT_NO_FATAL_FAILURE(wait_for_demo());
   // A copy that will be gone after the restart, then the shared model: most recent first.
-  const fs::path copy = dir_ / "copy.gguf";
+  const fs::path copy = dir_ / "copy of 100%.gguf";  // a drop percent-encodes both
   fs::copy_file(shared_model(), copy);
   drop({copy.string()});
   ASSERT_TRUE(wait_for(30, [&] { return loaded_path() == copy.string() && idle(); })) << app_log();
