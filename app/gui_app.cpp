@@ -170,6 +170,37 @@ void on_drop(GLFWwindow* window, int count, const char** paths) {
   if (worker) handle_drop(*worker, std::vector<std::string>(paths, paths + count));
 }
 
+// ImGui 1.86 reads keys as held-down flags once a frame, so a key pressed and released within
+// one frame (a quick tap, a macro, xdotool) is never seen down. A release of a key pressed since
+// the last frame began waits for the frame after it (GUI thread only: GLFW calls back from
+// inside its event polling).
+struct HeldBackReleases {
+  std::vector<int> pressed;                 // keys pressed since the last frame was drawn
+  std::vector<std::array<int, 4>> releases;  // key, scancode, action, mods
+};
+HeldBackReleases held_back;
+
+void on_key(GLFWwindow* window, int key, int scancode, int action, int mods) {
+  if (action == GLFW_RELEASE &&
+      std::find(held_back.pressed.begin(), held_back.pressed.end(), key) !=
+          held_back.pressed.end()) {
+    held_back.releases.push_back({key, scancode, action, mods});
+    return;
+  }
+  if (action == GLFW_PRESS) held_back.pressed.push_back(key);
+  ImGui_ImplGlfw_KeyCallback(window, key, scancode, action, mods);
+}
+
+// After a frame is drawn: hands ImGui the releases held back for it; true when there were any
+// (a frame should follow soon, to see them).
+bool release_held_back_keys(GLFWwindow* window) {
+  held_back.pressed.clear();
+  const std::vector<std::array<int, 4>> releases = std::move(held_back.releases);
+  held_back.releases.clear();
+  for (const std::array<int, 4>& r : releases) on_key(window, r[0], r[1], r[2], r[3]);
+  return !releases.empty();
+}
+
 }  // namespace
 
 int run_gui(const std::string& model) {
@@ -216,6 +247,7 @@ int run_gui(const std::string& model) {
     style.AntiAliasedFill = false;
   }
   ImGui_ImplGlfw_InitForOpenGL(window, true);
+  glfwSetKeyCallback(window, on_key);  // in front of the backend's (which it calls)
   ImGui_ImplOpenGL3_Init("#version 330");
 
   views::UiState ui;
@@ -357,6 +389,7 @@ int run_gui(const std::string& model) {
       }
       const double hooks_seconds = steady_now() - hooks_start;  // the tests', not a user's
       glfwSwapBuffers(window);
+      if (release_held_back_keys(window)) eager_frames = std::max(eager_frames, 1);
       if (frame_stats) {
         frame_stats->end_frame(steady_now(), snapshot->job.running, hooks_seconds);
         frame_stats->maybe_write(steady_now());
