@@ -433,7 +433,8 @@ struct AheadChunk<GgmlType::Q4_K> {
   }
 };
 
-// Rows a warp of the decode kernel takes at once: Q4_K's light read-ahead leaves room for two.
+// Rows a warp of the 16-warp decode kernel takes at once: Q4_K's light read-ahead leaves room
+// for two (the 4-warp kernel, for matrices of few rows, takes one, for more blocks).
 template <GgmlType T>
 constexpr int kMatvecRows = T == GgmlType::Q4_K ? 2 : 1;
 
@@ -580,12 +581,16 @@ bool launch_matvec(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t co
   const size_t shared = quant::kInt8<T> ? int8_staged_bytes((cols + 31) / 32)
                                         : sizeof(float) * (kChunkStride + 1) * ((cols + 31) / 32);
   if (shared > kMaxStagedBytes) return false;
-  // 16 warps a block when x is long (fewer blocks fit a multiprocessor's shared memory) or
-  // the matrix has rows enough to fill the GPU that way; else 4 (more, smaller blocks).
-  if (shared > 32 * 1024 || rows >= uint64_t{2} * multiprocessors() * 16)
+  // 16 warps a block when x is long (its f32 staging over 32 KiB, ~7k columns: fewer blocks fit
+  // a multiprocessor's shared memory, and for the int8 types every block quantizes all of x)
+  // or the matrix has rows enough to fill the GPU that way (int8 types: one turn of the warps,
+  // as their blocks' staging costs more); else 4 (more, smaller blocks).
+  const bool long_x = sizeof(float) * (kChunkStride + 1) * ((cols + 31) / 32) > 32 * 1024;
+  const uint64_t fill = uint64_t(multiprocessors()) * 16 * (quant::kInt8<T> ? 1 : 2);
+  if (long_x || rows >= fill)
     launch_matvec_w<T, kMatvecRows<T>, 16>(w, row_bytes, rows, cols, x, y, shared, stream);
-  else
-    launch_matvec_w<T, kMatvecRows<T>, kWarps>(w, row_bytes, rows, cols, x, y, shared, stream);
+  else  // few rows: one a warp, for more blocks
+    launch_matvec_w<T, 1, kWarps>(w, row_bytes, rows, cols, x, y, shared, stream);
   return true;
 }
 
@@ -607,7 +612,7 @@ void launch(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols, con
 struct RaiseLimits {
   template <GgmlType T>
   void operator()() const {
-    allow_shared(matvec_kernel<T, kMatvecRows<T>, kWarps>, kMaxStagedBytes);
+    allow_shared(matvec_kernel<T, 1, kWarps>, kMaxStagedBytes);
     allow_shared(matvec_kernel<T, kMatvecRows<T>, 16>, kMaxStagedBytes);
   }
 };
