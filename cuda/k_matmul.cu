@@ -2,29 +2,47 @@
 //
 // Every output has one fixed arithmetic, whatever the token count and the kernel shape: a row
 // is read in chunks of 32 elements; lane p of a warp takes chunks p, p + 32, p + 64, ... and
-// adds each chunk's partial Σ w·x to its running sum in order; the 32 running sums are reduced
-// with xor shuffles (16, 8, 4, 2, 1). A chunk's partial is, for the factored types (Q4_0, Q8_0,
-// Q4_K, Q5_K, Q6_K; see quant::kFactored), scale · Σ q·x − min · Σ x with the integer sums
-// taken element by element in order, and for every other type Σ w·x over the decoded weights
-// in order. So a prefill equals the same tokens decoded one by one, bit for bit, every kernel
-// shape below gives the same bits, and a one-hot x reads a weight back exactly as the codec
-// decodes it (the tests use that).
+// adds each chunk's partial to its running sum in order (__fadd_rn); the 32 running sums are
+// reduced with xor shuffles (16, 8, 4, 2, 1). A chunk's partial is:
+// - Q4_K and Q6_K (quant::kInt8): x is first quantized per 256 values exactly as the cpu lane
+//   does (its Q8_256, llama.cpp's Q8_K: d = 1/iscale, q = clamp(nearest_int(iscale·x)), the
+//   value of largest magnitude at −127; NaN or ±inf in the block gives d = NaN), and the
+//   partial is (d·xd)·(sc·Σ q·qx) − (dmin·xd)·(mn·Σ qx) for Q4_K and (d·xd)·(sc0·Σ q·qx +
+//   sc1·Σ q·qx) over the chunk's two halves for Q6_K, with the integer sums taken by __dp4a
+//   (exact in any order) and each float product and difference rounded once (_rn intrinsics).
+//   So these outputs equal the cpu lane's up to the f32 combination order, and leave the
+//   float64 oracle by the activations' 8-bit rounding (≈0.6% relative), as the cpu lane does.
+// - the other factored types (Q4_0, Q8_0, Q5_K; quant::kFactored), scale · Σ q·x − min · Σ x
+//   in f32 with the sums taken element by element in order;
+// - every other type, Σ w·x over the decoded weights in order.
+// So a prefill equals the same tokens decoded one by one, bit for bit, and every kernel shape
+// below gives the same bits; for the f32 types a one-hot x reads a weight back exactly as the
+// codec decodes it (the tests use that; for Q4_K/Q6_K they check a CPU twin of the int8
+// arithmetic bit for bit instead).
 //
 // How it is fast within that order:
-// - x is staged in shared memory, chunks kChunkStride floats apart so that the 16-byte reads of
-//   a quarter-warp hit distinct banks; in a slab of 32 chunks lane p owns chunk 32·slab + p.
-// - A warp works on R rows at once: each lane turns half a chunk (16 elements) of each of its R
-//   rows into floats (16-byte or 2-byte loads; integers made floats without the conversion
-//   unit), then one shared 4-float read of x feeds 4·R multiply-adds per token.
+// - x is staged in shared memory: f32 chunks kChunkStride floats apart so that the 16-byte
+//   reads of a quarter-warp hit distinct banks, or for the int8 types 32 bytes of int8 a chunk,
+//   kQStride bytes apart, with each 256-block's d and each chunk's Σ q. Each block quantizes
+//   its own copy (one warp a 256-block, all its loads issued before the reductions); in a slab
+//   of 32 chunks lane p owns chunk 32·slab + p.
+// - f32 path: a warp works on R rows at once: each lane turns half a chunk (16 elements) of
+//   each of its R rows into floats (16-byte or 2-byte loads; integers made floats without the
+//   conversion unit), then one shared 4-float read of x feeds 4·R multiply-adds per token.
+//   Int8 path: a chunk of a row is 8 __dp4a against two 16-byte shared reads of x.
 // - Decode (one token): a grid about as large as the GPU holds; each block stages the whole of
-//   x once, with each chunk's Σ x, then its warps stream rows (every (grid·W)-th) with no
-//   further synchronisation, four chunks of loads in flight per lane (two for Q6_K); 16 warps
-//   a block for a long x or a tall matrix, else 4. (Four rows a warp, and a block per 16 rows,
-//   measured slower on the H100.) Rows over 45k columns take the slab kernel, TT = 1, R = 1.
+//   x once, then its warps stream rows (every (grid·W·R)-th) with no further synchronisation,
+//   four chunks of loads in flight per lane (two for the f32 path's Q6_K); 16 warps a block
+//   for a long x (its f32 staging over 32 KiB) or a tall matrix, else 4. Q4_K in the 16-warp
+//   kernel takes two rows a warp: a lane reads only its half of the 32 bytes its chunk shares
+//   with the neighbouring lane's and one word of the super-block's header, the rest comes by
+//   shuffles (5 registers a chunk in flight instead of 12). Rows too long to stage take the
+//   slab kernel, TT = 1, R = 1 (f32: over 45k columns; int8: over 125k).
 // - Prefill: the slab kernel, TT = 8 tokens by R = 4 rows a warp; weights are streamed once
-//   per token tile.
-// What limits it: f32 CUDA-core arithmetic, kept so that the lane tracks the float64 oracle at
-// the cpu lane's floor (tensor cores would round x to 16 or 19 bits), and at decode the HBM.
+//   per token tile, x staged (int8: quantized) once per slab and block.
+// What limits it at decode: the matvecs stream at 1.4–1.65 TB/s (the 152k-row lm_head ~2.2)
+// of the ~3 TB/s the H100 copies at; per launch, staging (and for int8, quantizing) x before
+// the first row costs a few µs, which dominates the matrices of 512 rows.
 
 #include <algorithm>
 #include <cfloat>
