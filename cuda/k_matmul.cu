@@ -2,31 +2,50 @@
 //
 // Every output has one fixed arithmetic, whatever the token count and the kernel shape: a row
 // is read in chunks of 32 elements; lane p of a warp takes chunks p, p + 32, p + 64, ... and
-// adds each chunk's partial Σ w·x to its running sum in order; the 32 running sums are reduced
-// with xor shuffles (16, 8, 4, 2, 1). A chunk's partial is, for the factored types (Q4_0, Q8_0,
-// Q4_K, Q5_K, Q6_K; see quant::kFactored), scale · Σ q·x − min · Σ x with the integer sums
-// taken element by element in order, and for every other type Σ w·x over the decoded weights
-// in order. So a prefill equals the same tokens decoded one by one, bit for bit, every kernel
-// shape below gives the same bits, and a one-hot x reads a weight back exactly as the codec
-// decodes it (the tests use that).
+// adds each chunk's partial to its running sum in order (__fadd_rn); the 32 running sums are
+// reduced with xor shuffles (16, 8, 4, 2, 1). A chunk's partial is:
+// - Q4_K and Q6_K (quant::kInt8): x is first quantized per 256 values exactly as the cpu lane
+//   does (its Q8_256, llama.cpp's Q8_K: d = 1/iscale, q = clamp(nearest_int(iscale·x)), the
+//   value of largest magnitude at −127; NaN or ±inf in the block gives d = NaN), and the
+//   partial is (d·xd)·(sc·Σ q·qx) − (dmin·xd)·(mn·Σ qx) for Q4_K and (d·xd)·(sc0·Σ q·qx +
+//   sc1·Σ q·qx) over the chunk's two halves for Q6_K, with the integer sums taken by __dp4a
+//   (exact in any order) and each float product and difference rounded once (_rn intrinsics).
+//   So these outputs equal the cpu lane's up to the f32 combination order, and leave the
+//   float64 oracle by the activations' 8-bit rounding (≈0.6% relative), as the cpu lane does.
+// - the other factored types (Q4_0, Q8_0, Q5_K; quant::kFactored), scale · Σ q·x − min · Σ x
+//   in f32 with the sums taken element by element in order;
+// - every other type, Σ w·x over the decoded weights in order.
+// So a prefill equals the same tokens decoded one by one, bit for bit, and every kernel shape
+// below gives the same bits; for the f32 types a one-hot x reads a weight back exactly as the
+// codec decodes it (the tests use that; for Q4_K/Q6_K they check a CPU twin of the int8
+// arithmetic bit for bit instead).
 //
 // How it is fast within that order:
-// - x is staged in shared memory, chunks kChunkStride floats apart so that the 16-byte reads of
-//   a quarter-warp hit distinct banks; in a slab of 32 chunks lane p owns chunk 32·slab + p.
-// - A warp works on R rows at once: each lane turns half a chunk (16 elements) of each of its R
-//   rows into floats (16-byte or 2-byte loads; integers made floats without the conversion
-//   unit), then one shared 4-float read of x feeds 4·R multiply-adds per token.
+// - x is staged in shared memory: f32 chunks kChunkStride floats apart so that the 16-byte
+//   reads of a quarter-warp hit distinct banks, or for the int8 types 32 bytes of int8 a chunk,
+//   kQStride bytes apart, with each 256-block's d and each chunk's Σ q. Each block quantizes
+//   its own copy (one warp a 256-block, all its loads issued before the reductions); in a slab
+//   of 32 chunks lane p owns chunk 32·slab + p.
+// - f32 path: a warp works on R rows at once: each lane turns half a chunk (16 elements) of
+//   each of its R rows into floats (16-byte or 2-byte loads; integers made floats without the
+//   conversion unit), then one shared 4-float read of x feeds 4·R multiply-adds per token.
+//   Int8 path: a chunk of a row is 8 __dp4a against two 16-byte shared reads of x.
 // - Decode (one token): a grid about as large as the GPU holds; each block stages the whole of
-//   x once, with each chunk's Σ x, then its warps stream rows (every (grid·W)-th) with no
-//   further synchronisation, four chunks of loads in flight per lane (two for Q6_K); 16 warps
-//   a block for a long x or a tall matrix, else 4. (Four rows a warp, and a block per 16 rows,
-//   measured slower on the H100.) Rows over 45k columns take the slab kernel, TT = 1, R = 1.
+//   x once, then its warps stream rows (every (grid·W·R)-th) with no further synchronisation,
+//   four chunks of loads in flight per lane (two for the f32 path's Q6_K); 16 warps a block
+//   for a long x (its f32 staging over 32 KiB) or a tall matrix, else 4. Q4_K in the 16-warp
+//   kernel takes two rows a warp: a lane reads only its half of the 32 bytes its chunk shares
+//   with the neighbouring lane's and one word of the super-block's header, the rest comes by
+//   shuffles (5 registers a chunk in flight instead of 12). Rows too long to stage take the
+//   slab kernel, TT = 1, R = 1 (f32: over 45k columns; int8: over 125k).
 // - Prefill: the slab kernel, TT = 8 tokens by R = 4 rows a warp; weights are streamed once
-//   per token tile.
-// What limits it: f32 CUDA-core arithmetic, kept so that the lane tracks the float64 oracle at
-// the cpu lane's floor (tensor cores would round x to 16 or 19 bits), and at decode the HBM.
+//   per token tile, x staged (int8: quantized) once per slab and block.
+// What limits it at decode: the matvecs stream at 1.4–1.65 TB/s (the 152k-row lm_head ~2.2)
+// of the ~3 TB/s the H100 copies at; per launch, staging (and for int8, quantizing) x before
+// the first row costs a few µs, which dominates the matrices of 512 rows.
 
 #include <algorithm>
+#include <cfloat>
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernels.cuh"
@@ -53,6 +72,118 @@ __device__ __forceinline__ float chunk_sum(const float* xs) {
     s = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(s, v.x), v.y), v.z), v.w);
   }
   return s;
+}
+
+// ---- Int8 activations (Q4_K, Q6_K; quant::kInt8): x staged as Q8_256 blocks.
+
+constexpr int kQStride = 48;  // bytes between staged int8 chunks (32 + 16 of padding)
+
+// One warp loads a Q8_256 block's 256 floats at x, eight a lane (zeros when !valid).
+__device__ __forceinline__ void load_block(const float* __restrict__ x, bool valid, float (&v)[8]) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (valid && (reinterpret_cast<uintptr_t>(x) % 16) == 0) {
+    const float4 a = reinterpret_cast<const float4*>(x)[2 * lane];
+    const float4 b = reinterpret_cast<const float4*>(x)[2 * lane + 1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = valid ? x[8 * lane + j] : 0.0f;
+  }
+}
+
+// One warp quantizes a loaded block as the cpu lane's quantize_row_q8_256 does (quant.cuh,
+// kInt8) and, when `store`, writes its 8 chunks of int8 to q, kQStride bytes apart, its d to *d
+// and each chunk's Σ q to bsum[0..8). Callers load several blocks before quantizing any, so
+// the loads' latencies overlap.
+__device__ __forceinline__ void quantize_loaded(const float (&v)[8], bool store, uint8_t* q,
+                                                float* d, int* bsum) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  // The largest magnitude, the first of equals (the cpu loop's strict >); NaN never wins.
+  float amax = 0.0f, max = 0.0f;
+  int index = 256;
+  bool finite = true;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float a = fabsf(v[j]);
+    finite = finite && a <= FLT_MAX;
+    if (a > amax) amax = a, max = v[j], index = 8 * lane + j;
+  }
+  finite = __all_sync(0xFFFFFFFFu, finite);
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    const float oa = __shfl_xor_sync(0xFFFFFFFFu, amax, o);
+    const float om = __shfl_xor_sync(0xFFFFFFFFu, max, o);
+    const int oi = __shfl_xor_sync(0xFFFFFFFFu, index, o);
+    if (oa > amax || (oa == amax && oi < index)) amax = oa, max = om, index = oi;
+  }
+  const bool zero = amax == 0.0f || !finite;
+  const float iscale = zero ? 0.0f : __fdiv_rn(-127.0f, max);
+  uint32_t words[2] = {0u, 0u};
+  int sum = 0;
+  if (!zero) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      // nearest_int: round to nearest even through the adder, as the cpu lane does.
+      const float f = __fadd_rn(__fmul_rn(iscale, v[j]), 12582912.0f);
+      const int n = (__float_as_int(f) & 0x007FFFFF) - 0x00400000;
+      const int qj = n < -127 ? -127 : (n > 127 ? 127 : n);
+      sum += qj;
+      words[j / 4] |= (static_cast<uint32_t>(qj) & 0xFFu) << (8 * (j % 4));
+    }
+  }
+  sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
+  sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
+  if (!store) return;
+  *reinterpret_cast<uint2*>(q + (lane / 4) * kQStride + 8 * (lane % 4)) =
+      make_uint2(words[0], words[1]);
+  if (lane % 4 == 0) bsum[lane / 4] = sum;
+  if (lane == 0) *d = zero ? (finite ? 0.0f : __int_as_float(0x7FC00000)) : __fdiv_rn(1.0f, iscale);
+}
+
+// Adds chunk c's partial (quant.cuh, kInt8) for R rows × TT tokens to acc. xq: the chunk's
+// staged int8 of token 0 (token t at xq + t·xq_stride), xd: its block's d, bsum: its Σ q (token
+// t at xd + t·xd_stride, bsum + t·bsum_stride).
+template <GgmlType T, int R, int TT>
+__device__ __forceinline__ void chunk_rows_int8(const quant::Chunk<T> (&src)[R], uint64_t row0,
+                                                uint64_t rows, const uint8_t* xq, int xq_stride,
+                                                const float* xd, int xd_stride, const int* bsum,
+                                                int bsum_stride, float (&acc)[R][TT]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (row0 + r >= rows) continue;
+    uint32_t wq[8];
+    src[r].int_words(wq);
+    const quant::IntScales f = src[r].int_scales();
+#pragma unroll
+    for (int t = 0; t < TT; ++t) {
+      const uint4 a = *reinterpret_cast<const uint4*>(xq + t * xq_stride);
+      const uint4 b = *reinterpret_cast<const uint4*>(xq + t * xq_stride + 16);
+      int s0 = 0, s1 = 0;
+      s0 = __dp4a(static_cast<int>(wq[0]), static_cast<int>(a.x), s0);
+      s0 = __dp4a(static_cast<int>(wq[1]), static_cast<int>(a.y), s0);
+      s0 = __dp4a(static_cast<int>(wq[2]), static_cast<int>(a.z), s0);
+      s0 = __dp4a(static_cast<int>(wq[3]), static_cast<int>(a.w), s0);
+      s1 = __dp4a(static_cast<int>(wq[4]), static_cast<int>(b.x), s1);
+      s1 = __dp4a(static_cast<int>(wq[5]), static_cast<int>(b.y), s1);
+      s1 = __dp4a(static_cast<int>(wq[6]), static_cast<int>(b.z), s1);
+      s1 = __dp4a(static_cast<int>(wq[7]), static_cast<int>(b.w), s1);
+      const float dx = xd[t * xd_stride];
+      float part;
+      if constexpr (T == GgmlType::Q4_K) {
+        part = __fsub_rn(
+            __fmul_rn(__fmul_rn(f.d, dx), __int2float_rn(f.s0 * (s0 + s1))),
+            __fmul_rn(__fmul_rn(f.dmin, dx), __int2float_rn(f.s1 * bsum[t * bsum_stride])));
+      } else {
+        part = __fmul_rn(__fmul_rn(f.d, dx), __int2float_rn(f.s0 * s0 + f.s1 * s1));
+      }
+      acc[r][t] = __fadd_rn(acc[r][t], part);
+    }
+  }
+}
+
+// Bytes of shared memory the int8 staging of one token's `chunks` chunks takes.
+__host__ __device__ constexpr size_t int8_staged_bytes(uint64_t chunks) {
+  return chunks * (kQStride + sizeof(int)) + (chunks + 7) / 8 * sizeof(float);
 }
 
 // Adds chunk c's partial for R rows × TT tokens to acc. src[r]: the chunk of row row0 + r
@@ -215,25 +346,115 @@ __global__ void __launch_bounds__(32 * kWarps)
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int t = 0; t < TT; ++t) acc[r][t] = 0.0f;
-  for (int64_t s0 = 0; s0 < chunks; s0 += kSlab) {
-    __syncthreads();  // the last slab's readers are done
-    stage_slab<TT, kSlab * 8, kSlab>(x, cols, t0, tokens, 32 * static_cast<uint64_t>(s0), staged);
-    if constexpr (quant::kHasMin<T>) {
-      for (uint32_t i = threadIdx.x; i < TT * kSlab; i += blockDim.x)
-        sums[i] = chunk_sum(staged + i * kChunkStride);  // i = t·kSlab + chunk
-      __syncthreads();
-    }
-    const int64_t c = s0 + lane;
-    if (c >= chunks || row0 >= rows) continue;
-    quant::LazyChunk<T> src[R];
+  if constexpr (quant::kInt8<T>) {
+    // [TT][kSlab] chunks kQStride bytes apart, then [TT][kSlab / 8] d, then [TT][kSlab] Σ q.
+    uint8_t* xq = reinterpret_cast<uint8_t*>(staged4);
+    float* xd = reinterpret_cast<float*>(xq + TT * kSlab * kQStride);
+    int* bsum = reinterpret_cast<int*>(xd + TT * kSlab / 8);
+    const int64_t blocks = chunks / 8;  // cols is a whole number of super-blocks
+    for (int64_t s0 = 0; s0 < chunks; s0 += kSlab) {
+      __syncthreads();  // the last slab's readers are done
+      // Warp w quantizes block w of the slab for every token: all loads first.
+      static_assert(kSlab / 8 == kWarps, "one block of the slab a warp");
+      float v[TT][8];
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-      if (row0 + r < rows) src[r] = quant::LazyChunk<T>::at(w + (row0 + r) * row_bytes, c);
-    chunk_rows<T, R, TT>(src, row0, rows, c, static_cast<int64_t>(cols), wide,
-                         staged + lane * kChunkStride, kSlab * kChunkStride, sums + lane, acc);
+      for (int t = 0; t < TT; ++t) {
+        const bool valid = t0 + t < tokens && s0 / 8 + warp < blocks;
+        load_block(x + (valid ? (t0 + t) * cols + 256 * (s0 / 8 + warp) : 0), valid, v[t]);
+      }
+#pragma unroll
+      for (int t = 0; t < TT; ++t)
+        quantize_loaded(v[t], true, xq + (t * kSlab + 8 * warp) * kQStride,
+                        xd + t * (kSlab / 8) + warp, bsum + t * kSlab + 8 * warp);
+      __syncthreads();
+      const int64_t c = s0 + lane;
+      if (c >= chunks || row0 >= rows) continue;
+      quant::Chunk<T> src[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (row0 + r < rows) src[r] = quant::Chunk<T>::at(w + (row0 + r) * row_bytes, c);
+      chunk_rows_int8<T, R, TT>(src, row0, rows, xq + lane * kQStride, kSlab * kQStride,
+                                xd + lane / 8, kSlab / 8, bsum + lane, kSlab, acc);
+    }
+  } else {
+    for (int64_t s0 = 0; s0 < chunks; s0 += kSlab) {
+      __syncthreads();  // the last slab's readers are done
+      stage_slab<TT, kSlab * 8, kSlab>(x, cols, t0, tokens, 32 * static_cast<uint64_t>(s0), staged);
+      if constexpr (quant::kHasMin<T>) {
+        for (uint32_t i = threadIdx.x; i < TT * kSlab; i += blockDim.x)
+          sums[i] = chunk_sum(staged + i * kChunkStride);  // i = t·kSlab + chunk
+        __syncthreads();
+      }
+      const int64_t c = s0 + lane;
+      if (c >= chunks || row0 >= rows) continue;
+      quant::LazyChunk<T> src[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (row0 + r < rows) src[r] = quant::LazyChunk<T>::at(w + (row0 + r) * row_bytes, c);
+      chunk_rows<T, R, TT>(src, row0, rows, c, static_cast<int64_t>(cols), wide,
+                           staged + lane * kChunkStride, kSlab * kChunkStride, sums + lane, acc);
+    }
   }
   reduce_store<R, TT>(acc, row0, rows, t0, tokens, y, y_stride, col0);
 }
+
+// The decode kernel's read-ahead of one chunk of one row (int8 types). `load` is called by
+// every lane of the warp for chunks c = base + lane (+ 32·u): all of a super-block's chunks
+// lie in 8 consecutive lanes, so a row's validity is the same across them. `chunk` gives the
+// quant::Chunk the arithmetic takes (warp-wide: it may shuffle).
+template <GgmlType T>
+struct AheadChunk {
+  quant::Chunk<T> k;
+  __device__ __forceinline__ void load(const uint8_t* row, int64_t c, bool valid) {
+    if (valid) k = quant::Chunk<T>::at(row, c);
+  }
+  __device__ __forceinline__ quant::Chunk<T> chunk() const { return k; }
+};
+
+// Q4_K: a chunk's 32 bytes of nibbles are shared with its neighbour chunk (the other nibble), in
+// the neighbouring lane, and its 16-byte header with the 7 other chunks of its super-block, so
+// each lane reads only its half of the pair's bytes and one word of the header, and the rest
+// comes by shuffles: 5 registers a chunk in flight instead of 12, so more rows fit in flight.
+template <>
+struct AheadChunk<GgmlType::Q4_K> {
+  static constexpr GgmlType T = GgmlType::Q4_K;
+  uint4 half = {0u, 0u, 0u, 0u};  // bytes 16·(lane % 2) .. + 16 of the pair's 32
+  uint32_t word = 0;              // word lane % 4 of the header (d, dmin; 12 bytes of scales)
+  const uint8_t* row = nullptr;
+  int64_t c = 0;
+  __device__ __forceinline__ void load(const uint8_t* r, int64_t chunk_index, bool valid) {
+    row = r;
+    c = chunk_index;
+    if (!valid) return;
+    const uint32_t lane = threadIdx.x % 32;
+    const uint8_t* b = r + (c / 8) * quant::Block<T>::bytes;
+    half = *reinterpret_cast<const uint4*>(b + 16 + 32 * ((c % 8) / 2) + 16 * (lane % 2));
+    word = reinterpret_cast<const uint32_t*>(b)[lane % 4];
+  }
+  __device__ __forceinline__ quant::Chunk<T> chunk() const {
+    const uint32_t lane = threadIdx.x % 32, first = lane & ~3u;
+    uint4 other;
+    other.x = __shfl_xor_sync(0xFFFFFFFFu, half.x, 1);
+    other.y = __shfl_xor_sync(0xFFFFFFFFu, half.y, 1);
+    other.z = __shfl_xor_sync(0xFFFFFFFFu, half.z, 1);
+    other.w = __shfl_xor_sync(0xFFFFFFFFu, half.w, 1);
+    quant::Chunk<T> k;
+    k.row = row;
+    k.c = c;
+    k.qs[0] = lane % 2 == 0 ? half : other;
+    k.qs[1] = lane % 2 == 0 ? other : half;
+    k.dd = __shfl_sync(0xFFFFFFFFu, word, first);
+    k.sc[0] = __shfl_sync(0xFFFFFFFFu, word, first + 1);
+    k.sc[1] = __shfl_sync(0xFFFFFFFFu, word, first + 2);
+    k.sc[2] = __shfl_sync(0xFFFFFFFFu, word, first + 3);
+    return k;
+  }
+};
+
+// Rows a warp of the 16-warp decode kernel takes at once: Q4_K's light read-ahead leaves room
+// for two (the 4-warp kernel, for matrices of few rows, takes one, for more blocks).
+template <GgmlType T>
+constexpr int kMatvecRows = T == GgmlType::Q4_K ? 2 : 1;
 
 // One token, the whole of x staged once (and, for the types with mins, each chunk's Σ x after
 // it); W warps a block.
@@ -250,18 +471,71 @@ __global__ void __launch_bounds__(32 * W)
   // While the kernel before still runs (pdl): the warp's first two rows into L2. Weights are
   // immutable, and a prefetch is only a hint.
   pdl::allow_next();
-  for (uint64_t r = row0; r < rows && r < row0 + 2 * uint64_t{gridDim.x} * W;
-       r += uint64_t{gridDim.x} * W)
-    for (uint64_t b = 128 * uint64_t(lane); b < row_bytes; b += 128 * 32)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(w + r * row_bytes + b));
+  const uint64_t step = uint64_t{gridDim.x} * W * R;  // rows between a warp's turns
+  for (uint64_t r = row0; r < rows && r < row0 + 2 * step; r += step)
+    for (uint64_t i = r; i < r + R && i < rows; ++i)
+      for (uint64_t b = 128 * uint64_t(lane); b < row_bytes; b += 128 * 32)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i * row_bytes + b));
   pdl::wait_inputs();
+  if constexpr (quant::kInt8<T>) {
+    // [chunks] chunks kQStride bytes apart, then [chunks / 8] d, then [chunks] Σ q.
+    uint8_t* xq = reinterpret_cast<uint8_t*>(staged4);
+    float* xd = reinterpret_cast<float*>(xq + chunks * kQStride);
+    int* bsum = reinterpret_cast<int*>(xd + chunks / 8);
+    const int64_t blocks = chunks / 8;
+    constexpr int kLoads = 4;  // blocks a warp loads before it quantizes them
+    for (int64_t b0 = warp; b0 < blocks; b0 += kLoads * W) {
+      float v[kLoads][8];
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const int64_t b = b0 + u * W;
+        load_block(x + (b < blocks ? 256 * b : 0), b < blocks, v[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const int64_t b = b0 + u * W < blocks ? b0 + u * W : blocks - 1;
+        quantize_loaded(v[u], b0 + u * W < blocks, xq + 8 * b * kQStride, xd + b, bsum + 8 * b);
+      }
+    }
+    __syncthreads();
+    // kAhead chunks of each of the R rows a lane: every load issued before the first is used.
+    // The loops are warp-uniform (the Q4_K read-ahead shuffles).
+    constexpr int kAhead = 4;
+    for (uint64_t r0 = row0; r0 < rows; r0 += step) {
+      float acc[R][1];
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r][0] = 0.0f;
+      for (int64_t base = 0; base < chunks; base += 32 * kAhead) {
+        AheadChunk<T> ahead[kAhead][R];
+#pragma unroll
+        for (int u = 0; u < kAhead; ++u)
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+            ahead[u][r].load(w + (r0 + r) * row_bytes, base + 32 * u + lane,
+                             r0 + r < rows && base + 32 * u + lane < chunks);
+#pragma unroll
+        for (int u = 0; u < kAhead; ++u) {
+          const int64_t c = base + 32 * u + lane;
+          if (base + 32 * u >= chunks) break;  // warp-uniform
+          quant::Chunk<T> src[R];
+#pragma unroll
+          for (int r = 0; r < R; ++r) src[r] = ahead[u][r].chunk();
+          if (c < chunks)
+            chunk_rows_int8<T, R, 1>(src, r0, rows, xq + c * kQStride, 0, xd + c / 8, 0, bsum + c,
+                                     0, acc);
+        }
+      }
+      reduce_store<R, 1>(acc, r0, rows, 0, 1, y, 0, 0);
+    }
+    return;
+  }
+  static_assert(R == 1 || quant::kInt8<T>, "one row a warp");
   stage_row(x, static_cast<uint32_t>(cols), staged);
   if constexpr (quant::kHasMin<T>) {
     for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x)
       sums[c] = chunk_sum(staged + c * kChunkStride);
     __syncthreads();
   }
-  static_assert(R == 1, "one row a warp");
   // kAhead chunks a lane: every load issued (predicated) before the first is used (Q6_K's
   // chunks take twice the registers).
   constexpr int kAhead = T == GgmlType::Q6_K ? 2 : 4;
@@ -322,13 +596,18 @@ void launch_matvec_w(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t 
 template <GgmlType T>
 bool launch_matvec(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols, const float* x,
                    float* y, cudaStream_t stream) {
-  const size_t shared = sizeof(float) * (kChunkStride + 1) * ((cols + 31) / 32);
+  const size_t shared = quant::kInt8<T> ? int8_staged_bytes((cols + 31) / 32)
+                                        : sizeof(float) * (kChunkStride + 1) * ((cols + 31) / 32);
   if (shared > kMaxStagedBytes) return false;
-  // 16 warps a block when x is long (fewer blocks fit a multiprocessor's shared memory) or
-  // the matrix has rows enough to fill the GPU that way; else 4 (more, smaller blocks).
-  if (shared > 32 * 1024 || rows >= uint64_t{2} * multiprocessors() * 16)
-    launch_matvec_w<T, 1, 16>(w, row_bytes, rows, cols, x, y, shared, stream);
-  else
+  // 16 warps a block when x is long (its f32 staging over 32 KiB, ~7k columns: fewer blocks fit
+  // a multiprocessor's shared memory, and for the int8 types every block quantizes all of x)
+  // or the matrix has rows enough to fill the GPU that way (int8 types: one turn of the warps,
+  // as their blocks' staging costs more); else 4 (more, smaller blocks).
+  const bool long_x = sizeof(float) * (kChunkStride + 1) * ((cols + 31) / 32) > 32 * 1024;
+  const uint64_t fill = uint64_t(multiprocessors()) * 16 * (quant::kInt8<T> ? 1 : 2);
+  if (long_x || rows >= fill)
+    launch_matvec_w<T, kMatvecRows<T>, 16>(w, row_bytes, rows, cols, x, y, shared, stream);
+  else  // few rows: one a warp, for more blocks
     launch_matvec_w<T, 1, kWarps>(w, row_bytes, rows, cols, x, y, shared, stream);
   return true;
 }
@@ -336,7 +615,8 @@ bool launch_matvec(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t co
 template <GgmlType T, int R, int TT>
 void launch(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols, const float* x,
             uint64_t tokens, float* y, uint64_t y_stride, uint64_t col0, cudaStream_t stream) {
-  constexpr size_t kShared = sizeof(float) * TT * kSlab * (kChunkStride + 1);
+  constexpr size_t kShared = quant::kInt8<T> ? TT * int8_staged_bytes(kSlab)
+                                             : sizeof(float) * TT * kSlab * (kChunkStride + 1);
   static_assert(kShared <= 48 * 1024, "the slab kernels fit the default shared-memory limit");
   const dim3 grid(static_cast<unsigned>((rows + kWarps * R - 1) / (kWarps * R)),
                   static_cast<unsigned>((tokens + TT - 1) / TT));
@@ -351,7 +631,7 @@ struct RaiseLimits {
   template <GgmlType T>
   void operator()() const {
     allow_shared(matvec_kernel<T, 1, kWarps>, kMaxStagedBytes);
-    allow_shared(matvec_kernel<T, 1, 16>, kMaxStagedBytes);
+    allow_shared(matvec_kernel<T, kMatvecRows<T>, 16>, kMaxStagedBytes);
   }
 };
 

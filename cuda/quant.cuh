@@ -279,6 +279,25 @@ struct ChunkScales {
   float m = 0.0f;              // the min (Q4_K, Q5_K)
 };
 
+// ---- Int8 activations (Q4_K, Q6_K): the cpu lane's Q8_256 scheme, dotted with __dp4a.
+//
+// Activations are quantized per 256 values as llama.cpp's quantize_row_q8_K (and the cpu lane's
+// quantize_row_q8_256): the value of largest magnitude (the first of equals) maps to -127,
+// q = clamp(nearest_int(iscale·x)), d = 1/iscale; a block with a NaN or an infinity gets d = NaN
+// and q = 0, an all-zero block d = 0. A chunk's partial is then, with integer sums over its 32
+// elements (exact in any order):
+//   Q4_K: (d·xd)·(sc·Σ q·qx) − (dmin·xd)·(mn·Σ qx)
+//   Q6_K: (d·xd)·(sc0·Σ_first16 q·qx + sc1·Σ_second16 q·qx)
+// each product and difference rounded once (the _rn intrinsics), so the two kernels agree.
+template <GgmlType T>
+constexpr bool kInt8 = T == GgmlType::Q4_K || T == GgmlType::Q6_K;
+
+// Integer factors of a chunk: Q4_K scale and min (6-bit), Q6_K the two int8 scales.
+struct IntScales {
+  float d = 0.0f, dmin = 0.0f;  // the super-block's fp16 factors
+  int32_t s0 = 0, s1 = 0;       // Q4_K: scale, min; Q6_K: scale of each half
+};
+
 template <GgmlType T>
 __device__ __forceinline__ ChunkScales chunk_scales(const uint8_t* row, int64_t c) {
   ChunkScales s;
@@ -431,14 +450,13 @@ struct Chunk<T> {
   __device__ __forceinline__ void ints_half(int h, float (&q)[16]) const {
     k45_ints<T>(qs[h], T == GgmlType::Q5_K ? qh[h] : uint4{}, static_cast<uint32_t>(c % 8), q);
   }
-  __device__ __forceinline__ ChunkScales scales() const {
+  __device__ __forceinline__ void scale_min(uint32_t& s, uint32_t& m) const {
     const int j = static_cast<int>(c % 8);
     // Selects, not a run-time index: an indexed array would live in local memory.
     auto byte = [&](int i) {
       const uint32_t w = i < 4 ? sc[0] : (i < 8 ? sc[1] : sc[2]);
       return (w >> (8 * (i % 4))) & 0xFFu;
     };
-    uint32_t s, m;
     if (j < 4) {
       s = byte(j) & 63;
       m = byte(j + 4) & 63;
@@ -446,6 +464,28 @@ struct Chunk<T> {
       s = (byte(j + 4) & 0x0F) | ((byte(j - 4) >> 6) << 4);
       m = (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4);
     }
+  }
+  // Q4_K: the chunk's 32 integers (0..15), four a word in element order.
+  __device__ __forceinline__ void int_words(uint32_t (&q)[8]) const {
+    const uint32_t shift = 4 * static_cast<uint32_t>(c % 2);
+    const uint32_t words[8] = {qs[0].x, qs[0].y, qs[0].z, qs[0].w,
+                               qs[1].x, qs[1].y, qs[1].z, qs[1].w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[i] = (words[i] >> shift) & 0x0F0F0F0Fu;
+  }
+  __device__ __forceinline__ IntScales int_scales() const {
+    uint32_t s, m;
+    scale_min(s, m);
+    IntScales f;
+    f.d = half_bits(dd & 0xFFFFu);
+    f.dmin = half_bits(dd >> 16);
+    f.s0 = static_cast<int32_t>(s);
+    f.s1 = static_cast<int32_t>(m);
+    return f;
+  }
+  __device__ __forceinline__ ChunkScales scales() const {
+    uint32_t s, m;
+    scale_min(s, m);
     ChunkScales f;
     f.a0 = __fmul_rn(half_bits(dd & 0xFFFFu), small_uint_to_float(s));
     f.m = __fmul_rn(half_bits(dd >> 16), small_uint_to_float(m));
@@ -492,6 +532,24 @@ struct Chunk<GgmlType::Q6_K> {
       q6k_floats(__funnelshift_r(ql[w], ql[w + 1], ql_shift),
                  __funnelshift_r(qh[w], qh[w + 1], qh_shift), shift, g, q + 4 * i);
     }
+  }
+  // The chunk's 32 integers (−32..31) as signed bytes, four a word in element order.
+  __device__ __forceinline__ void int_words(uint32_t (&q)[8]) const {
+    const uint32_t g = static_cast<uint32_t>(c % 8) % 4, shift = g < 2 ? 0 : 4;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+      const uint32_t low = __funnelshift_r(ql[w], ql[w + 1], ql_shift);
+      const uint32_t high = __funnelshift_r(qh[w], qh[w + 1], qh_shift);
+      const uint32_t u = ((low >> shift) & 0x0F0F0F0Fu) | (((high >> (2 * g)) & 0x03030303u) << 4);
+      q[w] = __vsub4(u, 0x20202020u);  // bytewise u − 32, no borrows (u < 64)
+    }
+  }
+  __device__ __forceinline__ IntScales int_scales() const {
+    IntScales f;
+    f.d = half_bits(d);
+    f.s0 = static_cast<int8_t>(sc & 0xFFu);
+    f.s1 = static_cast<int8_t>(sc >> 8);
+    return f;
   }
   __device__ __forceinline__ ChunkScales scales() const {
     ChunkScales f;

@@ -7,11 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <chrono>
 #include <random>
 
+#include "engine/cpu_lane.h"
 #include "engine/ref_lane.h"
 #include "engine/synthetic_model.h"
 #include "tests/cuda/cuda_test_util.h"
@@ -30,6 +31,38 @@ bool bit_identical(std::span<const float> a, std::span<const float> b) {
 
 std::string model_file(const std::string& name) {
   return name == "stories260K" ? "stories260K.gguf" : "quant-ref/" + name + ".gguf";
+}
+
+// Whether the cuda lane computes a node with 8-bit activations: a matmul by Q4_K or Q6_K weights
+// quantizes its input to the cpu lane's Q8_256 blocks (cuda/quant.cuh, kInt8), so it leaves the
+// oracle by the activations' rounding (≈0.6% relative per element, as the cpu lane) and must
+// agree with the cpu lane's replay of the node to f32 rounding instead.
+// `all`: every matrix of the node is (a fused QKV may mix Q4_K with Q5_K, which the cpu lane
+// quantizes its input for too, and the cuda lane does not).
+bool int8_node(const Model& model, const Node& node, bool all = false) {
+  if (node.op != Op::MatMul) return false;
+  size_t int8 = 0;
+  for (const WeightRef& ref : node.weights) {
+    const TensorRef* w = model.weights.find(ref);
+    int8 += w && (w->type == formats::GgmlType::Q4_K || w->type == formats::GgmlType::Q6_K);
+  }
+  return all ? int8 == node.weights.size() : int8 > 0;
+}
+bool int8_model(const Model& model) {
+  return std::any_of(model.plan.nodes.begin(), model.plan.nodes.end(),
+                     [&](const Node& node) { return int8_node(model, node); });
+}
+// The cpu lane's bounds for quantized activations (tests/engine/cpu_lane_test.cpp): one matmul
+// node against the oracle (1.5e-2 there; the shared models' random weights measure up to
+// 1.6e-2 here, as 5.5e-3..7.1e-3 on the synthetic ones), and every cell of a whole forward.
+constexpr double kInt8NodeBound = 2e-2, kInt8CellBound = 5e-2;
+// An int8 node's output against the cpu lane's on the same inputs: the same quantized
+// activations and integer sums, only the f32 combination order differs.
+void expect_int8_node_matches_cpu(CpuLane& cpu, const Node& node, const std::vector<Tensor>& inputs,
+                                  const Tensor& got) {
+  const Tensor want = cpu.replay(node, inputs);
+  ASSERT_EQ(got.shape, want.shape) << node.index;
+  EXPECT_LE(relative_rms(got.data, want.data), 1e-5) << "node " << node.index << " vs cpu";
 }
 
 // Every cell of a full-capture prefill within `bound` relative RMS of the oracle's; returns the
@@ -62,6 +95,8 @@ void expect_replay_close(Lane& lane, RefLane& oracle, const Model& model,
                          std::span<const int32_t> tokens, const Trace& expected, double bound) {
   std::map<size_t, Tensor> unstaged;
   double worst = 0.0;
+  CpuLane cpu;
+  if (int8_model(model)) cpu.load(model);
   for (const Node& node : model.plan.nodes) {
     std::optional<std::vector<Tensor>> inputs =
         trace_inputs(model, node, tokens, expected, unstaged);
@@ -71,7 +106,9 @@ void expect_replay_close(Lane& lane, RefLane& oracle, const Model& model,
         node.stage ? *expected.find({*node.stage, node.layer}) : oracle.replay(node, *inputs);
     ASSERT_EQ(got.shape, want.shape) << node.index;
     const double e = relative_rms(got.data, want.data);
-    EXPECT_LE(e, bound) << "node " << node.index << " " << op_name(node.op);
+    const bool int8 = int8_node(model, node);
+    if (int8_node(model, node, true)) expect_int8_node_matches_cpu(cpu, node, *inputs, got);
+    EXPECT_LE(e, int8 ? kInt8NodeBound : bound) << "node " << node.index << " " << op_name(node.op);
     worst = std::max(worst, e);
     if (!node.stage) unstaged[node.index] = std::move(want);
   }
@@ -80,8 +117,10 @@ void expect_replay_close(Lane& lane, RefLane& oracle, const Model& model,
 }
 
 // F32 weights: f32 accumulation against float64, within 1e-5 at every cell. The lane decodes
-// quantized weights exactly (no activation rounding), so quantized files stay as close; the
-// bound there is looser only because their random weights amplify f32 rounding more.
+// quantized weights exactly, so quantized files stay as close (the bound there is looser only
+// because their random weights amplify f32 rounding more) except where Q4_K or Q6_K matmuls
+// round their activations to 8 bits: those files get the cpu lane's bounds, and each such
+// node must match the cpu lane's.
 TEST(CudaLaneVsRef, EveryStageOfTheSharedModelsMatchesTheOracle) {
   LOCKSTEP_REQUIRE_CUDA_DEVICE();
   LOCKSTEP_REQUIRE_SHARED_MODELS();
@@ -100,7 +139,8 @@ TEST(CudaLaneVsRef, EveryStageOfTheSharedModelsMatchesTheOracle) {
     oracle.load(model);
     lane.load(model);
     const bool f32 = std::string(name) == "stories260K" || std::string(name).ends_with("f32");
-    Trace expected = expect_cells_close(lane, oracle, ref.tokens, f32 ? 1e-5 : 1e-4, name);
+    Trace expected = expect_cells_close(
+        lane, oracle, ref.tokens, f32 ? 1e-5 : (int8_model(model) ? kInt8CellBound : 1e-4), name);
     expect_replay_close(lane, oracle, model, ref.tokens, expected, f32 ? 1e-5 : 1e-4);
   }
 }
@@ -213,13 +253,17 @@ TEST_P(CudaLaneOps, EveryNodeMatchesTheFloat64ReferenceOnRandomInputs) {
   std::mt19937_64 rng(11);
   std::set<Op> seen;
   double worst = 0.0;
+  CpuLane cpu;
+  cpu.load(model);
   for (const Node& node : model.plan.nodes) {
     std::vector<Tensor> inputs = random_replay_inputs(model, node, n, o.vocab, rng);
     Tensor want = oracle.replay(node, inputs);
     Tensor got = lane.replay(node, inputs);
     ASSERT_EQ(got.shape, want.shape) << node.index;
     const double e = relative_rms(got.data, want.data);  // NaN (an unwritten element) fails
-    EXPECT_LE(e, 1e-5) << "node " << node.index << " " << op_name(node.op);
+    const bool int8 = int8_node(model, node);
+    if (int8_node(model, node, true)) expect_int8_node_matches_cpu(cpu, node, inputs, got);
+    EXPECT_LE(e, int8 ? kInt8NodeBound : 1e-5) << "node " << node.index << " " << op_name(node.op);
     worst = std::max(worst, e);
     seen.insert(node.op);
   }
@@ -230,7 +274,7 @@ TEST_P(CudaLaneOps, EveryNodeMatchesTheFloat64ReferenceOnRandomInputs) {
 
   std::vector<int32_t> tokens;
   for (uint64_t t = 0; t < n; ++t) tokens.push_back(static_cast<int32_t>(rng() % o.vocab));
-  expect_cells_close(lane, oracle, tokens, 1e-5, c.name);
+  expect_cells_close(lane, oracle, tokens, int8_model(model) ? kInt8CellBound : 1e-5, c.name);
 }
 
 INSTANTIATE_TEST_SUITE_P(
