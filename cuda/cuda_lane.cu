@@ -1,6 +1,9 @@
 #include "cuda/cuda_lane.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -476,6 +479,17 @@ const Node& lm_head(const char* lane, const engine::Model& m) {
   return *head;
 }
 
+// Asks for transparent huge pages over the 2 MiB-aligned part of [p, p + bytes), before the
+// memory is first touched: a full capture fills ~1.8 GB of fresh trace memory, and faulting it
+// in 4 KiB pages was most of the capture's host-side cost. Only a hint (no effect where THP is
+// off).
+void advise_huge_pages(void* p, uint64_t bytes) {
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
 // Copies the staged captures of a forward into the trace (after the stream is synchronized):
 // the first tokens · width_for(ctx) floats of each slot.
 // The captured output of `node` out of its staging slot.
@@ -484,7 +498,10 @@ engine::Tensor take_slot(const engine::Model& m, const Node& node, const PinnedB
   engine::Tensor t;
   t.shape = engine::output_shape(m.config, node, n, ctx);
   const float* src = slot.as<const float>();
-  t.data.assign(src, src + n * node.width_for(ctx));
+  const uint64_t count = n * node.width_for(ctx);
+  t.data.reserve(count);  // allocated, not yet touched
+  advise_huge_pages(t.data.data(), count * sizeof(float));
+  t.data.assign(src, src + count);
   return t;
 }
 
@@ -504,8 +521,10 @@ void fill_trace(const engine::Model& m, std::span<const size_t> nodes,
 void fill_trace_overlapped(const engine::Model& m, int device, std::span<const size_t> nodes,
                            std::span<const PinnedBuffer> slots, std::span<const Event> ready,
                            uint64_t n, uint64_t ctx, engine::Trace& trace) {
+  // Up to 16 (every core of the H100 machine): a 128-token capture of the 7B-shaped model
+  // cost 1.49x the uncaptured prefill with 8 and 1.35x with 16 (huge pages in both).
   const unsigned workers =
-      std::min<unsigned>({8u, std::max(1u, std::thread::hardware_concurrency()),
+      std::min<unsigned>({16u, std::max(1u, std::thread::hardware_concurrency()),
                           static_cast<unsigned>(nodes.size())});
   std::vector<engine::Tensor> out(nodes.size());
   std::vector<std::string> errors(workers);
