@@ -28,8 +28,8 @@
 #include "app/gui_test_hooks.h"
 #include "app/worker.h"
 #include "views/drilldown_view.h"
-#include "views/file_browser_view.h"
 #include "views/dumps_view.h"
+#include "views/file_browser_view.h"
 #include "views/log_view.h"
 #include "views/map_view.h"
 #include "views/model_view.h"
@@ -175,15 +175,14 @@ void on_drop(GLFWwindow* window, int count, const char** paths) {
 // the last frame began waits for the frame after it (GUI thread only: GLFW calls back from
 // inside its event polling).
 struct HeldBackReleases {
-  std::vector<int> pressed;                 // keys pressed since the last frame was drawn
+  std::vector<int> pressed;                  // keys pressed since the last frame was drawn
   std::vector<std::array<int, 4>> releases;  // key, scancode, action, mods
 };
 HeldBackReleases held_back;
 
 void on_key(GLFWwindow* window, int key, int scancode, int action, int mods) {
-  if (action == GLFW_RELEASE &&
-      std::find(held_back.pressed.begin(), held_back.pressed.end(), key) !=
-          held_back.pressed.end()) {
+  if (action == GLFW_RELEASE && std::find(held_back.pressed.begin(), held_back.pressed.end(),
+                                          key) != held_back.pressed.end()) {
     held_back.releases.push_back({key, scancode, action, mods});
     return;
   }

@@ -110,7 +110,8 @@ std::string ref_lane_memory_problem(const Model& m) {
 void RefLane::load(const Model& m) {
   model_ = nullptr;
   dequantized_.clear();
-  if (const std::string problem = ref_lane_memory_problem(m); !problem.empty()) throw Error(problem);
+  if (const std::string problem = ref_lane_memory_problem(m); !problem.empty())
+    throw Error(problem);
   const ModelConfig& c = m.config;
   for (const Node& node : m.plan.nodes) {
     for (const auto* refs : {&node.weights, &node.biases}) {

@@ -103,14 +103,14 @@ void draw_logits(const LogitsPlot& plot, UiState& ui, CommandSink& commands, Rec
   const LogitsRow& row = plot.rows[size_t(position - first)];
   const float w = ImGui::GetContentRegionAvail().x;
   const float lo = std::min(row.a.lo, row.b.lo), hi = std::max(row.a.hi, row.b.hi);
-  const MinMaxHover h1 = draw_minmax("##logits_ab", {{&row.a, kColourA}, {&row.b, kColourB}}, lo,
-                                     hi, ImVec2(w, 110), &row.diff,
-                                     &ui.plot_layers["drilldown.logits"]);
+  const MinMaxHover h1 =
+      draw_minmax("##logits_ab", {{&row.a, kColourA}, {&row.b, kColourB}}, lo, hi, ImVec2(w, 110),
+                  &row.diff, &ui.plot_layers["drilldown.logits"]);
   record(rects, "drilldown.logits");
   png_export_menu("drilldown.logits", ui, commands, rects);
-  const MinMaxHover h2 = draw_minmax("##logits_diff", {{&row.diff, IM_COL32(200, 90, 200, 255)}},
-                                     0.0f, row.diff.hi, ImVec2(w, 60), &row.diff,
-                                     &ui.plot_layers["drilldown.logits_diff"]);
+  const MinMaxHover h2 =
+      draw_minmax("##logits_diff", {{&row.diff, IM_COL32(200, 90, 200, 255)}}, 0.0f, row.diff.hi,
+                  ImVec2(w, 60), &row.diff, &ui.plot_layers["drilldown.logits_diff"]);
   record(rects, "drilldown.logits_diff");
   png_export_menu("drilldown.logits_diff", ui, commands, rects);
   const MinMaxHover& h = h1.first >= 0 ? h1 : h2;

@@ -152,8 +152,8 @@ void sync_model_view(const Snapshot& snapshot, UiState& ui, CommandSink& command
       if (ui.lane_a == "ref") ui.lane_a = "cpu";
       if (ui.lane_b == "ref") ui.lane_b = "cpu";
       ui.floor_cpu_ref = false;
-      commands.push_back(LogCommand{"lanes " + ui.lane_a + " and " + ui.lane_b +
-                                    ", no noise floor: " + problem});
+      commands.push_back(
+          LogCommand{"lanes " + ui.lane_a + " and " + ui.lane_b + ", no noise floor: " + problem});
     }
     if (ui.run_when_model_opens) {
       ui.run_when_model_opens = false;

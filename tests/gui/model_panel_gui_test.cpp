@@ -74,8 +74,8 @@ class ModelPanel : public Workbench {
     const json& w = (*rects)["window"];
     const int x = w["x"].get<int>() + w["w"].get<int>() / 2;
     const int y = w["y"].get<int>() + w["h"].get<int>() / 2;
-    std::string command = std::string(LOCKSTEP_XDND_DROP) + " " + window + " " +
-                          std::to_string(x) + " " + std::to_string(y);
+    std::string command = std::string(LOCKSTEP_XDND_DROP) + " " + window + " " + std::to_string(x) +
+                          " " + std::to_string(y);
     for (const std::string& path : paths) command += " '" + path + "'";
     ASSERT_EQ(std::system(command.c_str()), 0) << command;
 #else
