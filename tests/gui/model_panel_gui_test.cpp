@@ -52,6 +52,15 @@ class ModelPanel : public Workbench {
     return s.contains("model") && s["model"].is_object() ? s["model"].value("path", "") : "";
   }
 
+  // `lockstep MODEL`: waits until the run it starts on the model has finished.
+  void wait_for_first_run() {
+    ASSERT_TRUE(wait_for(180, [&] {
+      const json s = state();
+      return !app_alive() || (s.value("map_ready", false) && !s.value("running", true));
+    })) << app_log();
+    ASSERT_TRUE(app_alive()) << app_log();
+  }
+
   bool idle() {
     const json s = state();
     return !s.value("running", true);
@@ -378,11 +387,7 @@ class ModelArgument : public ModelPanel {
 };
 
 TEST_F(ModelArgument, LockstepModelOpensAndRunsIt) {
-  ASSERT_TRUE(wait_for(180, [&] {
-    const json s = state();
-    return !app_alive() || (s.value("map_ready", false) && !s.value("running", true));
-  })) << app_log();
-  ASSERT_TRUE(app_alive()) << app_log();
+  ASSERT_NO_FATAL_FAILURE(wait_for_first_run());
   const json s = state();
   EXPECT_EQ(loaded_path(), shared_model().string());
   EXPECT_NE(s.value("title", "").find("stories260K.gguf"), std::string::npos) << s["title"];
@@ -405,11 +410,7 @@ class ModelTooBigForRef : public ModelPanel {
 };
 
 TEST_F(ModelTooBigForRef, OpensOnLanesThatHoldItAndSaysWhy) {
-  ASSERT_TRUE(wait_for(180, [&] {
-    const json s = state();
-    return !app_alive() || (s.value("map_ready", false) && !s.value("running", true));
-  })) << app_log();
-  ASSERT_TRUE(app_alive()) << app_log();
+  ASSERT_NO_FATAL_FAILURE(wait_for_first_run());
   const json s = state();
   EXPECT_EQ(s["lane_a"], "cpu");
   EXPECT_EQ(s["lane_b"], "cpu");
