@@ -336,10 +336,24 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
       break;
     case Op::MatMul:
     case Op::AddBias: {
+      // The biases to add (none under drop_qkv_bias), checked against the width.
+      std::vector<const DeviceWeight*> biases;
+      if (!faulty(node, engine::FaultKind::DropQkvBias)) {
+        uint64_t total = 0;
+        for (const engine::WeightRef& ref : node.biases) {
+          biases.push_back(&weight(m, ref, false, node));
+          total += biases.back()->cols;
+        }
+        if (!biases.empty() && total != width)
+          engine::fail_node(lane, node, "biases give width " + std::to_string(total));
+      }
+      const bool finish = !biases.empty() || node.scale != 1.0;  // bias and scale to apply
+      bool finished = false;  // applied by the matvecs already
       if (node.op == Op::MatMul) {
         const uint64_t in_w = input_width(0);
-        uint64_t col = 0;
         const bool transposed = faulty(node, engine::FaultKind::GemvTransposed);
+        std::vector<const DeviceWeight*> ws;
+        uint64_t col = 0;
         for (const engine::WeightRef& ref : node.weights) {
           const DeviceWeight& w = transposed ? miswired.at(m.weights.find(ref)->data.data())
                                              : weight(m, ref, true, node);  // [out, in]
@@ -349,31 +363,62 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
                                   " of [" + std::to_string(w.rows) + ", " + std::to_string(w.cols) +
                                   "] does not fit input width " + std::to_string(in_w) +
                                   " and output width " + std::to_string(width));
-          kernels::matmul(w.type, ptr(w, node), w.rows, w.cols, in[0], n, y, width, col, stream);
+          ws.push_back(&w);
           col += w.rows;
         }
         if (col != width)
           engine::fail_node(lane, node, "matrices give width " + std::to_string(col));
+        // One token: the matrices of one type in one launch each run of them, the bias and scale
+        // applied as each output is written (the same roundings as bias_scale's), when every
+        // matrix has its own bias or none has one.
+        bool fused = n == 1 && (biases.empty() || biases.size() == ws.size());
+        for (size_t i = 0; fused && i < biases.size(); ++i)
+          fused = biases[i]->cols == ws[i]->rows;
+        col = 0;
+        for (size_t i = 0; i < ws.size();) {
+          size_t j = i + 1;
+          if (fused)
+            while (j < ws.size() && j - i < kernels::kMaxMatvecParts &&
+                   ws[j]->type == ws[i]->type)
+              ++j;
+          std::vector<kernels::MatvecPart> parts;
+          uint64_t rows = 0;
+          for (size_t k = i; k < j; ++k) {
+            parts.push_back({ptr(*ws[k], node), ws[k]->rows,
+                             biases.empty() ? nullptr
+                                            : static_cast<const float*>(ptr(*biases[k], node))});
+            rows += ws[k]->rows;
+          }
+          if (!fused || !kernels::matvec(ws[i]->type, parts, in_w, in[0], y + col, finish,
+                                         scale, stream)) {
+            for (size_t k = i; k < j; ++k) {
+              kernels::matmul(ws[k]->type, parts[k - i].w, ws[k]->rows, in_w, in[0], n, y, width,
+                              col, stream);
+              if (fused && finish)
+                kernels::bias_scale(y, n, width, col, ws[k]->rows, parts[k - i].bias, scale,
+                                    stream);
+              col += ws[k]->rows;
+            }
+          } else {
+            col += rows;
+          }
+          i = j;
+        }
+        finished = fused;
       } else {
         LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(y, in[0], n * width * sizeof(float),
                                             cudaMemcpyDeviceToDevice, stream));
       }
-      if (faulty(node, engine::FaultKind::DropQkvBias)) {
-        if (node.scale != 1.0) kernels::bias_scale(y, n, width, 0, width, nullptr, scale, stream);
-      } else if (!node.biases.empty()) {
-        uint64_t total = 0;
-        for (const engine::WeightRef& ref : node.biases) total += weight(m, ref, false, node).cols;
-        if (total != width)
-          engine::fail_node(lane, node, "biases give width " + std::to_string(total));
-        uint64_t col = 0;
-        for (const engine::WeightRef& ref : node.biases) {
-          const DeviceWeight& b = weight(m, ref, false, node);
-          kernels::bias_scale(y, n, width, col, b.cols, static_cast<const float*>(ptr(b, node)),
-                              scale, stream);
-          col += b.cols;
-        }
-      } else if (node.scale != 1.0) {
+      if (finished || !finish) break;
+      if (biases.empty()) {
         kernels::bias_scale(y, n, width, 0, width, nullptr, scale, stream);
+      } else {
+        uint64_t col = 0;
+        for (const DeviceWeight* b : biases) {
+          kernels::bias_scale(y, n, width, col, b->cols, static_cast<const float*>(ptr(*b, node)),
+                              scale, stream);
+          col += b->cols;
+        }
       }
       break;
     }

@@ -46,6 +46,8 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <span>
+#include <string>
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernels.cuh"
@@ -411,72 +413,154 @@ struct AheadChunk {
   __device__ __forceinline__ quant::Chunk<T> chunk() const { return k; }
 };
 
-// Q4_K: a chunk's 32 bytes of nibbles are shared with its neighbour chunk (the other nibble), in
-// the neighbouring lane, and its 16-byte header with the 7 other chunks of its super-block, so
-// each lane reads only its half of the pair's bytes and one word of the header, and the rest
-// comes by shuffles: 5 registers a chunk in flight instead of 12, so more rows fit in flight.
-template <>
-struct AheadChunk<GgmlType::Q4_K> {
-  static constexpr GgmlType T = GgmlType::Q4_K;
-  uint4 half = {0u, 0u, 0u, 0u};  // bytes 16·(lane % 2) .. + 16 of the pair's 32
-  uint32_t word = 0;              // word lane % 4 of the header (d, dmin; 12 bytes of scales)
-  const uint8_t* row = nullptr;
-  int64_t c = 0;
-  __device__ __forceinline__ void load(const uint8_t* r, int64_t chunk_index, bool valid) {
-    row = r;
-    c = chunk_index;
-    if (!valid) return;
-    const uint32_t lane = threadIdx.x % 32;
-    const uint8_t* b = r + (c / 8) * quant::Block<T>::bytes;
-    half = *reinterpret_cast<const uint4*>(b + 16 + 32 * ((c % 8) / 2) + 16 * (lane % 2));
-    word = reinterpret_cast<const uint32_t*>(b)[lane % 4];
-  }
-  __device__ __forceinline__ quant::Chunk<T> chunk() const {
-    const uint32_t lane = threadIdx.x % 32, first = lane & ~3u;
-    uint4 other;
-    other.x = __shfl_xor_sync(0xFFFFFFFFu, half.x, 1);
-    other.y = __shfl_xor_sync(0xFFFFFFFFu, half.y, 1);
-    other.z = __shfl_xor_sync(0xFFFFFFFFu, half.z, 1);
-    other.w = __shfl_xor_sync(0xFFFFFFFFu, half.w, 1);
-    quant::Chunk<T> k;
-    k.row = row;
-    k.c = c;
-    k.qs[0] = lane % 2 == 0 ? half : other;
-    k.qs[1] = lane % 2 == 0 ? other : half;
-    k.dd = __shfl_sync(0xFFFFFFFFu, word, first);
-    k.sc[0] = __shfl_sync(0xFFFFFFFFu, word, first + 1);
-    k.sc[1] = __shfl_sync(0xFFFFFFFFu, word, first + 2);
-    k.sc[2] = __shfl_sync(0xFFFFFFFFu, word, first + 3);
-    return k;
-  }
-};
-
 // Rows a warp of the 16-warp decode kernel takes at once: Q4_K's light read-ahead leaves room
 // for two (the 4-warp kernel, for matrices of few rows, takes one, for more blocks).
 template <GgmlType T>
 constexpr int kMatvecRows = T == GgmlType::Q4_K ? 2 : 1;
 
+// The matrices of one decode launch (kernels::MatvecPart), by value: their rows are numbered
+// one after the other, part 0's first; `end` holds each part's last row + 1 in that numbering.
+// Selected by comparisons, not indexing, so the parameters stay in constant memory.
+// The decode kernel's Q4_K rows, with the arithmetic of chunk_rows_int8 (lane p takes chunks p,
+// p + 32, ... of each row; the same partial, rounded the same way) but fewer instructions a
+// chunk, as decode is bound by its instruction issue, not by DRAM: every address is a per-lane
+// constant plus an immediate (32-bit offsets within a step of 32·kAhead chunks); the chunk's
+// sub-block j = c % 8 is lane % 8, so its 6-bit scale and min come from lane-constant shifts;
+// and the 32 bytes a lane shares with its neighbour (one takes the low nibbles, the other the
+// high) are read half each and swapped by shuffles, each half dotted with its own half of x
+// (the integer sum is the same in any order), so no selects.
+template <int R>
+__device__ __forceinline__ void q4k_decode_step(const uint8_t* const (&row)[R], int live,
+                                                uint32_t base, uint32_t chunks,
+                                                const uint8_t* xq, const float* xd,
+                                                const int* bsum, float (&acc)[R][1]) {
+  constexpr int kAhead = 4;
+  constexpr uint32_t kBytes = quant::Block<GgmlType::Q4_K>::bytes;
+  const uint32_t lane = threadIdx.x % 32, j = lane % 8, first = lane & ~3u;
+  // Byte offsets from the step's first super-block (base / 8) of a row: the lane's 16 bytes of
+  // the pair's 32 and its word of the 16-byte header; chunk base + 32u + lane is 4u super-
+  // blocks further.
+  const uint32_t sb = base / 8 + lane / 8;
+  const uint32_t q_off = sb * kBytes + 16 + 32 * (j / 2) + 16 * (lane % 2);
+  const uint32_t h_off = sb * kBytes + 4 * (lane % 4);
+  uint4 half[kAhead][R];
+  uint32_t word[kAhead][R];
+#pragma unroll
+  for (int u = 0; u < kAhead; ++u)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      half[u][r] = make_uint4(0u, 0u, 0u, 0u);
+      word[u][r] = 0u;
+      if (r < live && base + 32 * u + lane < chunks) {
+        half[u][r] = *reinterpret_cast<const uint4*>(row[r] + q_off + 4 * u * kBytes);
+        word[u][r] = *reinterpret_cast<const uint32_t*>(row[r] + h_off + 4 * u * kBytes);
+      }
+    }
+  const uint32_t shift = 8 * (j % 4), nibble = 4 * (lane % 2);
+  const bool high = j >= 4;
+#pragma unroll
+  for (int u = 0; u < kAhead; ++u) {
+    if (base + 32 * u >= chunks) break;  // warp-uniform
+    const uint32_t c = base + 32 * u + lane;
+    const bool valid = c < chunks;
+    uint4 xo = make_uint4(0u, 0u, 0u, 0u), xn = xo;  // x's halves: the lane's own, the other
+    float dx = 0.0f;
+    int qsum = 0;
+    if (valid) {
+      const uint8_t* xc = xq + c * kQStride;
+      xo = *reinterpret_cast<const uint4*>(xc + 16 * (lane % 2));
+      xn = *reinterpret_cast<const uint4*>(xc + 16 * (1 - lane % 2));
+      dx = xd[c / 8];
+      qsum = bsum[c];
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (r >= live) break;  // warp-uniform
+      const uint4 own = half[u][r];
+      uint4 other;
+      other.x = __shfl_xor_sync(0xFFFFFFFFu, own.x, 1);
+      other.y = __shfl_xor_sync(0xFFFFFFFFu, own.y, 1);
+      other.z = __shfl_xor_sync(0xFFFFFFFFu, own.z, 1);
+      other.w = __shfl_xor_sync(0xFFFFFFFFu, own.w, 1);
+      const uint32_t dd = __shfl_sync(0xFFFFFFFFu, word[u][r], first);
+      const uint32_t a = __shfl_sync(0xFFFFFFFFu, word[u][r], first + 1) >> shift;
+      const uint32_t b = __shfl_sync(0xFFFFFFFFu, word[u][r], first + 2) >> shift;
+      const uint32_t e = __shfl_sync(0xFFFFFFFFu, word[u][r], first + 3) >> shift;
+      if (!valid) continue;
+      // quant::Chunk<Q4_K>::scale_min for sub-block j.
+      const uint32_t sc = high ? (e & 0x0Fu) | ((a >> 2) & 0x30u) : a & 63u;
+      const uint32_t mn = high ? ((e >> 4) & 0x0Fu) | ((b >> 2) & 0x30u) : b & 63u;
+      auto q = [&](uint32_t v) { return static_cast<int>((v >> nibble) & 0x0F0F0F0Fu); };
+      int sum = 0;
+      sum = __dp4a(q(own.x), static_cast<int>(xo.x), sum);
+      sum = __dp4a(q(own.y), static_cast<int>(xo.y), sum);
+      sum = __dp4a(q(own.z), static_cast<int>(xo.z), sum);
+      sum = __dp4a(q(own.w), static_cast<int>(xo.w), sum);
+      sum = __dp4a(q(other.x), static_cast<int>(xn.x), sum);
+      sum = __dp4a(q(other.y), static_cast<int>(xn.y), sum);
+      sum = __dp4a(q(other.z), static_cast<int>(xn.z), sum);
+      sum = __dp4a(q(other.w), static_cast<int>(xn.w), sum);
+      const float part = __fsub_rn(
+          __fmul_rn(__fmul_rn(quant::half_bits(dd & 0xFFFFu), dx),
+                    __int2float_rn(static_cast<int>(sc) * sum)),
+          __fmul_rn(__fmul_rn(quant::half_bits(dd >> 16), dx),
+                    __int2float_rn(static_cast<int>(mn) * qsum)));
+      acc[r][0] = __fadd_rn(acc[r][0], part);
+    }
+  }
+}
+
+static_assert(kMaxMatvecParts == 3, "Parts selects among three");
+struct Parts {
+  const uint8_t* w[kMaxMatvecParts];
+  const float* bias[kMaxMatvecParts];
+  uint64_t end[kMaxMatvecParts];
+  float scale;
+  bool epilogue;  // y = (s + bias) · scale (bias where given); else y = s
+
+  __device__ __forceinline__ int part(uint64_t r) const {
+    return r < end[0] ? 0 : (r < end[1] ? 1 : 2);
+  }
+  __device__ __forceinline__ uint64_t start(int p) const {
+    return p == 0 ? 0 : (p == 1 ? end[0] : end[1]);
+  }
+  __device__ __forceinline__ const uint8_t* row(uint64_t r, uint64_t row_bytes) const {
+    const int p = part(r);
+    return (p == 0 ? w[0] : (p == 1 ? w[1] : w[2])) + (r - start(p)) * row_bytes;
+  }
+  // Row r's output from its sum s, rounded as the separate bias_scale kernel rounds it.
+  __device__ __forceinline__ float finish(uint64_t r, float s) const {
+    if (!epilogue) return s;
+    const int p = part(r);
+    const float* b = p == 0 ? bias[0] : (p == 1 ? bias[1] : bias[2]);
+    return __fmul_rn(b ? __fadd_rn(s, b[r - start(p)]) : s, scale);
+  }
+};
+
+// The warp's sum of its lanes' acc (as reduce_store), finished and written by lane 0 to y[r].
+__device__ __forceinline__ void store_row(const Parts& parts, uint64_t r, float acc, float* y) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, o);
+  if (threadIdx.x % 32 == 0) y[r] = parts.finish(r, acc);
+}
+
 // One token, the whole of x staged once (and, for the types with mins, each chunk's Σ x after
-// it); W warps a block.
+// it); W warps a block. Warp g of the grid's G takes rows g, g + G, g + 2G, ... (so no warp has
+// more than one row more than another), R of them at a time.
 template <GgmlType T, int R, int W>
 __global__ void __launch_bounds__(32 * W)
-    matvec_kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, uint64_t rows, uint64_t cols,
-                  bool wide, const float* __restrict__ x, float* __restrict__ y) {
+    matvec_kernel(const Parts parts, uint64_t row_bytes, uint64_t rows, uint64_t cols, bool wide,
+                  const float* __restrict__ x, float* __restrict__ y) {
   extern __shared__ float4 staged4[];  // [chunks][kChunkStride], then [chunks] sums
   float* staged = reinterpret_cast<float*>(staged4);
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
-  const uint64_t row0 = (uint64_t{blockIdx.x} * W + warp) * R;
+  const uint64_t first = uint64_t{blockIdx.x} * W + warp;  // the warp's first row
+  const uint64_t warps = uint64_t{gridDim.x} * W;          // rows between a warp's rows
   const int64_t chunks = static_cast<int64_t>((cols + 31) / 32);
   float* sums = staged + chunks * kChunkStride;
-  // While the kernel before still runs (pdl): the warp's first two rows into L2. Weights are
-  // immutable, and a prefetch is only a hint.
-  pdl::allow_next();
-  const uint64_t step = uint64_t{gridDim.x} * W * R;  // rows between a warp's turns
-  for (uint64_t r = row0; r < rows && r < row0 + 2 * step; r += step)
-    for (uint64_t i = r; i < r + R && i < rows; ++i)
-      for (uint64_t b = 128 * uint64_t(lane); b < row_bytes; b += 128 * 32)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i * row_bytes + b));
-  pdl::wait_inputs();
+  // No prefetch of weights into L2 here: measured on the H100, it only slowed decode (230.5
+  // tok/s without, 227.7 with the next two turns' rows prefetched, 218.5 with four).
+  pdl::begin();
   if constexpr (quant::kInt8<T>) {
     // [chunks] chunks kQStride bytes apart, then [chunks / 8] d, then [chunks] Σ q.
     uint8_t* xq = reinterpret_cast<uint8_t*>(staged4);
@@ -501,31 +585,43 @@ __global__ void __launch_bounds__(32 * W)
     // kAhead chunks of each of the R rows a lane: every load issued before the first is used.
     // The loops are warp-uniform (the Q4_K read-ahead shuffles).
     constexpr int kAhead = 4;
-    for (uint64_t r0 = row0; r0 < rows; r0 += step) {
+    for (uint64_t r0 = first; r0 < rows; r0 += R * warps) {
+      // This turn's rows: r0 + k·warps for k < live (the rest past the end).
+      const int live = static_cast<int>(std::min<uint64_t>(R, (rows - r0 + warps - 1) / warps));
+      const uint8_t* row[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) row[r] = r < live ? parts.row(r0 + r * warps, row_bytes) : nullptr;
       float acc[R][1];
 #pragma unroll
       for (int r = 0; r < R; ++r) acc[r][0] = 0.0f;
-      for (int64_t base = 0; base < chunks; base += 32 * kAhead) {
-        AheadChunk<T> ahead[kAhead][R];
-#pragma unroll
-        for (int u = 0; u < kAhead; ++u)
-#pragma unroll
-          for (int r = 0; r < R; ++r)
-            ahead[u][r].load(w + (r0 + r) * row_bytes, base + 32 * u + lane,
-                             r0 + r < rows && base + 32 * u + lane < chunks);
-#pragma unroll
-        for (int u = 0; u < kAhead; ++u) {
-          const int64_t c = base + 32 * u + lane;
-          if (base + 32 * u >= chunks) break;  // warp-uniform
-          quant::Chunk<T> src[R];
-#pragma unroll
-          for (int r = 0; r < R; ++r) src[r] = ahead[u][r].chunk();
-          if (c < chunks)
-            chunk_rows_int8<T, R, 1>(src, r0, rows, xq + c * kQStride, 0, xd + c / 8, 0, bsum + c,
-                                     0, acc);
+      if constexpr (T == GgmlType::Q4_K) {
+        for (uint32_t base = 0; base < chunks; base += 32 * kAhead)
+          q4k_decode_step<R>(row, live, base, static_cast<uint32_t>(chunks), xq, xd, bsum, acc);
+      } else {
+        for (int64_t base = 0; base < chunks; base += 32 * kAhead) {
+          AheadChunk<T> ahead[kAhead][R];
+  #pragma unroll
+          for (int u = 0; u < kAhead; ++u)
+  #pragma unroll
+            for (int r = 0; r < R; ++r)
+              ahead[u][r].load(row[r], base + 32 * u + lane,
+                               r < live && base + 32 * u + lane < chunks);
+  #pragma unroll
+          for (int u = 0; u < kAhead; ++u) {
+            const int64_t c = base + 32 * u + lane;
+            if (base + 32 * u >= chunks) break;  // warp-uniform
+            quant::Chunk<T> src[R];
+  #pragma unroll
+            for (int r = 0; r < R; ++r) src[r] = ahead[u][r].chunk();
+            if (c < chunks)
+              chunk_rows_int8<T, R, 1>(src, 0, live, xq + c * kQStride, 0, xd + c / 8, 0, bsum + c,
+                                       0, acc);
+          }
         }
       }
-      reduce_store<R, 1>(acc, r0, rows, 0, 1, y, 0, 0);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (r < live) store_row(parts, r0 + r * warps, acc[r][0], y);
     }
     return;
   }
@@ -539,11 +635,11 @@ __global__ void __launch_bounds__(32 * W)
   // kAhead chunks a lane: every load issued (predicated) before the first is used (Q6_K's
   // chunks take twice the registers).
   constexpr int kAhead = T == GgmlType::Q6_K ? 2 : 4;
-  // The grid is about as large as the GPU holds at once; each warp takes every (grid·W)-th
-  // row, so x is staged once per block rather than once per W rows.
-  for (uint64_t r0 = row0; r0 < rows; r0 += uint64_t{gridDim.x} * W) {
+  // The grid is about as large as the GPU holds at once, so x is staged once per block rather
+  // than once per W rows.
+  for (uint64_t r0 = first; r0 < rows; r0 += warps) {
     float acc[1][1] = {{0.0f}};
-    const uint8_t* row = w + r0 * row_bytes;
+    const uint8_t* row = parts.row(r0, row_bytes);
     for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kAhead) {
       quant::Chunk<T> src[kAhead][1];
 #pragma unroll
@@ -557,7 +653,7 @@ __global__ void __launch_bounds__(32 * W)
                               staged + c * kChunkStride, 0, sums + c, acc);
       }
     }
-    reduce_store<1, 1>(acc, r0, rows, 0, 1, y, 0, 0);
+    store_row(parts, r0, acc[0][0], y);
   }
 }
 
@@ -580,22 +676,22 @@ void allow_shared(Kernel* kernel, size_t bytes) {
 // A long row's x fills much of a multiprocessor's shared memory, so fewer blocks fit: those
 // blocks get 16 warps instead of 4, keeping the warps in flight.
 template <GgmlType T, int R, int W>
-void launch_matvec_w(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols,
-                     const float* x, float* y, size_t shared, cudaStream_t stream) {
+void launch_matvec_w(const Parts& parts, uint64_t row_bytes, uint64_t rows, uint64_t cols,
+                     bool wide, const float* x, float* y, size_t shared, cudaStream_t stream) {
   // Blocks the GPU runs at once: 16 warps fill a multiprocessor's registers (~90 a thread), so
   // one wave of those (two measured 5% slower at decode on the H100: the second wave's staging
   // cannot overlap the first's streaming); four-warp blocks, two waves of four a
   // multiprocessor.
   const uint64_t resident = uint64_t(multiprocessors()) * (W == 16 ? 1 : 8);
   const auto blocks = static_cast<unsigned>(std::min((rows + W * R - 1) / (W * R), resident));
-  pdl::launch(matvec_kernel<T, R, W>, blocks, 32 * W, shared, stream,
-              static_cast<const uint8_t*>(w), row_bytes, rows, cols, wide_rows(w, row_bytes, cols),
-              x, y);
+  pdl::launch(matvec_kernel<T, R, W>, blocks, 32 * W, shared, stream, parts, row_bytes, rows,
+              cols, wide, x, y);
 }
 
 template <GgmlType T>
-bool launch_matvec(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t cols, const float* x,
+bool launch_matvec(const Parts& parts, uint64_t rows, uint64_t cols, bool wide, const float* x,
                    float* y, cudaStream_t stream) {
+  const uint64_t row_bytes = kernels::row_bytes(T, cols);
   const size_t shared = quant::kInt8<T> ? int8_staged_bytes((cols + 31) / 32)
                                         : sizeof(float) * (kChunkStride + 1) * ((cols + 31) / 32);
   if (shared > kMaxStagedBytes) return false;
@@ -606,9 +702,10 @@ bool launch_matvec(const void* w, uint64_t row_bytes, uint64_t rows, uint64_t co
   const bool long_x = sizeof(float) * (kChunkStride + 1) * ((cols + 31) / 32) > 32 * 1024;
   const uint64_t fill = uint64_t(multiprocessors()) * 16 * (quant::kInt8<T> ? 1 : 2);
   if (long_x || rows >= fill)
-    launch_matvec_w<T, kMatvecRows<T>, 16>(w, row_bytes, rows, cols, x, y, shared, stream);
+    launch_matvec_w<T, kMatvecRows<T>, 16>(parts, row_bytes, rows, cols, wide, x, y, shared,
+                                           stream);
   else  // few rows: one a warp, for more blocks
-    launch_matvec_w<T, 1, kWarps>(w, row_bytes, rows, cols, x, y, shared, stream);
+    launch_matvec_w<T, 1, kWarps>(parts, row_bytes, rows, cols, wide, x, y, shared, stream);
   return true;
 }
 
@@ -665,7 +762,10 @@ void matmul(GgmlType type, const void* w, uint64_t rows, uint64_t cols, const fl
   const uint64_t rb = row_bytes(type, cols);
   const bool known = quant::dispatch(type, [&]<GgmlType T>() {
     if (tokens == 1) {
-      if (!launch_matvec<T>(w, rb, rows, cols, x, y + col0, stream))
+      Parts parts{};
+      parts.w[0] = parts.w[1] = parts.w[2] = static_cast<const uint8_t*>(w);
+      parts.end[0] = parts.end[1] = parts.end[2] = rows;
+      if (!launch_matvec<T>(parts, rows, cols, wide_rows(w, rb, cols), x, y + col0, stream))
         launch<T, 1, 1>(w, rb, rows, cols, x, tokens, y, y_stride, col0, stream);
     } else {
       launch<T, 4, 8>(w, rb, rows, cols, x, tokens, y, y_stride, col0, stream);
@@ -675,6 +775,40 @@ void matmul(GgmlType type, const void* w, uint64_t rows, uint64_t cols, const fl
     throw Error("cuda: no matmul kernel for weights of type " +
                 std::string(formats::ggml_type_name(type)));
   LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+}
+
+bool matvec(GgmlType type, std::span<const MatvecPart> parts, uint64_t cols, const float* x,
+            float* y, bool epilogue, float scale, cudaStream_t stream) {
+  if (parts.empty() || parts.size() > kMaxMatvecParts)
+    throw Error("cuda: a matvec launch takes 1 to " + std::to_string(kMaxMatvecParts) +
+                " matrices, not " + std::to_string(parts.size()));
+  prepare_matmul();
+  const uint64_t rb = row_bytes(type, cols);
+  Parts p{};
+  p.scale = scale;
+  p.epilogue = epilogue;
+  uint64_t rows = 0;
+  bool wide = true;
+  for (size_t i = 0; i < kMaxMatvecParts; ++i) {
+    const MatvecPart& part = parts[std::min(i, parts.size() - 1)];
+    if (i < parts.size()) {
+      rows += part.rows;
+      wide = wide && wide_rows(part.w, rb, cols);
+    }
+    p.w[i] = static_cast<const uint8_t*>(part.w);
+    p.bias[i] = part.bias;
+    p.end[i] = rows;
+  }
+  if (rows == 0) return true;
+  bool launched = false;
+  const bool known = quant::dispatch(type, [&]<GgmlType T>() {
+    launched = launch_matvec<T>(p, rows, cols, wide, x, y, stream);
+  });
+  if (!known)
+    throw Error("cuda: no matmul kernel for weights of type " +
+                std::string(formats::ggml_type_name(type)));
+  LOCKSTEP_CUDA_CHECK(cudaGetLastError());
+  return launched;
 }
 
 }  // namespace lockstep::cuda::kernels

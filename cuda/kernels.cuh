@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "formats/ggml_type.h"
 
@@ -32,6 +33,19 @@ void embed(formats::GgmlType type, const void* w, uint64_t cols, const int32_t* 
 // summation order is fixed, so it does not depend on the token count (prefill = decode).
 void matmul(formats::GgmlType type, const void* w, uint64_t rows, uint64_t cols, const float* x,
             uint64_t tokens, float* y, uint64_t y_stride, uint64_t col0, cudaStream_t stream);
+// One token through up to kMaxMatvecParts matrices of one type and width (say Q, K and V) in one
+// launch, each output finished where asked as bias_scale finishes it: part p's rows follow part
+// p − 1's in y, and with `epilogue` y[r] = (s + bias[r]) · scale (without the bias where a part
+// has none), else y[r] = s, s being matmul's sum, bit for bit. False (nothing launched) when no
+// decode kernel takes rows this long: the caller then uses matmul and bias_scale.
+constexpr size_t kMaxMatvecParts = 3;
+struct MatvecPart {
+  const void* w = nullptr;  // [rows, cols]
+  uint64_t rows = 0;
+  const float* bias = nullptr;  // [rows] or null
+};
+bool matvec(formats::GgmlType type, std::span<const MatvecPart> parts, uint64_t cols,
+            const float* x, float* y, bool epilogue, float scale, cudaStream_t stream);
 // Once per process, before any stream capture: raises the shared-memory limit of the kernels
 // that stage a long x (a call that may not happen while a graph is being captured) and reads
 // the multiprocessor count. matmul calls it too; the lanes call it when they start.

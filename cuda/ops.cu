@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "cuda/device_buffer.cuh"
 #include "cuda/kernels.cuh"
@@ -72,6 +73,33 @@ std::vector<float> matmul(int device, GgmlType type, std::span<const std::byte> 
   kernels::matmul(type, dw.get(), rows, cols, dx.as<float>(), tokens, y.as<float>(), rows, 0,
                   nullptr);
   return download(y, tokens * rows);
+}
+
+std::vector<float> matvec(int device, GgmlType type, std::span<const MatvecPart> parts,
+                          uint64_t cols, std::span<const float> x, bool epilogue, float scale) {
+  if (x.size() != cols) throw Error("cuda: x must be [1, cols]");
+  LOCKSTEP_CUDA_CHECK(cudaSetDevice(device));
+  DeviceBuffer dx = DeviceBuffer::upload(x);
+  std::vector<DeviceBuffer> held;  // the parts' weights and biases on the device
+  std::vector<kernels::MatvecPart> dev;
+  uint64_t rows = 0;
+  for (const MatvecPart& p : parts) {
+    check_weights(type, p.w, p.rows, cols);
+    if (!p.bias.empty() && p.bias.size() != p.rows)
+      throw Error("cuda: a part's bias must have one value a row");
+    held.push_back(DeviceBuffer::upload(p.w));
+    kernels::MatvecPart d{held.back().get(), p.rows, nullptr};
+    if (!p.bias.empty()) {
+      held.push_back(DeviceBuffer::upload(p.bias));
+      d.bias = held.back().as<float>();
+    }
+    dev.push_back(d);
+    rows += p.rows;
+  }
+  DeviceBuffer y = poisoned_output(rows);
+  if (!kernels::matvec(type, dev, cols, dx.as<float>(), y.as<float>(), epilogue, scale, nullptr))
+    throw Error("cuda: no decode kernel takes rows of " + std::to_string(cols) + " elements");
+  return download(y, rows);
 }
 
 std::vector<float> embed(int device, GgmlType type, std::span<const std::byte> w, uint64_t rows,

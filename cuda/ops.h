@@ -25,6 +25,17 @@ std::vector<float> dequantize(int device, formats::GgmlType type, std::span<cons
 std::vector<float> matmul(int device, formats::GgmlType type, std::span<const std::byte> w,
                           uint64_t rows, uint64_t cols, std::span<const float> x, uint64_t tokens);
 
+// One token through several matrices of one type at once (kernels::matvec): [Σ rows], part p's
+// rows after part p − 1's, each finished as (s + bias) · scale when `epilogue` (without the bias
+// where a part has none), else s.
+struct MatvecPart {
+  std::span<const std::byte> w;  // [rows, cols]
+  uint64_t rows = 0;
+  std::span<const float> bias;  // [rows] or empty
+};
+std::vector<float> matvec(int device, formats::GgmlType type, std::span<const MatvecPart> parts,
+                          uint64_t cols, std::span<const float> x, bool epilogue, float scale);
+
 // [ids.size(), cols]: rows ids of w [rows, cols] times scale (the embedding lookup).
 std::vector<float> embed(int device, formats::GgmlType type, std::span<const std::byte> w,
                          uint64_t rows, uint64_t cols, std::span<const int32_t> ids, float scale);

@@ -372,6 +372,46 @@ TEST_P(CudaWeightKernels, ManyRowsPrefillEqualsDecodeBitForBit) {
   }
 }
 
+// Several matrices of one type in one decode launch (Q, K and V), each output finished with its
+// bias and the scale as it is written: bit for bit each matrix's own decode followed by
+// (s + bias) · scale, in the few-rows (4-warp) and many-rows (16-warp) shapes, parts of odd
+// lengths, the middle one without a bias. The output is poisoned: a row left unwritten fails.
+TEST_P(CudaWeightKernels, OneLaunchOfSeveralMatricesEqualsEachAloneThenItsBias) {
+  LOCKSTEP_REQUIRE_CUDA_DEVICE();
+  const GgmlType type = GetParam();
+  const uint64_t cols = odd_cols(type) * 2;
+  const std::vector<float> x = test::random_nonzero(cols, 29);
+  for (const std::vector<uint64_t>& rows :
+       {std::vector<uint64_t>{37, 5, 300}, std::vector<uint64_t>{3001, 7, 130},
+        std::vector<uint64_t>{2500}}) {
+    SCOPED_TRACE(::testing::PrintToString(rows));
+    std::vector<std::vector<std::byte>> w;
+    std::vector<std::vector<float>> bias;
+    std::vector<ops::MatvecPart> parts;
+    for (size_t p = 0; p < rows.size(); ++p) {
+      std::vector<float> decoded;
+      w.push_back(random_weights(type, rows[p], cols, 31 + static_cast<uint32_t>(p), &decoded));
+      bias.push_back(p == 1 ? std::vector<float>{}
+                            : test::random_nonzero(rows[p], 37 + static_cast<uint32_t>(p)));
+    }
+    for (size_t p = 0; p < rows.size(); ++p) parts.push_back({w[p], rows[p], bias[p]});
+    for (bool epilogue : {false, true}) {
+      const float scale = 0.75f;
+      std::vector<float> want;
+      for (size_t p = 0; p < rows.size(); ++p) {
+        const std::vector<float> alone = ops::matmul(0, type, w[p], rows[p], cols, x, 1);
+        for (uint64_t r = 0; r < rows[p]; ++r) {
+          const float s = alone[r];
+          want.push_back(epilogue ? fmul(bias[p].empty() ? s : fadd(s, bias[p][r]), scale) : s);
+        }
+      }
+      const std::vector<float> got = ops::matvec(0, type, parts, cols, x, epilogue, scale);
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_EQ(bit_differences(want, got, epilogue ? "finished" : "plain"), 0u);
+    }
+  }
+}
+
 // Rows too long to stage whole in shared memory (over 45k columns) take the slab kernel at
 // decode too: the same bits as the prefill tile.
 TEST_P(CudaWeightKernels, LongRowsDecodeEqualsPrefillBitForBit) {
