@@ -348,7 +348,8 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
           engine::fail_node(lane, node, "biases give width " + std::to_string(total));
       }
       const bool finish = !biases.empty() || node.scale != 1.0;  // bias and scale to apply
-      bool finished = false;  // applied by the matvecs already
+      // Whether the matvecs applied them already.
+      bool finished = false;
       if (node.op == Op::MatMul) {
         const uint64_t in_w = input_width(0);
         const bool transposed = faulty(node, engine::FaultKind::GemvTransposed);
@@ -372,25 +373,23 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
         // applied as each output is written (the same roundings as bias_scale's), when every
         // matrix has its own bias or none has one.
         bool fused = n == 1 && (biases.empty() || biases.size() == ws.size());
-        for (size_t i = 0; fused && i < biases.size(); ++i)
-          fused = biases[i]->cols == ws[i]->rows;
+        for (size_t i = 0; fused && i < biases.size(); ++i) fused = biases[i]->cols == ws[i]->rows;
         col = 0;
         for (size_t i = 0; i < ws.size();) {
           size_t j = i + 1;
           if (fused)
-            while (j < ws.size() && j - i < kernels::kMaxMatvecParts &&
-                   ws[j]->type == ws[i]->type)
+            while (j < ws.size() && j - i < kernels::kMaxMatvecParts && ws[j]->type == ws[i]->type)
               ++j;
           std::vector<kernels::MatvecPart> parts;
           uint64_t rows = 0;
           for (size_t k = i; k < j; ++k) {
-            parts.push_back({ptr(*ws[k], node), ws[k]->rows,
-                             biases.empty() ? nullptr
-                                            : static_cast<const float*>(ptr(*biases[k], node))});
+            parts.push_back(
+                {ptr(*ws[k], node), ws[k]->rows,
+                 biases.empty() ? nullptr : static_cast<const float*>(ptr(*biases[k], node))});
             rows += ws[k]->rows;
           }
-          if (!fused || !kernels::matvec(ws[i]->type, parts, in_w, in[0], y + col, finish,
-                                         scale, stream)) {
+          if (!fused ||
+              !kernels::matvec(ws[i]->type, parts, in_w, in[0], y + col, finish, scale, stream)) {
             for (size_t k = i; k < j; ++k) {
               kernels::matmul(ws[k]->type, parts[k - i].w, ws[k]->rows, in_w, in[0], n, y, width,
                               col, stream);

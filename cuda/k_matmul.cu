@@ -431,9 +431,9 @@ constexpr int kMatvecRows = T == GgmlType::Q4_K ? 2 : 1;
 // (the integer sum is the same in any order), so no selects.
 template <int R>
 __device__ __forceinline__ void q4k_decode_step(const uint8_t* const (&row)[R], int live,
-                                                uint32_t base, uint32_t chunks,
-                                                const uint8_t* xq, const float* xd,
-                                                const int* bsum, float (&acc)[R][1]) {
+                                                uint32_t base, uint32_t chunks, const uint8_t* xq,
+                                                const float* xd, const int* bsum,
+                                                float (&acc)[R][1]) {
   constexpr int kAhead = 4;
   constexpr uint32_t kBytes = quant::Block<GgmlType::Q4_K>::bytes;
   const uint32_t lane = threadIdx.x % 32, j = lane % 8, first = lane & ~3u;
@@ -500,11 +500,10 @@ __device__ __forceinline__ void q4k_decode_step(const uint8_t* const (&row)[R], 
       sum = __dp4a(q(other.y), static_cast<int>(xn.y), sum);
       sum = __dp4a(q(other.z), static_cast<int>(xn.z), sum);
       sum = __dp4a(q(other.w), static_cast<int>(xn.w), sum);
-      const float part = __fsub_rn(
-          __fmul_rn(__fmul_rn(quant::half_bits(dd & 0xFFFFu), dx),
-                    __int2float_rn(static_cast<int>(sc) * sum)),
-          __fmul_rn(__fmul_rn(quant::half_bits(dd >> 16), dx),
-                    __int2float_rn(static_cast<int>(mn) * qsum)));
+      const float part = __fsub_rn(__fmul_rn(__fmul_rn(quant::half_bits(dd & 0xFFFFu), dx),
+                                             __int2float_rn(static_cast<int>(sc) * sum)),
+                                   __fmul_rn(__fmul_rn(quant::half_bits(dd >> 16), dx),
+                                             __int2float_rn(static_cast<int>(mn) * qsum)));
       acc[r][0] = __fadd_rn(acc[r][0], part);
     }
   }
@@ -590,7 +589,8 @@ __global__ void __launch_bounds__(32 * W)
       const int live = static_cast<int>(std::min<uint64_t>(R, (rows - r0 + warps - 1) / warps));
       const uint8_t* row[R];
 #pragma unroll
-      for (int r = 0; r < R; ++r) row[r] = r < live ? parts.row(r0 + r * warps, row_bytes) : nullptr;
+      for (int r = 0; r < R; ++r)
+        row[r] = r < live ? parts.row(r0 + r * warps, row_bytes) : nullptr;
       float acc[R][1];
 #pragma unroll
       for (int r = 0; r < R; ++r) acc[r][0] = 0.0f;
@@ -600,18 +600,18 @@ __global__ void __launch_bounds__(32 * W)
       } else {
         for (int64_t base = 0; base < chunks; base += 32 * kAhead) {
           AheadChunk<T> ahead[kAhead][R];
-  #pragma unroll
+#pragma unroll
           for (int u = 0; u < kAhead; ++u)
-  #pragma unroll
+#pragma unroll
             for (int r = 0; r < R; ++r)
               ahead[u][r].load(row[r], base + 32 * u + lane,
                                r < live && base + 32 * u + lane < chunks);
-  #pragma unroll
+#pragma unroll
           for (int u = 0; u < kAhead; ++u) {
             const int64_t c = base + 32 * u + lane;
             if (base + 32 * u >= chunks) break;  // warp-uniform
             quant::Chunk<T> src[R];
-  #pragma unroll
+#pragma unroll
             for (int r = 0; r < R; ++r) src[r] = ahead[u][r].chunk();
             if (c < chunks)
               chunk_rows_int8<T, R, 1>(src, 0, live, xq + c * kQStride, 0, xd + c / 8, 0, bsum + c,
@@ -684,8 +684,8 @@ void launch_matvec_w(const Parts& parts, uint64_t row_bytes, uint64_t rows, uint
   // multiprocessor.
   const uint64_t resident = uint64_t(multiprocessors()) * (W == 16 ? 1 : 8);
   const auto blocks = static_cast<unsigned>(std::min((rows + W * R - 1) / (W * R), resident));
-  pdl::launch(matvec_kernel<T, R, W>, blocks, 32 * W, shared, stream, parts, row_bytes, rows,
-              cols, wide, x, y);
+  pdl::launch(matvec_kernel<T, R, W>, blocks, 32 * W, shared, stream, parts, row_bytes, rows, cols,
+              wide, x, y);
 }
 
 template <GgmlType T>
@@ -801,9 +801,8 @@ bool matvec(GgmlType type, std::span<const MatvecPart> parts, uint64_t cols, con
   }
   if (rows == 0) return true;
   bool launched = false;
-  const bool known = quant::dispatch(type, [&]<GgmlType T>() {
-    launched = launch_matvec<T>(p, rows, cols, wide, x, y, stream);
-  });
+  const bool known = quant::dispatch(
+      type, [&]<GgmlType T>() { launched = launch_matvec<T>(p, rows, cols, wide, x, y, stream); });
   if (!known)
     throw Error("cuda: no matmul kernel for weights of type " +
                 std::string(formats::ggml_type_name(type)));

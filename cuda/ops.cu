@@ -1,11 +1,10 @@
-#include "cuda/ops.h"
-
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "cuda/device_buffer.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/ops.h"
 #include "formats/error.h"
 
 namespace lockstep::cuda::ops {
