@@ -404,13 +404,19 @@ void CudaLane::Impl::run_node(const engine::Model& m, const Node& node, std::spa
           i = j;
         }
         finished = fused;
-      } else {
+      } else if (!finish || biases.size() > kernels::kMaxBiasSegments) {
         LOCKSTEP_CUDA_CHECK(cudaMemcpyAsync(y, in[0], n * width * sizeof(float),
                                             cudaMemcpyDeviceToDevice, stream));
       }
       if (finished || !finish) break;
-      if (biases.empty()) {
-        kernels::bias_scale(y, n, width, 0, width, nullptr, scale, stream);
+      if (biases.size() <= kernels::kMaxBiasSegments) {
+        // One launch for all the biases (an AddBias node reads its input directly, no copy).
+        std::vector<kernels::BiasSegment> segments;
+        for (const DeviceWeight* b : biases)
+          segments.push_back({static_cast<const float*>(ptr(*b, node)), b->cols});
+        if (segments.empty()) segments.push_back({nullptr, width});
+        kernels::add_biases(node.op == Op::MatMul ? y : in[0], y, n, width, segments, scale,
+                            stream);
       } else {
         uint64_t col = 0;
         for (const DeviceWeight* b : biases) {

@@ -2,10 +2,13 @@
 // multiplier), the MLP activations and the gate product.
 
 #include <cmath>
+#include <span>
+#include <string>
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernels.cuh"
 #include "cuda/launch.cuh"
+#include "formats/error.h"
 
 namespace lockstep::cuda::kernels {
 namespace {
@@ -25,6 +28,28 @@ __global__ void bias_scale_kernel(float* y, uint64_t tokens, uint64_t width, uin
   float& v = y[t * width + col0 + c];
   const float biased = b ? v + b[c] : v;
   v = biased * scale;
+}
+
+// kernels::add_biases's segments by value; selected by comparisons (kernel parameters stay in
+// constant memory).
+struct Segments {
+  const float* b[kMaxBiasSegments];
+  uint64_t end[kMaxBiasSegments];  // each segment's last column + 1
+};
+static_assert(kMaxBiasSegments == 3, "Segments selects among three");
+
+__global__ void add_biases_kernel(const float* x, float* y, uint64_t tokens, uint64_t width,
+                                  Segments s, float scale) {
+  pdl::begin();
+  const uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (i >= tokens * width) return;
+  const uint64_t c = i % width;
+  const int k = c < s.end[0] ? 0 : (c < s.end[1] ? 1 : 2);
+  const float* b = k == 0 ? s.b[0] : (k == 1 ? s.b[1] : s.b[2]);
+  const uint64_t start = k == 0 ? 0 : (k == 1 ? s.end[0] : s.end[1]);
+  const float v = x[i];
+  const float biased = b ? v + b[c - start] : v;
+  y[i] = biased * scale;
 }
 
 __global__ void add_scaled_kernel(const float* a, const float* b, float scale, float* y,
@@ -62,6 +87,28 @@ void bias_scale(float* y, uint64_t tokens, uint64_t width, uint64_t col0, uint64
   if (tokens * seg == 0) return;
   pdl::launch(bias_scale_kernel, blocks_for(tokens * seg), kThreads, 0, stream, y, tokens, width,
               col0, seg, b, scale);
+}
+
+void add_biases(const float* x, float* y, uint64_t tokens, uint64_t width,
+                std::span<const BiasSegment> segments, float scale, cudaStream_t stream) {
+  if (segments.empty() || segments.size() > kMaxBiasSegments)
+    throw Error("cuda: add_biases takes 1 to " + std::to_string(kMaxBiasSegments) +
+                " segments, not " + std::to_string(segments.size()));
+  Segments s{};
+  uint64_t end = 0;
+  for (size_t i = 0; i < kMaxBiasSegments; ++i) {
+    if (i < segments.size()) {
+      end += segments[i].width;
+      s.b[i] = segments[i].b;
+    }
+    s.end[i] = end;
+  }
+  if (end != width)
+    throw Error("cuda: bias segments cover " + std::to_string(end) + " columns, not " +
+                std::to_string(width));
+  if (tokens * width == 0) return;
+  pdl::launch(add_biases_kernel, blocks_for(tokens * width), kThreads, 0, stream, x, y, tokens,
+              width, s, scale);
 }
 
 void add_scaled(const float* a, const float* b, float scale, float* y, uint64_t n,

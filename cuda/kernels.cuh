@@ -110,6 +110,16 @@ void attn_weighted_sum(const float* p, const float* v, uint64_t v_stride, const 
 // y[t, col0 + i] = (y[t, col0 + i] + b[i]) · scale for i < seg (b may be null).
 void bias_scale(float* y, uint64_t tokens, uint64_t width, uint64_t col0, uint64_t seg,
                 const float* b, float scale, cudaStream_t stream);
+// y[t, c] = (x[t, c] + b(c)) · scale for c < width, b(c) from the segment holding column c
+// (segments one after another covering the width; a null bias adds nothing), rounded as
+// bias_scale rounds: a QKV node's three biases in one launch. x and y may be the same.
+constexpr size_t kMaxBiasSegments = 3;
+struct BiasSegment {
+  const float* b = nullptr;  // [width] or null
+  uint64_t width = 0;
+};
+void add_biases(const float* x, float* y, uint64_t tokens, uint64_t width,
+                std::span<const BiasSegment> segments, float scale, cudaStream_t stream);
 void add_scaled(const float* a, const float* b, float scale, float* y, uint64_t n,
                 cudaStream_t stream);  // a + scale · b
 void silu(const float* x, float* y, uint64_t n, cudaStream_t stream);
