@@ -31,18 +31,24 @@
 //   conversion unit), then one shared 4-float read of x feeds 4·R multiply-adds per token.
 //   Int8 path: a chunk of a row is 8 __dp4a against two 16-byte shared reads of x.
 // - Decode (one token): a grid about as large as the GPU holds; each block stages the whole of
-//   x once, then its warps stream rows (every (grid·W·R)-th) with no further synchronisation,
-//   four chunks of loads in flight per lane (two for the f32 path's Q6_K); 16 warps a block
-//   for a long x (its f32 staging over 32 KiB) or a tall matrix, else 4. Q4_K in the 16-warp
-//   kernel takes two rows a warp: a lane reads only its half of the 32 bytes its chunk shares
-//   with the neighbouring lane's and one word of the super-block's header, the rest comes by
-//   shuffles (5 registers a chunk in flight instead of 12). Rows too long to stage take the
-//   slab kernel, TT = 1, R = 1 (f32: over 45k columns; int8: over 125k).
+//   x once, then warp g of the grid's G streams rows g, g + G, ... (R at a time) with no
+//   further synchronisation, four chunks of loads in flight per lane (two for the f32 path's
+//   Q6_K); 16 warps a block for a long x (its f32 staging over 32 KiB) or a tall matrix, else
+//   4. One launch may take up to three matrices of one type over the same x (a QKV node's),
+//   finishing each output with its bias and scale (kernels::matvec). Q4_K and Q6_K have their
+//   own inner steps (q4k_decode_step, q6k_decode_step), the chunk-to-lane order above kept:
+//   decode is bound by instruction issue (ncu: about one instruction every two cycles per
+//   scheduler with DRAM half busy), so their addresses are lane constants plus immediates,
+//   and Q4_K's 32 shared bytes are read half a lane and swapped by shuffles. Rows too long to
+//   stage take the slab kernel, TT = 1, R = 1 (f32: over 45k columns; int8: over 125k).
 // - Prefill: the slab kernel, TT = 8 tokens by R = 4 rows a warp; weights are streamed once
 //   per token tile, x staged (int8: quantized) once per slab and block.
-// What limits it at decode: the matvecs stream at 1.4–1.65 TB/s (the 152k-row lm_head ~2.2)
-// of the ~3 TB/s the H100 copies at; per launch, staging (and for int8, quantizing) x before
-// the first row costs a few µs, which dominates the matrices of 512 rows.
+// What limits it at decode (H100, 7B-shaped Q4_K_M): the Q4_K gate/up matvecs stream at ~1.6
+// TB/s and Q6_K's ffn_down at ~1.45 of the ~3 TB/s the H100 copies at, with 16 warps an SM
+// (108-117 registers a thread) and about one warp in four eligible: more warps with fewer
+// loads in flight each (two blocks an SM, two chunks ahead) measured 1-29% slower, and an L2
+// prefetch of the next rows slower too. Per launch, staging (and quantizing) x before the
+// first row costs a few µs, which dominates the matrices of 512 rows.
 
 #include <algorithm>
 #include <cfloat>
@@ -400,19 +406,6 @@ __global__ void __launch_bounds__(32 * kWarps)
   reduce_store<R, TT>(acc, row0, rows, t0, tokens, y, y_stride, col0);
 }
 
-// The decode kernel's read-ahead of one chunk of one row (int8 types). `load` is called by
-// every lane of the warp for chunks c = base + lane (+ 32·u): all of a super-block's chunks
-// lie in 8 consecutive lanes, so a row's validity is the same across them. `chunk` gives the
-// quant::Chunk the arithmetic takes (warp-wide: it may shuffle).
-template <GgmlType T>
-struct AheadChunk {
-  quant::Chunk<T> k;
-  __device__ __forceinline__ void load(const uint8_t* row, int64_t c, bool valid) {
-    if (valid) k = quant::Chunk<T>::at(row, c);
-  }
-  __device__ __forceinline__ quant::Chunk<T> chunk() const { return k; }
-};
-
 // Rows a warp of the 16-warp decode kernel takes at once: Q4_K's light read-ahead leaves room
 // for two (the 4-warp kernel, for matrices of few rows, takes one, for more blocks).
 template <GgmlType T>
@@ -429,12 +422,11 @@ constexpr int kMatvecRows = T == GgmlType::Q4_K ? 2 : 1;
 // and the 32 bytes a lane shares with its neighbour (one takes the low nibbles, the other the
 // high) are read half each and swapped by shuffles, each half dotted with its own half of x
 // (the integer sum is the same in any order), so no selects.
-template <int R>
+template <int R, int kAhead>
 __device__ __forceinline__ void q4k_decode_step(const uint8_t* const (&row)[R], int live,
                                                 uint32_t base, uint32_t chunks, const uint8_t* xq,
                                                 const float* xd, const int* bsum,
                                                 float (&acc)[R][1]) {
-  constexpr int kAhead = 4;
   constexpr uint32_t kBytes = quant::Block<GgmlType::Q4_K>::bytes;
   const uint32_t lane = threadIdx.x % 32, j = lane % 8, first = lane & ~3u;
   // Byte offsets from the step's first super-block (base / 8) of a row: the lane's 16 bytes of
@@ -504,6 +496,79 @@ __device__ __forceinline__ void q4k_decode_step(const uint8_t* const (&row)[R], 
                                              __int2float_rn(static_cast<int>(sc) * sum)),
                                    __fmul_rn(__fmul_rn(quant::half_bits(dd >> 16), dx),
                                              __int2float_rn(static_cast<int>(mn) * qsum)));
+      acc[r][0] = __fadd_rn(acc[r][0], part);
+    }
+  }
+}
+
+// The same for Q6_K (quant::Chunk<Q6_K>'s words and arithmetic, chunk_rows_int8's partial). A
+// super-block (210 bytes) is only 2-byte aligned, so the chunk's 32 bytes of low bits and 32
+// of high bits are read as 9 words each from the 4-byte boundary below and shifted into place;
+// the bits to drop are a per-lane constant within a step (4 super-blocks are 840 bytes).
+template <int R, int kAhead>
+__device__ __forceinline__ void q6k_decode_step(const uint8_t* const (&row)[R], int live,
+                                                uint32_t base, uint32_t chunks, const uint8_t* xq,
+                                                const float* xd, const int* bsum,
+                                                float (&acc)[R][1]) {
+  constexpr uint32_t kBytes = quant::Block<GgmlType::Q6_K>::bytes;
+  const uint32_t lane = threadIdx.x % 32, sub = lane % 8, half = sub / 4, g = sub % 4;
+  const uint32_t block = (base / 8 + lane / 8) * kBytes;
+  const uint32_t ql_off = block + 64 * half + 32 * (g % 2), qh_off = block + 128 + 32 * half;
+  const uint32_t sc_off = block + 192 + 2 * sub, d_off = block + 208;
+  uint32_t ql[kAhead][R][9], qh[kAhead][R][9], sc[kAhead][R], d[kAhead][R];
+  uint32_t ql_shift[R], qh_shift[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(row[r] + ql_off);
+    const uintptr_t b = reinterpret_cast<uintptr_t>(row[r] + qh_off);
+    ql_shift[r] = 8 * static_cast<uint32_t>(a & 3);
+    qh_shift[r] = 8 * static_cast<uint32_t>(b & 3);
+    const uint32_t* lw = reinterpret_cast<const uint32_t*>(a & ~uintptr_t{3});
+    const uint32_t* hw = reinterpret_cast<const uint32_t*>(b & ~uintptr_t{3});
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+      const bool valid = r < live && base + 32 * u + lane < chunks;
+#pragma unroll
+      for (int i = 0; i < 9; ++i) {
+        ql[u][r][i] = valid ? lw[u * kBytes + i] : 0u;  // 4u super-blocks on: u·210 words
+        qh[u][r][i] = valid ? hw[u * kBytes + i] : 0u;
+      }
+      sc[u][r] = valid ? quant::u16_at(row[r] + sc_off + 4 * u * kBytes) : 0u;
+      d[u][r] = valid ? quant::u16_at(row[r] + d_off + 4 * u * kBytes) : 0u;
+    }
+  }
+  const uint32_t nibble = g < 2 ? 0 : 4, bits = 2 * g;
+#pragma unroll
+  for (int u = 0; u < kAhead; ++u) {
+    const uint32_t c = base + 32 * u + lane;
+    if (c >= chunks) continue;
+    const uint4 xa = *reinterpret_cast<const uint4*>(xq + c * kQStride);
+    const uint4 xb = *reinterpret_cast<const uint4*>(xq + c * kQStride + 16);
+    const float dx = xd[c / 8];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (r >= live) continue;
+      int q[8];
+#pragma unroll
+      for (int w = 0; w < 8; ++w) {
+        const uint32_t low = __funnelshift_r(ql[u][r][w], ql[u][r][w + 1], ql_shift[r]);
+        const uint32_t high = __funnelshift_r(qh[u][r][w], qh[u][r][w + 1], qh_shift[r]);
+        const uint32_t v = ((low >> nibble) & 0x0F0F0F0Fu) | (((high >> bits) & 0x03030303u) << 4);
+        q[w] = static_cast<int>(__vsub4(v, 0x20202020u));  // bytewise v − 32 (v < 64)
+      }
+      int s0 = 0, s1 = 0;
+      s0 = __dp4a(q[0], static_cast<int>(xa.x), s0);
+      s0 = __dp4a(q[1], static_cast<int>(xa.y), s0);
+      s0 = __dp4a(q[2], static_cast<int>(xa.z), s0);
+      s0 = __dp4a(q[3], static_cast<int>(xa.w), s0);
+      s1 = __dp4a(q[4], static_cast<int>(xb.x), s1);
+      s1 = __dp4a(q[5], static_cast<int>(xb.y), s1);
+      s1 = __dp4a(q[6], static_cast<int>(xb.z), s1);
+      s1 = __dp4a(q[7], static_cast<int>(xb.w), s1);
+      const int sc0 = static_cast<int8_t>(sc[u][r] & 0xFFu);
+      const int sc1 = static_cast<int8_t>(sc[u][r] >> 8);
+      const float part =
+          __fmul_rn(__fmul_rn(quant::half_bits(d[u][r]), dx), __int2float_rn(sc0 * s0 + sc1 * s1));
       acc[r][0] = __fadd_rn(acc[r][0], part);
     }
   }
@@ -594,30 +659,13 @@ __global__ void __launch_bounds__(32 * W)
       float acc[R][1];
 #pragma unroll
       for (int r = 0; r < R; ++r) acc[r][0] = 0.0f;
-      if constexpr (T == GgmlType::Q4_K) {
-        for (uint32_t base = 0; base < chunks; base += 32 * kAhead)
-          q4k_decode_step<R>(row, live, base, static_cast<uint32_t>(chunks), xq, xd, bsum, acc);
-      } else {
-        for (int64_t base = 0; base < chunks; base += 32 * kAhead) {
-          AheadChunk<T> ahead[kAhead][R];
-#pragma unroll
-          for (int u = 0; u < kAhead; ++u)
-#pragma unroll
-            for (int r = 0; r < R; ++r)
-              ahead[u][r].load(row[r], base + 32 * u + lane,
-                               r < live && base + 32 * u + lane < chunks);
-#pragma unroll
-          for (int u = 0; u < kAhead; ++u) {
-            const int64_t c = base + 32 * u + lane;
-            if (base + 32 * u >= chunks) break;  // warp-uniform
-            quant::Chunk<T> src[R];
-#pragma unroll
-            for (int r = 0; r < R; ++r) src[r] = ahead[u][r].chunk();
-            if (c < chunks)
-              chunk_rows_int8<T, R, 1>(src, 0, live, xq + c * kQStride, 0, xd + c / 8, 0, bsum + c,
-                                       0, acc);
-          }
-        }
+      for (uint32_t base = 0; base < chunks; base += 32 * kAhead) {
+        if constexpr (T == GgmlType::Q4_K)
+          q4k_decode_step<R, kAhead>(row, live, base, static_cast<uint32_t>(chunks), xq, xd, bsum,
+                                     acc);
+        else
+          q6k_decode_step<R, kAhead>(row, live, base, static_cast<uint32_t>(chunks), xq, xd, bsum,
+                                     acc);
       }
 #pragma unroll
       for (int r = 0; r < R; ++r)
