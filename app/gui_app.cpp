@@ -366,6 +366,8 @@ int run_gui(const std::string& model) {
       // Only what changed since the last frame is drawn again, offscreen; the composed frame
       // lands in the back buffer, which every read-back below reads.
       compositor.compose(*ImGui::GetDrawData(), fb_w, fb_h, kBackground, invalidate);
+      if (frame_stats)
+        frame_stats->composed(steady_now(), compositor.last_damage().fraction(fb_w, fb_h));
       if (!ui.png.widget.empty()) {
         // Read the widget back from this frame once the popup is gone (a few frames), then hand
         // the pixels to the worker, which encodes and writes them.
@@ -389,7 +391,8 @@ int run_gui(const std::string& model) {
         hooks->maybe_screenshot(fb_w, fb_h);
         if (std::optional<std::string> id = hooks->take_redraw_check_request())
           hooks->write_redraw_check(
-              *id, compositor.check_against_full(*ImGui::GetDrawData(), fb_w, fb_h, kBackground),
+              *id, snapshot->job.running,
+              compositor.check_against_full(*ImGui::GetDrawData(), fb_w, fb_h, kBackground),
               compositor.take_stats());
         if (hooks->quit_requested()) glfwSetWindowShouldClose(window, GLFW_TRUE);
         handle_drop(worker, hooks->take_drop_request());

@@ -117,16 +117,27 @@ void FrameCompositor::compose(ImDrawData& data, int fb_w, int fb_h, const float 
     }
     glDisable(GL_SCISSOR_TEST);
     // The backend sets each command's scissor from its clip: narrowed clips keep it inside the
-    // damage. ImGui leaves the lists alone until the next NewFrame; their commands go back.
-    restricted_.resize(size_t(data.CmdListsCount));
-    for (int i = 0; i < data.CmdListsCount; ++i) {
-      restrict_commands(data.CmdLists[i]->CmdBuffer, damage_.rects, data.DisplayPos,
-                        data.FramebufferScale, fb_h, restricted_[size_t(i)]);
-      data.CmdLists[i]->CmdBuffer.swap(restricted_[size_t(i)]);
+    // damage. ImGui leaves the lists alone until the next NewFrame; their commands and
+    // indices go back after.
+    const auto lists = size_t(data.CmdListsCount);
+    restricted_cmds_.resize(lists);
+    restricted_idx_.resize(lists);
+    const int total_idx = data.TotalIdxCount;
+    data.TotalIdxCount = 0;
+    for (size_t i = 0; i < lists; ++i) {
+      ImDrawList& l = *data.CmdLists[i];
+      restrict_draw_list(l, damage_.rects, data.DisplayPos, data.FramebufferScale, fb_h,
+                         restricted_cmds_[i], restricted_idx_[i]);
+      l.CmdBuffer.swap(restricted_cmds_[i]);
+      l.IdxBuffer.swap(restricted_idx_[i]);
+      data.TotalIdxCount += l.IdxBuffer.Size;
     }
     ImGui_ImplOpenGL3_RenderDrawData(&data);
-    for (int i = 0; i < data.CmdListsCount; ++i)
-      data.CmdLists[i]->CmdBuffer.swap(restricted_[size_t(i)]);
+    for (size_t i = 0; i < lists; ++i) {
+      data.CmdLists[i]->CmdBuffer.swap(restricted_cmds_[i]);
+      data.CmdLists[i]->IdxBuffer.swap(restricted_idx_[i]);
+    }
+    data.TotalIdxCount = total_idx;
   }
   glDisable(GL_SCISSOR_TEST);  // the blit obeys the scissor test
   glBindFramebuffer(GL_READ_FRAMEBUFFER, composed_.framebuffer);

@@ -67,7 +67,9 @@ class FrameCompositor {
   DrawFrame frames_[2];  // the last composed frame's draw data and this one's
   int last_ = -1;        // which of frames_ holds the last composed frame; -1 none
   Damage damage_;
-  std::vector<ImVector<ImDrawCmd>> restricted_;  // per list, the commands narrowed to the damage
+  // Per list, its commands and indices narrowed to the damage.
+  std::vector<ImVector<ImDrawCmd>> restricted_cmds_;
+  std::vector<ImVector<ImDrawIdx>> restricted_idx_;
   Stats stats_;
 };
 

@@ -41,6 +41,17 @@ struct Box {
   }
 };
 
+// The framebuffer pixels a triangle inside `box` (window coordinates) can touch, with a pixel
+// to spare on each side.
+DamageRect pixels(const Box& box, ImVec2 display_pos, ImVec2 scale) {
+  // Clamped before the conversion to int: a vertex may lie far outside the window.
+  auto px = [](float v) { return std::clamp(v, -1e6f, 1e6f); };
+  return {int(std::floor(px((box.x0 - display_pos.x) * scale.x))) - 1,
+          int(std::floor(px((box.y0 - display_pos.y) * scale.y))) - 1,
+          int(std::ceil(px((box.x1 - display_pos.x) * scale.x))) + 1,
+          int(std::ceil(px((box.y1 - display_pos.y) * scale.y))) + 1};
+}
+
 class Accumulator {
  public:
   Accumulator(const DrawFrame& frame, size_t max_rects)
@@ -52,13 +63,7 @@ class Accumulator {
   // The pixels of `box` (window coordinates) inside `scissor`.
   void add(const Box& box, const DamageRect& scissor, const DrawFrame& frame) {
     if (box.empty() || full_) return;
-    const float sx = frame.scale.x, sy = frame.scale.y;
-    const ImVec2 o = frame.display_pos;
-    // Clamped before the conversion to int: a vertex may lie far outside the window.
-    auto px = [](float v) { return std::clamp(v, -1e6f, 1e6f); };
-    DamageRect r{
-        int(std::floor(px((box.x0 - o.x) * sx))) - 1, int(std::floor(px((box.y0 - o.y) * sy))) - 1,
-        int(std::ceil(px((box.x1 - o.x) * sx))) + 1, int(std::ceil(px((box.y1 - o.y) * sy))) + 1};
+    const DamageRect r = pixels(box, frame.display_pos, frame.scale);
     add_pixels(intersect(intersect(r, scissor), {0, 0, frame_.fb_w, frame_.fb_h}));
   }
 
@@ -312,18 +317,37 @@ ImVec4 clip_for_scissor(const DamageRect& p, ImVec2 display_pos, ImVec2 scale) {
           max_x / scale.x + display_pos.x, max_y / scale.y + display_pos.y};
 }
 
-void restrict_commands(const ImVector<ImDrawCmd>& cmds, const std::vector<DamageRect>& damage,
-                       ImVec2 display_pos, ImVec2 scale, int fb_h, ImVector<ImDrawCmd>& out) {
-  out.resize(0);
-  for (const ImDrawCmd& c : cmds) {
+void restrict_draw_list(const ImDrawList& list, const std::vector<DamageRect>& damage,
+                        ImVec2 display_pos, ImVec2 scale, int fb_h, ImVector<ImDrawCmd>& cmds,
+                        ImVector<ImDrawIdx>& idx) {
+  cmds.resize(0);
+  idx.resize(0);
+  std::vector<DamageRect> meets;  // the damage inside this command's scissor
+  for (const ImDrawCmd& c : list.CmdBuffer) {
     const DamageRect s = backend_scissor(c.ClipRect, display_pos, scale, fb_h);
-    if (s.empty()) continue;
-    for (const DamageRect& d : damage) {
-      const DamageRect r = intersect(s, d);
-      if (r.empty()) continue;
+    if (s.empty() || c.UserCallback) continue;
+    meets.clear();
+    for (const DamageRect& d : damage)
+      if (const DamageRect r = intersect(s, d); !r.empty()) meets.push_back(r);
+    if (meets.empty()) continue;
+    const auto first = unsigned(idx.Size);
+    for (unsigned e = 0; e + 3 <= c.ElemCount; e += 3) {
+      const ImDrawIdx* tri = &list.IdxBuffer[int(c.IdxOffset + e)];
+      Box box;
+      for (unsigned k = 0; k < 3; ++k) box.add(list.VtxBuffer[int(c.VtxOffset + tri[k])].pos);
+      const DamageRect px = pixels(box, display_pos, scale);
+      bool keep = false;
+      for (const DamageRect& r : meets) keep = keep || !intersect(px, r).empty();
+      if (!keep) continue;
+      for (unsigned k = 0; k < 3; ++k) idx.push_back(tri[k]);
+    }
+    if (unsigned(idx.Size) == first) continue;
+    for (const DamageRect& r : meets) {
       ImDrawCmd narrowed = c;
       narrowed.ClipRect = clip_for_scissor(r, display_pos, scale);
-      out.push_back(narrowed);
+      narrowed.IdxOffset = first;
+      narrowed.ElemCount = unsigned(idx.Size) - first;
+      cmds.push_back(narrowed);
     }
   }
 }

@@ -69,9 +69,13 @@ DamageRect backend_scissor(const ImVec4& clip, ImVec2 display_pos, ImVec2 scale,
 // framebuffer): how a command is drawn only inside one damage rectangle.
 ImVec4 clip_for_scissor(const DamageRect& pixels, ImVec2 display_pos, ImVec2 scale);
 
-// The commands to render `list` only inside `damage`: each command once per damage rectangle
-// its scissor meets, its clip narrowed to the intersection. `out` is cleared first.
-void restrict_commands(const ImVector<ImDrawCmd>& cmds, const std::vector<DamageRect>& damage,
-                       ImVec2 display_pos, ImVec2 scale, int fb_h, ImVector<ImDrawCmd>& out);
+// What to render of a draw list to paint only inside `damage`: each command once per damage
+// rectangle its scissor meets, its clip narrowed to the intersection, drawing only its
+// triangles whose box meets a damage rectangle (the others paint no damaged pixel; a software
+// rasteriser sets every submitted triangle up). `cmds` and `idx` are cleared first; the
+// commands index `idx` and keep their vertex offsets into the list's vertices.
+void restrict_draw_list(const ImDrawList& list, const std::vector<DamageRect>& damage,
+                        ImVec2 display_pos, ImVec2 scale, int fb_h, ImVector<ImDrawCmd>& cmds,
+                        ImVector<ImDrawIdx>& idx);
 
 }  // namespace lockstep::app

@@ -184,7 +184,8 @@ std::optional<std::string> GuiTestHooks::take_redraw_check_request() {
   return id;
 }
 
-void GuiTestHooks::write_redraw_check(const std::string& id, const FrameCompositor::Check& c,
+void GuiTestHooks::write_redraw_check(const std::string& id, bool running,
+                                      const FrameCompositor::Check& c,
                                       const FrameCompositor::Stats& s) {
   std::error_code ec;
   for (const char* which : {"composed", "full"})
@@ -200,6 +201,7 @@ void GuiTestHooks::write_redraw_check(const std::string& id, const FrameComposit
       {"w", c.w},
       {"h", c.h},
       {"differing_pixels", c.differing},
+      {"running", running},
       {"partial", s.partial},
       {"this_frame_share", s.last_share},
       {"frames", s.frames},

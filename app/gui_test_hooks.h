@@ -13,7 +13,8 @@
 //     back (glReadPixels) after rendering it, writes the PNG and removes the request;
 //   - when DIR/redraw-check.request appears (its content: an id), draws the frame once more in
 //     full into a second target, compares it with the partially redrawn back buffer, and writes
-//     DIR/redraw-check.json: {"id", "w", "h", "differing_pixels", "partial", "this_frame_share",
+//     DIR/redraw-check.json: {"id", "w", "h", "differing_pixels", "running" (a job ran during
+//     that frame), "partial", "this_frame_share",
 //     "frames", "full_frames", "unchanged_frames", "mean_share"} (the counts since the last
 //     check), plus DIR/redraw-check.{composed,full}.png when pixels differ;
 //   - when DIR/quit.request appears, closes the window (the test's clean exit);
@@ -44,7 +45,7 @@ class GuiTestHooks {
   void maybe_screenshot(int framebuffer_w, int framebuffer_h);
   // The id of a pending DIR/redraw-check.request, once; the request is removed.
   std::optional<std::string> take_redraw_check_request();
-  void write_redraw_check(const std::string& id, const FrameCompositor::Check& check,
+  void write_redraw_check(const std::string& id, bool running, const FrameCompositor::Check& check,
                           const FrameCompositor::Stats& stats);
   bool quit_requested() const;
   std::vector<std::string> take_drop_request();  // the paths of DIR/drop.request, once

@@ -294,20 +294,42 @@ TEST(GuiDamage, BackendScissorTruncatesAsTheBackendDoes) {
   EXPECT_TRUE(backend_scissor({10, 20, 10, 60}, ImVec2(0, 0), ImVec2(1, 1), 100).empty());
 }
 
-TEST(GuiDamage, RestrictCommandsNarrowsEachClipToEachDamageRect) {
-  ImVector<ImDrawCmd> cmds, out;
-  cmds.push_back(command({0, 0, 200, 300}));
-  cmds.push_back(command({250, 0, 400, 50}, kPlot));
+TEST(GuiDamage, RestrictDrawListNarrowsClipsAndKeepsOnlyTrianglesMeetingTheDamage) {
+  // Built as a DrawFrame list, then moved into an ImDrawList.
+  DrawFrame f = frame();
+  DrawFrame::List& l = f.lists[0];
+  l.cmds.push_back(command({0, 0, 200, 300}));
+  quad(l, 20, 20, 40, 30);      // inside the first damage rectangle
+  quad(l, 100, 200, 120, 220);  // in no damage rectangle
+  quad(l, 150, 90, 170, 101);   // its lower edge reaches the second one
+  l.cmds.push_back(command({250, 0, 400, 50}, kPlot));
+  quad(l, 260, 10, 300, 40);
+  ImDrawList list(nullptr);
+  for (const ImDrawCmd& c : l.cmds) list.CmdBuffer.push_back(c);
+  for (const ImDrawVert& v : l.vtx) list.VtxBuffer.push_back(v);
+  for (ImDrawIdx i : l.idx) list.IdxBuffer.push_back(i);
+
   const std::vector<DamageRect> damage = {{10, 10, 60, 40}, {150, 100, 300, 120}};
-  restrict_commands(cmds, damage, ImVec2(0, 0), ImVec2(1, 1), kH, out);
-  // Command 0 meets both rectangles; command 1 neither (its clip ends at y = 50 above the
-  // second and starts right of the first).
-  ASSERT_EQ(out.Size, 2);
-  EXPECT_EQ(backend_scissor(out[0].ClipRect, ImVec2(0, 0), ImVec2(1, 1), kH),
+  ImVector<ImDrawCmd> cmds;
+  ImVector<ImDrawIdx> idx;
+  restrict_draw_list(list, damage, ImVec2(0, 0), ImVec2(1, 1), kH, cmds, idx);
+  // Command 0 meets both rectangles; command 1 neither (its clip ends at y = 50, above the
+  // second, and starts right of the first).
+  ASSERT_EQ(cmds.Size, 2);
+  EXPECT_EQ(backend_scissor(cmds[0].ClipRect, ImVec2(0, 0), ImVec2(1, 1), kH),
             (DamageRect{10, 10, 60, 40}));
-  EXPECT_EQ(backend_scissor(out[1].ClipRect, ImVec2(0, 0), ImVec2(1, 1), kH),
+  EXPECT_EQ(backend_scissor(cmds[1].ClipRect, ImVec2(0, 0), ImVec2(1, 1), kH),
             (DamageRect{150, 100, 200, 120}));
-  EXPECT_EQ(out[1].TextureId, kFont);
+  for (const ImDrawCmd& c : cmds) {
+    EXPECT_EQ(c.TextureId, kFont);
+    EXPECT_EQ(c.IdxOffset, 0u);
+    EXPECT_EQ(c.ElemCount, 12u) << "the first and third quads";
+  }
+  ASSERT_EQ(idx.Size, 12);
+  for (int k = 0; k < 6; ++k) {
+    EXPECT_EQ(idx[k], l.idx[size_t(k)]);
+    EXPECT_EQ(idx[6 + k], l.idx[size_t(12 + k)]);
+  }
 }
 
 TEST(GuiDamage, AssignCopiesTheDrawData) {

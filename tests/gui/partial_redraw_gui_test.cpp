@@ -71,6 +71,35 @@ class PartialRedraw : public Workbench {
     return true;
   }
 
+  // Ctrl+R (held long enough for a frame to see it), then checks while the run lasts;
+  // `during` counts them. Returns once the run is over.
+  void run_and_check(int& during) {
+    ASSERT_TRUE(hover("panel.map"));
+    const unsigned long long seq_before = state().value("seq", 0ull);
+    bool started = false;
+    for (int attempt = 0; attempt < 3 && !started; ++attempt) {
+      xdo("keydown ctrl");
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      xdo("keydown r");
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));
+      xdo("keyup r");
+      xdo("keyup ctrl");
+      // Running, or already done (the demo runs in moments): the worker published since.
+      started = wait_for(10, [&] {
+        const nlohmann::json s = state();
+        return s.value("running", false) || s.value("seq", 0ull) > seq_before;
+      });
+    }
+    ASSERT_TRUE(started) << "Ctrl+R started no run";
+    for (int k = 0; k < 20 && state().value("running", false); ++k) {
+      const nlohmann::json c = expect_same_pixels("running-" + std::to_string(k));
+      during += c.value("running", false);
+    }
+    ASSERT_TRUE(wait_for(300, [&] {
+      return state().value("map_ready", false) && !state().value("running", true);
+    })) << app_log();
+  }
+
   long long frames_ = 0, full_frames_ = 0;
   int partial_checks_ = 0;  // checks after frames that redrew under half the window on average
 };
@@ -102,32 +131,9 @@ TEST_F(PartialRedraw, PartiallyRedrawnFramesEqualFullRedraws) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   expect_same_pixels("pointer-gone");
 
-  // A run with Ctrl+R (held long enough for a frame to see it), checks while it runs.
-  ASSERT_TRUE(hover("panel.map"));
-  bool started = false;
+  // A run with Ctrl+R, checks while it runs (the demo's run is short: maybe none).
   int during = 0;
-  const unsigned long long seq_before = state().value("seq", 0ull);
-  for (int attempt = 0; attempt < 3 && !started; ++attempt) {
-    xdo("keydown ctrl");
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    xdo("keydown r");
-    std::this_thread::sleep_for(std::chrono::milliseconds(150));
-    xdo("keyup r");
-    xdo("keyup ctrl");
-    // Running, or already done (the demo runs in moments): the worker published since.
-    started = wait_for(10, [&] {
-      const nlohmann::json s = state();
-      return s.value("running", false) || s.value("seq", 0ull) > seq_before;
-    });
-  }
-  ASSERT_TRUE(started) << "Ctrl+R started no run";
-  for (int k = 0; k < 3 && state().value("running", false); ++k) {
-    expect_same_pixels("running-" + std::to_string(k));
-    ++during;
-  }
-  ASSERT_TRUE(wait_for(120, [&] {
-    return state().value("map_ready", false) && !state().value("running", true);
-  })) << app_log();
+  ASSERT_NO_FATAL_FAILURE(run_and_check(during));
   expect_same_pixels("run-done");
 
   // A popup: the fault combo opens over the run bar, then Escape closes it.
@@ -152,6 +158,49 @@ TEST_F(PartialRedraw, PartiallyRedrawnFramesEqualFullRedraws) {
       "partial redraw: %lld frames, %lld in full, %d of the checks after partial "
       "frames, %d during the run\n",
       frames_, full_frames_, partial_checks_, during);
+}
+
+// A run long enough to check frames while it computes (progress bar, elapsed time): a
+// generated 28-layer model with a 152,064-entry vocabulary, its map taller than the panel.
+class PartialRedrawLongRun : public PartialRedraw {
+ protected:
+  PartialRedrawLongRun() {
+    model_ = fs::path(LOCKSTEP_BINARY_DIR) / "gui-test" /
+             ("partial-redraw-" + std::to_string(getpid()) + ".gguf");
+    fs::create_directories(model_.parent_path());
+    const std::string gen = std::string(LOCKSTEP_EXE) +
+                            " gen-model --family qwen2 --hidden 256 --layers 28 --heads 4 "
+                            "--kv-heads 2 --ffn 512 --vocab 152064 --out " +
+                            model_.string() + " >/dev/null 2>&1";
+    generated_ = std::system(gen.c_str()) == 0;
+    args_ = {model_.string()};
+  }
+  ~PartialRedrawLongRun() override {
+    std::error_code ec;
+    fs::remove(model_, ec);
+  }
+  fs::path model_;
+  bool generated_ = false;
+};
+
+TEST_F(PartialRedrawLongRun, FramesDrawnWhileARunComputesEqualFullRedraws) {
+  ASSERT_TRUE(generated_) << "gen-model failed";
+  // Opening the model runs it.
+  ASSERT_TRUE(wait_for(300, [&] {
+    const nlohmann::json s = state();
+    return !app_alive() || (s.value("map_ready", false) && !s.value("running", true));
+  })) << app_log();
+  ASSERT_TRUE(app_alive()) << app_log();
+  expect_same_pixels("opened");
+  ASSERT_TRUE(click_cell("attn_norm@1"));
+  expect_same_pixels("clicked-attn_norm@1");
+  int during = 0;
+  ASSERT_NO_FATAL_FAILURE(run_and_check(during));
+  expect_same_pixels("run-done");
+  EXPECT_GE(during, 2) << "the run was over before two checks";
+  EXPECT_LT(full_frames_ * 2, frames_) << full_frames_ << " of " << frames_ << " frames in full";
+  std::printf("partial redraw: %lld frames, %lld in full, %d checks during the run\n", frames_,
+              full_frames_, during);
 }
 
 // LOCKSTEP_PARTIAL_REDRAW=0: every frame whole, and the check says so.
