@@ -84,6 +84,14 @@ void FrameCompositor::draw_direct(ImDrawData& data, int fb_w, int fb_h, const fl
 
 void FrameCompositor::compose(ImDrawData& data, int fb_w, int fb_h, const float background[3],
                               bool invalidate) {
+  if (partial_ && !default_checked_) {
+    // A blit into a multisampled window framebuffer is an error: draw straight into it then.
+    GLint samples = 0;
+    glBindFramebuffer(GL_FRAMEBUFFER, 0);
+    glGetIntegerv(GL_SAMPLE_BUFFERS, &samples);
+    partial_ = samples == 0;
+    default_checked_ = true;
+  }
   bool resized = false;
   if (!partial_ || fb_w <= 0 || fb_h <= 0 || !ensure(composed_, fb_w, fb_h, resized)) {
     draw_direct(data, fb_w, fb_h, background);

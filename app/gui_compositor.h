@@ -63,6 +63,7 @@ class FrameCompositor {
   void draw_direct(ImDrawData& data, int fb_w, int fb_h, const float background[3]);
 
   bool partial_;
+  bool default_checked_ = false;  // whether the window's framebuffer can take the blit
   Target composed_, scratch_;
   DrawFrame frames_[2];  // the last composed frame's draw data and this one's
   int last_ = -1;        // which of frames_ holds the last composed frame; -1 none
