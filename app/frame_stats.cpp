@@ -43,6 +43,13 @@ void FrameStats::begin_frame(double now) {
 
 void FrameStats::built(double now) {
   if (begin_ >= 0) build_.push_back(now - begin_);
+  built_at_ = now;
+}
+
+void FrameStats::composed(double now, double share) {
+  if (begin_ < 0 || built_at_ < begin_) return;
+  compose_.push_back(now - built_at_);
+  damage_.push_back(share);
 }
 
 void FrameStats::end_frame(double now, bool job_running, double excluded) {
@@ -51,6 +58,10 @@ void FrameStats::end_frame(double now, bool job_running, double excluded) {
   if (job_running) {
     running_frame_.push_back(frame_.back());
     if (build_.size() == frame_.size()) running_build_.push_back(build_.back());
+    if (compose_.size() == frame_.size()) {
+      running_compose_.push_back(compose_.back());
+      running_damage_.push_back(damage_.back());
+    }
     if (previous_running_ && interval_now_ >= 0) running_interval_.push_back(interval_now_);
   }
   previous_running_ = job_running;
@@ -66,9 +77,13 @@ void FrameStats::maybe_write(double now) {
     frame_.clear();
     interval_.clear();
     build_.clear();
+    compose_.clear();
+    damage_.clear();
     running_frame_.clear();
     running_interval_.clear();
     running_build_.clear();
+    running_compose_.clear();
+    running_damage_.clear();
     previous_running_ = false;
     first_ = previous_begin_ = last_end_ = -1;
     last_write_ = now;
@@ -88,18 +103,26 @@ bool FrameStats::write() const {
                           {"max", p.max * 1e3},
                           {"mean", p.mean * 1e3}};
   };
+  auto share = [](const Percentiles& p) {
+    return nlohmann::json{
+        {"p50", p.p50}, {"p90", p.p90}, {"p99", p.p99}, {"max", p.max}, {"mean", p.mean}};
+  };
   const double seconds = first_ >= 0 && last_end_ > first_ ? last_end_ - first_ : 0.0;
   const nlohmann::json j = {{"frames", frame_.size()},
                             {"running",
                              {{"frames", running_frame_.size()},
                               {"frame_ms", ms(percentiles(running_frame_))},
                               {"interval_ms", ms(percentiles(running_interval_))},
-                              {"build_ms", ms(percentiles(running_build_))}}},
+                              {"build_ms", ms(percentiles(running_build_))},
+                              {"compose_ms", ms(percentiles(running_compose_))},
+                              {"damage", share(percentiles(running_damage_))}}},
                             {"seconds", seconds},
                             {"fps", seconds > 0 ? double(frame_.size()) / seconds : 0.0},
                             {"frame_ms", ms(percentiles(frame_))},
                             {"interval_ms", ms(percentiles(interval_))},
-                            {"build_ms", ms(percentiles(build_))}};
+                            {"build_ms", ms(percentiles(build_))},
+                            {"compose_ms", ms(percentiles(compose_))},
+                            {"damage", share(percentiles(damage_))}};
   const std::filesystem::path tmp = file_.string() + ".tmp";
   {
     std::ofstream out(tmp);

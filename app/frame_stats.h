@@ -4,7 +4,9 @@
 // ImGui::NewFrame to after SwapBuffers) and the interval between frame starts, and writes
 //   {"frames", "seconds", "fps", "frame_ms": {p50, p90, p99, max, mean}, "interval_ms": {...},
 //    "build_ms": {...} (NewFrame to ImGui::Render: the UI's own share),
-//    "running": {"frames", "frame_ms", "interval_ms", "build_ms"}}
+//    "compose_ms": {...} (the draw data diffed, drawn and copied to the back buffer),
+//    "damage": {...} (the share of the window drawn again, 1 for a full redraw),
+//    "running": {"frames", "frame_ms", "interval_ms", "build_ms", "compose_ms", "damage"}}
 // where "running" counts only the frames drawn while a job ran (and the intervals between two
 // such frames).
 // to FILE every second and at exit (through a temporary file and a rename). When FILE.reset
@@ -34,6 +36,9 @@ class FrameStats {
   // After ImGui::Render: the frame's UI work is done; the rest is the GL driver's (llvmpipe
   // rasterises on the CPU) and the swap.
   void built(double now);
+  // After the frame is composed in the back buffer (app/gui_compositor.h), `share` of the
+  // window drawn again.
+  void composed(double now, double share);
   // After SwapBuffers; `excluded` seconds of the frame (the GUI tests' hooks) do not count.
   void end_frame(double now, bool job_running, double excluded = 0);
   void maybe_write(double now);  // once a second; handles FILE.reset
@@ -44,8 +49,10 @@ class FrameStats {
 
  private:
   std::filesystem::path file_;
-  std::vector<double> frame_, interval_, build_;
-  std::vector<double> running_frame_, running_interval_, running_build_;
+  std::vector<double> frame_, interval_, build_, compose_, damage_;
+  std::vector<double> running_frame_, running_interval_, running_build_, running_compose_,
+      running_damage_;
+  double built_at_ = -1;
   bool previous_running_ = false;
   double interval_now_ = -1;
   double begin_ = -1, previous_begin_ = -1, first_ = -1, last_end_ = -1, last_write_ = -1;

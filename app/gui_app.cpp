@@ -21,6 +21,7 @@
 
 #include "app/demo_model.h"
 #include "app/frame_stats.h"
+#include "app/gui_compositor.h"
 #include "app/gui_layers.h"
 #include "app/gui_layout.h"
 #include "app/gui_png_capture.h"
@@ -289,6 +290,8 @@ int run_gui(const std::string& model) {
     // LOCKSTEP_PLOT_LAYERS=0: plots drawn directly every frame (to compare, app/gui_layers.h).
     const char* layers_env = std::getenv("LOCKSTEP_PLOT_LAYERS");
     const bool plot_layers = !layers_env || std::string_view(layers_env) != "0";
+    // Partial redraw (app/gui_compositor.h); LOCKSTEP_PARTIAL_REDRAW=0 draws every frame whole.
+    FrameCompositor compositor(FrameCompositor::partial_from_environment());
     while (!glfwWindowShouldClose(window)) {
       std::shared_ptr<const views::Snapshot> snapshot = worker.snapshot();
       // Redraw often while a job runs (progress, elapsed time), else wait for input or a
@@ -326,14 +329,16 @@ int run_gui(const std::string& model) {
       // A PNG capture waits for its popup to close; meanwhile no hover (tooltips, highlights)
       // may draw over the widget.
       if (!ui.png.widget.empty()) io.MousePos = ImVec2(-FLT_MAX, -FLT_MAX);
-      update_font_filter(io.DisplayFramebufferScale, io.FontGlobalScale);
+      // A new font sampling changes pixels the draw data does not show: redraw all of them.
+      bool invalidate = update_font_filter(io.DisplayFramebufferScale, io.FontGlobalScale);
       ImGui::NewFrame();
       rects.clear();
       commands.clear();
       draw_workbench(*snapshot, ui, seen_error, commands, hooks ? &rects : nullptr);
       ImGui::Render();
       if (frame_stats) frame_stats->built(steady_now());
-      if (plot_layers) layers.render_pending(ui.plot_layers, io.DisplayFramebufferScale);
+      if (plot_layers && layers.render_pending(ui.plot_layers, io.DisplayFramebufferScale))
+        invalidate = true;  // a texture's pixels changed under quads that may not have
       for (const views::Command& c : commands) worker.post(c);
       if (snapshot->recent && snapshot->recent != saved_recent) {  // a model was opened
         saved_recent = snapshot->recent;
@@ -358,10 +363,11 @@ int run_gui(const std::string& model) {
 
       int fb_w = 0, fb_h = 0;
       glfwGetFramebufferSize(window, &fb_w, &fb_h);
-      glViewport(0, 0, fb_w, fb_h);
-      glClearColor(kBackground[0], kBackground[1], kBackground[2], 1.0f);
-      glClear(GL_COLOR_BUFFER_BIT);
-      ImGui_ImplOpenGL3_RenderDrawData(ImGui::GetDrawData());
+      // Only what changed since the last frame is drawn again, offscreen; the composed frame
+      // lands in the back buffer, which every read-back below reads.
+      compositor.compose(*ImGui::GetDrawData(), fb_w, fb_h, kBackground, invalidate);
+      if (frame_stats)
+        frame_stats->composed(steady_now(), compositor.last_damage().fraction(fb_w, fb_h));
       if (!ui.png.widget.empty()) {
         // Read the widget back from this frame once the popup is gone (a few frames), then hand
         // the pixels to the worker, which encodes and writes them.
@@ -383,6 +389,11 @@ int run_gui(const std::string& model) {
         hooks->write_rects(rects, wx, wy, ww, wh);
         hooks->write_state(*snapshot, ui);
         hooks->maybe_screenshot(fb_w, fb_h);
+        if (std::optional<std::string> id = hooks->take_redraw_check_request())
+          hooks->write_redraw_check(
+              *id, snapshot->job.running,
+              compositor.check_against_full(*ImGui::GetDrawData(), fb_w, fb_h, kBackground),
+              compositor.take_stats());
         if (hooks->quit_requested()) glfwSetWindowShouldClose(window, GLFW_TRUE);
         handle_drop(worker, hooks->take_drop_request());
       }

@@ -11,14 +11,14 @@
 
 namespace lockstep::app {
 
-void update_font_filter(ImVec2 framebuffer_scale, float font_scale) {
+bool update_font_filter(ImVec2 framebuffer_scale, float font_scale) {
   static GLuint texture = 0;
   static GLint filter = 0;
   const auto id = static_cast<GLuint>(reinterpret_cast<intptr_t>(ImGui::GetIO().Fonts->TexID));
   const GLint want =
       framebuffer_scale.x == 1.0f && framebuffer_scale.y == 1.0f && font_scale == 1.0f ? GL_NEAREST
                                                                                        : GL_LINEAR;
-  if (id == 0 || (id == texture && want == filter)) return;
+  if (id == 0 || (id == texture && want == filter)) return false;
   GLint before = 0;
   glGetIntegerv(GL_TEXTURE_BINDING_2D, &before);
   glBindTexture(GL_TEXTURE_2D, id);
@@ -27,6 +27,7 @@ void update_font_filter(ImVec2 framebuffer_scale, float font_scale) {
   glBindTexture(GL_TEXTURE_2D, GLuint(before));
   texture = id;
   filter = want;
+  return true;
 }
 
 PlotLayerTextures::~PlotLayerTextures() {
@@ -34,9 +35,11 @@ PlotLayerTextures::~PlotLayerTextures() {
   if (framebuffer_) glDeleteFramebuffers(1, &framebuffer_);
 }
 
-void PlotLayerTextures::render_pending(views::PlotLayers& layers, ImVec2 scale) {
+bool PlotLayerTextures::render_pending(views::PlotLayers& layers, ImVec2 scale) {
+  bool rendered = false;
   for (auto& [name, layer] : layers) {
     if (!layer.pending) continue;
+    rendered = true;
     const int w = std::max(1, int(std::ceil(layer.pending_size.x * scale.x)));
     const int h = std::max(1, int(std::ceil(layer.pending_size.y * scale.y)));
     Texture& t = textures_[name];
@@ -86,6 +89,7 @@ void PlotLayerTextures::render_pending(views::PlotLayers& layers, ImVec2 scale) 
       layer.texture = nullptr;
     }
   }
+  return rendered;
 }
 
 }  // namespace lockstep::app

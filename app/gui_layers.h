@@ -15,8 +15,9 @@ namespace lockstep::app {
 // The font atlas's sampling: nearest while text is drawn unscaled (ImGui puts glyphs on whole
 // pixels, so the pixels are the same, and a software rasterizer reads one texel instead of
 // four), linear when the font scale or a high-DPI framebuffer stretches it. Call after the
-// backend's NewFrame (which makes the atlas texture); cheap when nothing changes.
-void update_font_filter(ImVec2 framebuffer_scale, float font_scale);
+// backend's NewFrame (which makes the atlas texture); cheap when nothing changes. True when it
+// changed the sampling (text drawn before looks different now).
+bool update_font_filter(ImVec2 framebuffer_scale, float font_scale);
 
 class PlotLayerTextures {
  public:
@@ -28,8 +29,9 @@ class PlotLayerTextures {
   // After ImGui::Render: every layer with pending geometry gets it rendered into its texture
   // at `scale` framebuffer pixels per window pixel; its key becomes the pending key. A layer
   // that cannot be rendered (no framebuffer object) keeps no texture, and its plot is drawn
-  // directly every frame.
-  void render_pending(views::PlotLayers& layers, ImVec2 scale);
+  // directly every frame. True when a texture was rendered (its pixels changed while the quads
+  // that draw it may not have).
+  bool render_pending(views::PlotLayers& layers, ImVec2 scale);
 
  private:
   struct Texture {

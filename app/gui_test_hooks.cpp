@@ -171,6 +171,46 @@ void GuiTestHooks::maybe_screenshot(int w, int h) {
     std::filesystem::rename(tmp, target, ec);
 }
 
+std::optional<std::string> GuiTestHooks::take_redraw_check_request() {
+  const std::filesystem::path request = dir_ / "redraw-check.request";
+  std::error_code ec;
+  if (!std::filesystem::exists(request, ec)) return std::nullopt;
+  std::string id;
+  {
+    std::ifstream in(request);
+    std::getline(in, id);
+  }
+  std::filesystem::remove(request, ec);
+  return id;
+}
+
+void GuiTestHooks::write_redraw_check(const std::string& id, bool running,
+                                      const FrameCompositor::Check& c,
+                                      const FrameCompositor::Stats& s) {
+  std::error_code ec;
+  for (const char* which : {"composed", "full"})
+    std::filesystem::remove(dir_ / ("redraw-check." + std::string(which) + ".png"), ec);
+  if (c.differing > 0) {
+    // Rows top first, as maybe_screenshot writes them.
+    stbi_write_png((dir_ / "redraw-check.composed.png").c_str(), c.w, c.h, 3, c.composed.data(),
+                   c.w * 3);
+    stbi_write_png((dir_ / "redraw-check.full.png").c_str(), c.w, c.h, 3, c.full.data(), c.w * 3);
+  }
+  const nlohmann::json j = {
+      {"id", id},
+      {"w", c.w},
+      {"h", c.h},
+      {"differing_pixels", c.differing},
+      {"running", running},
+      {"partial", s.partial},
+      {"this_frame_share", s.last_share},
+      {"frames", s.frames},
+      {"full_frames", s.full},
+      {"unchanged_frames", s.unchanged},
+      {"mean_share", s.frames > 0 ? s.damaged_share_sum / double(s.frames) : 1.0}};
+  write_atomically(dir_ / "redraw-check.json", j.dump(1));
+}
+
 std::vector<std::string> GuiTestHooks::take_drop_request() {
   const std::filesystem::path request = dir_ / "drop.request";
   std::error_code ec;

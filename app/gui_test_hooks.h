@@ -11,6 +11,12 @@
 //      rows, levels} or null, "logits_readout", "logits_position"};
 //   - when DIR/screenshot.request appears (its content: the PNG path to write), reads the frame
 //     back (glReadPixels) after rendering it, writes the PNG and removes the request;
+//   - when DIR/redraw-check.request appears (its content: an id), draws the frame once more in
+//     full into a second target, compares it with the partially redrawn back buffer, and writes
+//     DIR/redraw-check.json: {"id", "w", "h", "differing_pixels", "running" (a job ran during
+//     that frame), "partial", "this_frame_share",
+//     "frames", "full_frames", "unchanged_frames", "mean_share"} (the counts since the last
+//     check), plus DIR/redraw-check.{composed,full}.png when pixels differ;
 //   - when DIR/quit.request appears, closes the window (the test's clean exit);
 //   - when DIR/drop.request appears (one path per line), hands the paths to the same handler
 //     as GLFW's drop callback and removes the request: xdotool cannot drive a real X
@@ -23,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "app/gui_compositor.h"
 #include "views/snapshot.h"
 #include "views/ui_state.h"
 
@@ -36,6 +43,10 @@ class GuiTestHooks {
   void write_state(const views::Snapshot& snapshot, const views::UiState& ui);
   // Call after rendering, before swapping buffers.
   void maybe_screenshot(int framebuffer_w, int framebuffer_h);
+  // The id of a pending DIR/redraw-check.request, once; the request is removed.
+  std::optional<std::string> take_redraw_check_request();
+  void write_redraw_check(const std::string& id, bool running, const FrameCompositor::Check& check,
+                          const FrameCompositor::Stats& stats);
   bool quit_requested() const;
   std::vector<std::string> take_drop_request();  // the paths of DIR/drop.request, once
 

@@ -136,7 +136,7 @@ sweep() {
   while :; do xdotool "${pass[@]}"; done
 }
 summary() {  # summary LABEL FILE JQ-PATH
-  jq -r --arg l "$1" "$3"' as $s | "\($l): \($s.frames) frames; frame time p50 \($s.frame_ms.p50 * 100 | round / 100) ms, p90 \($s.frame_ms.p90 * 100 | round / 100) ms, p99 \($s.frame_ms.p99 * 100 | round / 100) ms, max \($s.frame_ms.max * 100 | round / 100) ms; UI build p50 \($s.build_ms.p50 * 100 | round / 100) ms, p99 \($s.build_ms.p99 * 100 | round / 100) ms; frame interval p50 \($s.interval_ms.p50 * 100 | round / 100) ms, p99 \($s.interval_ms.p99 * 100 | round / 100) ms"' "$2"
+  jq -r --arg l "$1" "$3"' as $s | "\($l): \($s.frames) frames; frame time p50 \($s.frame_ms.p50 * 100 | round / 100) ms, p90 \($s.frame_ms.p90 * 100 | round / 100) ms, p99 \($s.frame_ms.p99 * 100 | round / 100) ms, max \($s.frame_ms.max * 100 | round / 100) ms; UI build p50 \($s.build_ms.p50 * 100 | round / 100) ms, p99 \($s.build_ms.p99 * 100 | round / 100) ms; frame interval p50 \($s.interval_ms.p50 * 100 | round / 100) ms, p99 \($s.interval_ms.p99 * 100 | round / 100) ms; compose p50 \($s.compose_ms.p50 * 100 | round / 100) ms, p99 \($s.compose_ms.p99 * 100 | round / 100) ms; window redrawn: mean \($s.damage.mean * 1000 | round / 10) %, p99 \($s.damage.p99 * 1000 | round / 10) %"' "$2"
 }
 
 sweep &
