@@ -7,6 +7,7 @@
 #include <ctime>
 #include <map>
 #include <optional>
+#include <utility>
 
 #include "app/demo_model.h"
 #include "app/gui_dumps_jobs.h"
@@ -509,12 +510,16 @@ std::shared_ptr<const Snapshot> Worker::snapshot() const {
 
 void Worker::update(const std::function<void(Snapshot&)>& change) {
   {
-    std::lock_guard lock(snapshot_mutex_);
-    auto next = std::make_shared<Snapshot>(*snapshot_);
+    // The copy and the change happen outside snapshot_mutex_, which the GUI thread takes every
+    // frame: held across them by this lower-priority thread, it made frames wait.
+    std::lock_guard writer(update_mutex_);
+    std::shared_ptr<const Snapshot> current = snapshot();
+    auto next = std::make_shared<Snapshot>(*current);
     change(*next);
-    next->seq = snapshot_->seq + 1;
-    snapshot_ = std::move(next);
-  }
+    next->seq = current->seq + 1;
+    std::lock_guard lock(snapshot_mutex_);
+    current = std::exchange(snapshot_, std::move(next));
+  }  // the previous snapshot released here, after the lock
   if (options_.wake) options_.wake();
 }
 

@@ -53,7 +53,8 @@ class Worker {
   void fail(const std::string& what, const std::string& detail);
 
   WorkerOptions options_;
-  mutable std::mutex snapshot_mutex_;
+  mutable std::mutex snapshot_mutex_;  // guards the pointer snapshot_ only
+  std::mutex update_mutex_;            // one update() at a time
   std::shared_ptr<const views::Snapshot> snapshot_;
   std::mutex queue_mutex_;
   std::condition_variable queue_cv_;
