@@ -57,13 +57,9 @@ constexpr int kSlots = 2;  // streaming: the layer computed and the next one upl
 namespace {
 
 // An owned CUDA event without timing (a marker in the stream); destroying never throws.
-// cudaEventBlockingSync (for events host threads wait on): the waiting thread sleeps instead of
-// spinning on a core.
 class Event {
  public:
-  explicit Event(unsigned flags = cudaEventDisableTiming) {
-    LOCKSTEP_CUDA_CHECK(cudaEventCreateWithFlags(&e_, flags | cudaEventDisableTiming));
-  }
+  Event() { LOCKSTEP_CUDA_CHECK(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming)); }
   ~Event() {
     if (e_) cudaEventDestroy(e_);
   }
@@ -659,9 +655,7 @@ engine::Logits run_eager(CudaLane::Impl& im, const engine::Model& m,
       // buffer is freed in stream order, after the copy.
       const size_t k = captured.size();
       if (k == im.staging.size()) im.staging.emplace_back();
-      // Up to 16 copy-out threads wait on these: spinning, they took the cores the thread
-      // launching the forward needs.
-      while (im.staged.size() <= k) im.staged.emplace_back(cudaEventBlockingSync);
+      while (im.staged.size() <= k) im.staged.emplace_back();
       while (im.copy_start.size() <= k) im.copy_start.emplace_back();
       while (im.consumed.size() <= k) im.consumed.emplace_back();
       PinnedBuffer& slot = im.staging[k];
