@@ -53,6 +53,7 @@ double steady_now() {
 // software rasteriser under Xvfb) is spared blending one more window-sized quad every frame.
 constexpr ImGuiWindowFlags kRootBackground = ImGuiWindowFlags_NoBackground;
 constexpr float kBackground[3] = {0.06f, 0.06f, 0.06f};  // the dark style's WindowBg, opaque
+constexpr double kFramePeriod = 1.0 / 60;                // seconds between frames while a job runs
 
 void record_panel(views::RectSink* rects, const char* name) {
   if (!rects) return;
@@ -283,7 +284,7 @@ int run_gui(const std::string& model) {
 
     uint64_t seen_error = 0;
     int eager_frames = 0;   // frames drawn without waiting, after input or a publish
-    double last_frame = 0;  // when the last frame began (steady clock, seconds)
+    double next_frame = 0;  // while a job runs, when the next frame may begin (steady clock, s)
     views::RectSink rects;
     views::CommandSink commands;
     PlotLayerTextures layers;  // freed at the end of this scope, with the context still current
@@ -294,28 +295,34 @@ int run_gui(const std::string& model) {
     FrameCompositor compositor(FrameCompositor::partial_from_environment());
     while (!glfwWindowShouldClose(window)) {
       std::shared_ptr<const views::Snapshot> snapshot = worker.snapshot();
-      // Redraw often while a job runs (progress, elapsed time), else wait for input or a
-      // publish. ImGui settles some changes over a few frames (a popup is measured hidden for
-      // its first frame), so an event buys a few frames drawn at once.
-      if (eager_frames > 0) {
+      // Redraw on a clock while a job runs (progress, elapsed time), else wait for input or a
+      // publish.
+      if (snapshot->job.running) {
+        // While a job runs, frames start on a 60 Hz clock (swaps are not paced by every display
+        // server, Xvfb's included): faster shows nothing more and takes cores from the worker.
+        // A 7B-shaped run under the frame bench finished in 26 s instead of 37 s, frames as
+        // smooth. The loop sleeps to the next tick whatever woke it; input waits for the tick.
+        if (const double wait = next_frame - steady_now(); wait > 0)
+          std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+        glfwPollEvents();
+      } else if (eager_frames > 0) {
         --eager_frames;
         glfwPollEvents();
       } else {
-        const double timeout = snapshot->job.running ? 1.0 / 60 : 0.5;
+        // Idle, input or a publish wakes the loop, and its frames are drawn at once. ImGui
+        // settles some changes over a few frames (a popup is measured hidden for its first
+        // frame), so an event buys a few frames drawn without waiting.
         const double before = steady_now();
-        glfwWaitEventsTimeout(timeout);
-        if (steady_now() - before < timeout * 0.9) eager_frames = 3;
+        glfwWaitEventsTimeout(0.5);
+        if (steady_now() - before < 0.45) eager_frames = 3;
       }
-      // While a job runs, at most 60 frames a second (swaps are not paced by every display
-      // server, Xvfb's included): faster shows nothing more and takes cores from the worker.
-      // A 7B-shaped run under the frame bench finished in 26 s instead of 37 s, frames as
-      // smooth. Idle, input alone wakes the loop, and its frames are drawn at once.
-      if (const double wait = last_frame + 1.0 / 60 - steady_now();
-          snapshot->job.running && wait > 0) {
-        std::this_thread::sleep_for(std::chrono::duration<double>(wait));
-        glfwPollEvents();
-      }
-      last_frame = steady_now();
+      // The next tick is one period after this one. A frame that starts over half a period late
+      // (after a slow frame, or the first of a job) starts the clock afresh instead of hurrying
+      // the frames after it.
+      const double now = steady_now();
+      next_frame += kFramePeriod;
+      if (next_frame < now + kFramePeriod / 2 || next_frame > now + kFramePeriod)
+        next_frame = now + kFramePeriod;
       snapshot = worker.snapshot();  // the one this frame draws
       if (frame_stats) frame_stats->begin_frame(steady_now());
       if (snapshot->title != window_title) {  // what was run: model, lanes, fault, mode
