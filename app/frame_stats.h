@@ -39,7 +39,8 @@ class FrameStats {
   // After the frame is composed in the back buffer (app/gui_compositor.h), `share` of the
   // window drawn again.
   void composed(double now, double share);
-  // After SwapBuffers; `excluded` seconds of the frame (the GUI tests' hooks) do not count.
+  // After SwapBuffers; `excluded` seconds of the frame (the GUI tests' hooks) do not count, in
+  // the frame's time, in the interval to the next frame, nor in "seconds" and "fps".
   void end_frame(double now, bool job_running, double excluded = 0);
   void maybe_write(double now);  // once a second; handles FILE.reset
   bool write() const;            // returns false when FILE cannot be written
@@ -56,6 +57,7 @@ class FrameStats {
   bool previous_running_ = false;
   double interval_now_ = -1;
   double begin_ = -1, previous_begin_ = -1, first_ = -1, last_end_ = -1, last_write_ = -1;
+  double previous_excluded_ = 0, excluded_ = 0;  // the last frame's excluded seconds, and all
 };
 
 }  // namespace lockstep::app

@@ -63,11 +63,12 @@ TEST(FrameStats, RecordsFramesAndIntervalsAndWritesThem) {
     s.begin_frame(t);
     s.built(t + 0.002);
     s.end_frame(t + 0.004 + 0.001 * (i % 3), i >= 10, 0.001);
-    t += 1.0 / 60;
+    t += 1.0 / 60 + 0.001;  // the hooks' millisecond stops the frame loop's clock
   }
   ASSERT_EQ(s.frame_seconds().size(), 20u);
   ASSERT_EQ(s.interval_seconds().size(), 19u);
   EXPECT_NEAR(s.frame_seconds()[0], 0.003, 1e-12) << "the excluded hook time does not count";
+  EXPECT_NEAR(s.interval_seconds()[0], 1.0 / 60, 1e-12) << "nor in the interval after it";
   ASSERT_TRUE(s.write());
   std::ifstream in(file);
   const nlohmann::json j = nlohmann::json::parse(in);
@@ -81,7 +82,10 @@ TEST(FrameStats, RecordsFramesAndIntervalsAndWritesThem) {
   EXPECT_NEAR(j["interval_ms"]["p50"].get<double>(), 1000.0 / 60, 1e-6);
   EXPECT_NEAR(j["frame_ms"]["max"].get<double>(), 5.0, 1e-6);
   EXPECT_NEAR(j["frame_ms"]["p50"].get<double>(), 4.0, 1e-6);
-  EXPECT_NEAR(j["fps"].get<double>(), 20 / (19.0 / 60 + 0.005), 1e-6);
+  // From the first frame's start to the last one's end, less the 20 excluded milliseconds:
+  // frames 0..18 take 19 periods and the last 5 ms (1 of them excluded).
+  EXPECT_NEAR(j["seconds"].get<double>(), 19.0 / 60 + 0.004, 1e-9);
+  EXPECT_NEAR(j["fps"].get<double>(), 20 / (19.0 / 60 + 0.004), 1e-6);
 
   // A reset request drops what was recorded.
   std::ofstream(file.string() + ".reset") << "\n";
