@@ -25,6 +25,7 @@
 #include "app/gui_layers.h"
 #include "app/gui_layout.h"
 #include "app/gui_png_capture.h"
+#include "app/gui_present.h"
 #include "app/gui_settings.h"
 #include "app/gui_test_hooks.h"
 #include "app/worker.h"
@@ -167,9 +168,22 @@ void handle_drop(Worker& worker, std::vector<std::string> paths) {
   if (!paths.empty()) worker.post(views::DropCommand{std::move(paths)});
 }
 
+// What GLFW's callbacks reach through the window's user pointer.
+struct WindowLink {
+  Worker& worker;
+  Presenter& presenter;
+};
+
 void on_drop(GLFWwindow* window, int count, const char** paths) {
-  auto* worker = static_cast<Worker*>(glfwGetWindowUserPointer(window));
-  if (worker) handle_drop(*worker, std::vector<std::string>(paths, paths + count));
+  auto* link = static_cast<WindowLink*>(glfwGetWindowUserPointer(window));
+  if (link) handle_drop(link->worker, std::vector<std::string>(paths, paths + count));
+}
+
+// The window system lost the window's pixels (an Expose): present all of them again. The event
+// also wakes the frame loop.
+void on_refresh(GLFWwindow* window) {
+  auto* link = static_cast<WindowLink*>(glfwGetWindowUserPointer(window));
+  if (link) link->presenter.expose();
 }
 
 // ImGui 1.86 reads keys as held-down flags once a frame, so a key pressed and released within
@@ -277,8 +291,15 @@ int run_gui(const std::string& model) {
       worker.post(views::run_command(ui));  // the embedded demo, at once
     else
       ui.run_when_model_opens = true;  // once it is open, on lanes that can hold it
-    glfwSetWindowUserPointer(window, &worker);
+    // Partial redraw (app/gui_compositor.h), presented by rectangle where the window system
+    // can (app/gui_present.h); LOCKSTEP_PARTIAL_REDRAW=0 draws every frame whole.
+    FrameCompositor compositor(FrameCompositor::partial_from_environment());
+    Presenter presenter(window, compositor.partial());
+    compositor.compose_in_back_buffer(presenter.copies_sub_buffers());
+    WindowLink link{worker, presenter};
+    glfwSetWindowUserPointer(window, &link);
     glfwSetDropCallback(window, on_drop);
+    glfwSetWindowRefreshCallback(window, on_refresh);
     std::shared_ptr<const std::vector<views::RecentModel>> saved_recent;
     std::string window_title;
 
@@ -291,8 +312,6 @@ int run_gui(const std::string& model) {
     // LOCKSTEP_PLOT_LAYERS=0: plots drawn directly every frame (to compare, app/gui_layers.h).
     const char* layers_env = std::getenv("LOCKSTEP_PLOT_LAYERS");
     const bool plot_layers = !layers_env || std::string_view(layers_env) != "0";
-    // Partial redraw (app/gui_compositor.h); LOCKSTEP_PARTIAL_REDRAW=0 draws every frame whole.
-    FrameCompositor compositor(FrameCompositor::partial_from_environment());
     while (!glfwWindowShouldClose(window)) {
       std::shared_ptr<const views::Snapshot> snapshot = worker.snapshot();
       // Redraw on a clock while a job runs (progress, elapsed time), else wait for input or a
@@ -388,24 +407,36 @@ int run_gui(const std::string& model) {
           ui.png = views::PngRequest{};
         }
       }
-      const double hooks_start = steady_now();
+      double hooks_seconds = 0;  // the tests' hooks are not a user's: see below
+      std::optional<std::string> redraw_check_id;
+      FrameCompositor::Check redraw_check;
       if (hooks) {
+        const double start = steady_now();
         int wx = 0, wy = 0, ww = 0, wh = 0;
         glfwGetWindowPos(window, &wx, &wy);
         glfwGetWindowSize(window, &ww, &wh);
         hooks->write_rects(rects, wx, wy, ww, wh);
         hooks->write_state(*snapshot, ui);
         hooks->maybe_screenshot(fb_w, fb_h);
-        if (std::optional<std::string> id = hooks->take_redraw_check_request())
-          hooks->write_redraw_check(
-              *id, snapshot->job.running,
-              compositor.check_against_full(*ImGui::GetDrawData(), fb_w, fb_h, kBackground),
-              compositor.take_stats());
+        redraw_check_id = hooks->take_redraw_check_request();
+        if (redraw_check_id)
+          redraw_check =
+              compositor.check_against_full(*ImGui::GetDrawData(), fb_w, fb_h, kBackground);
         if (hooks->quit_requested()) glfwSetWindowShouldClose(window, GLFW_TRUE);
         handle_drop(worker, hooks->take_drop_request());
+        hooks_seconds += steady_now() - start;
       }
-      const double hooks_seconds = steady_now() - hooks_start;  // the tests', not a user's
-      glfwSwapBuffers(window);
+      presenter.present(compositor.last_damage(), fb_w, fb_h);
+      if (redraw_check_id) {  // what the window shows now, against the back buffer
+        const double start = steady_now();
+        hooks->write_redraw_check(
+            *redraw_check_id, snapshot->job.running, redraw_check, compositor.take_stats(),
+            presenter.copies_sub_buffers() ? presenter.check_window(fb_w, fb_h)
+                                           : Presenter::WindowCheck{});
+        hooks_seconds += steady_now() - start;
+      }
+      // The hooks' time stops the frame clock, and frame stats leave it out.
+      next_frame += hooks_seconds;
       if (release_held_back_keys(window)) eager_frames = std::max(eager_frames, 1);
       if (frame_stats) {
         frame_stats->end_frame(steady_now(), snapshot->job.running, hooks_seconds);
@@ -416,6 +447,7 @@ int run_gui(const std::string& model) {
       save_settings(config, settings);
     if (frame_stats) frame_stats->write();
     glfwSetDropCallback(window, nullptr);
+    glfwSetWindowRefreshCallback(window, nullptr);
     glfwSetWindowUserPointer(window, nullptr);
   }  // the worker cancels its job and joins before the context goes
 

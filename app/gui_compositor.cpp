@@ -84,7 +84,7 @@ void FrameCompositor::draw_direct(ImDrawData& data, int fb_w, int fb_h, const fl
 
 void FrameCompositor::compose(ImDrawData& data, int fb_w, int fb_h, const float background[3],
                               bool invalidate) {
-  if (partial_ && !default_checked_) {
+  if (partial_ && !in_back_buffer_ && !default_checked_) {
     // A blit into a multisampled window framebuffer is an error: draw straight into it then.
     GLint samples = 0;
     glBindFramebuffer(GL_FRAMEBUFFER, 0);
@@ -93,7 +93,11 @@ void FrameCompositor::compose(ImDrawData& data, int fb_w, int fb_h, const float 
     default_checked_ = true;
   }
   bool resized = false;
-  if (!partial_ || fb_w <= 0 || fb_h <= 0 || !ensure(composed_, fb_w, fb_h, resized)) {
+  if (partial_ && in_back_buffer_ && fb_w > 0 && fb_h > 0) {
+    resized = fb_w != back_w_ || fb_h != back_h_;  // a new back buffer: its pixels undefined
+    back_w_ = fb_w;
+    back_h_ = fb_h;
+  } else if (!partial_ || fb_w <= 0 || fb_h <= 0 || !ensure(composed_, fb_w, fb_h, resized)) {
     draw_direct(data, fb_w, fb_h, background);
     stats_.partial = false;
     ++stats_.frames;
@@ -112,7 +116,7 @@ void FrameCompositor::compose(ImDrawData& data, int fb_w, int fb_h, const float 
     damage_ = diff_frames(&frames_[last_], frames_[next]);
   last_ = next;
 
-  glBindFramebuffer(GL_FRAMEBUFFER, composed_.framebuffer);
+  glBindFramebuffer(GL_FRAMEBUFFER, in_back_buffer_ ? 0 : composed_.framebuffer);
   if (damage_.full) {
     glDisable(GL_SCISSOR_TEST);
     draw_direct(data, fb_w, fb_h, background);
@@ -148,9 +152,11 @@ void FrameCompositor::compose(ImDrawData& data, int fb_w, int fb_h, const float 
     data.TotalIdxCount = total_idx;
   }
   glDisable(GL_SCISSOR_TEST);  // the blit obeys the scissor test
-  glBindFramebuffer(GL_READ_FRAMEBUFFER, composed_.framebuffer);
-  glBindFramebuffer(GL_DRAW_FRAMEBUFFER, 0);
-  glBlitFramebuffer(0, 0, fb_w, fb_h, 0, 0, fb_w, fb_h, GL_COLOR_BUFFER_BIT, GL_NEAREST);
+  if (!in_back_buffer_) {
+    glBindFramebuffer(GL_READ_FRAMEBUFFER, composed_.framebuffer);
+    glBindFramebuffer(GL_DRAW_FRAMEBUFFER, 0);
+    glBlitFramebuffer(0, 0, fb_w, fb_h, 0, 0, fb_w, fb_h, GL_COLOR_BUFFER_BIT, GL_NEAREST);
+  }
   glBindFramebuffer(GL_FRAMEBUFFER, 0);
 
   const double share = damage_.fraction(fb_w, fb_h);

@@ -1,10 +1,11 @@
 #pragma once
 // Partial redraw, the GL half (the diff is app/gui_damage.h). The last composed frame lives in
-// an offscreen colour target the framebuffer's size; each frame only the pixels whose draw data
-// changed are cleared and drawn again there (each command's clip narrowed to the damage), and
-// the target is copied to the back buffer, so whatever reads the back buffer (screenshots, PNG
-// export) reads the composed frame. Under Mesa's llvmpipe a frame's cost is mostly raster over
-// the whole window; most frames change a few hundred pixels.
+// the back buffer itself when the window is presented by copying rectangles out of it
+// (app/gui_present.h), else in an offscreen colour target the framebuffer's size that is copied
+// to the back buffer each frame. Each frame only the pixels whose draw data changed are cleared
+// and drawn again (each command's clip narrowed to the damage), so whatever reads the back
+// buffer (screenshots, PNG export) reads the composed frame. Under Mesa's llvmpipe a frame's cost
+// is mostly raster over the whole window; most frames change a few hundred pixels.
 //
 // LOCKSTEP_PARTIAL_REDRAW=0 in the environment draws every frame in full, straight into the
 // back buffer, as before (to compare). GUI thread only, with the window's GL context current.
@@ -22,6 +23,10 @@ class FrameCompositor {
  public:
   static bool partial_from_environment();  // false when LOCKSTEP_PARTIAL_REDRAW=0
   explicit FrameCompositor(bool partial) : partial_(partial) {}
+  bool partial() const { return partial_; }
+  // Compose in the back buffer itself, which nothing but this class draws into and which is
+  // never swapped (app/gui_present.h); call before the first compose.
+  void compose_in_back_buffer(bool on) { in_back_buffer_ = on; }
   FrameCompositor(const FrameCompositor&) = delete;
   FrameCompositor& operator=(const FrameCompositor&) = delete;
   ~FrameCompositor();  // frees the targets: call while the context lives
@@ -63,6 +68,8 @@ class FrameCompositor {
   void draw_direct(ImDrawData& data, int fb_w, int fb_h, const float background[3]);
 
   bool partial_;
+  bool in_back_buffer_ = false;
+  int back_w_ = 0, back_h_ = 0;   // in the back buffer: the size of the last composed frame
   bool default_checked_ = false;  // whether the window's framebuffer can take the blit
   Target composed_, scratch_;
   DrawFrame frames_[2];  // the last composed frame's draw data and this one's

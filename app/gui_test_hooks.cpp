@@ -186,15 +186,22 @@ std::optional<std::string> GuiTestHooks::take_redraw_check_request() {
 
 void GuiTestHooks::write_redraw_check(const std::string& id, bool running,
                                       const FrameCompositor::Check& c,
-                                      const FrameCompositor::Stats& s) {
+                                      const FrameCompositor::Stats& s,
+                                      const Presenter::WindowCheck& window) {
   std::error_code ec;
-  for (const char* which : {"composed", "full"})
+  for (const char* which : {"composed", "full", "window", "back"})
     std::filesystem::remove(dir_ / ("redraw-check." + std::string(which) + ".png"), ec);
   if (c.differing > 0) {
     // Rows top first, as maybe_screenshot writes them.
     stbi_write_png((dir_ / "redraw-check.composed.png").c_str(), c.w, c.h, 3, c.composed.data(),
                    c.w * 3);
     stbi_write_png((dir_ / "redraw-check.full.png").c_str(), c.w, c.h, 3, c.full.data(), c.w * 3);
+  }
+  if (window.differing > 0) {
+    stbi_write_png((dir_ / "redraw-check.window.png").c_str(), window.w, window.h, 3,
+                   window.window.data(), window.w * 3);
+    stbi_write_png((dir_ / "redraw-check.back.png").c_str(), window.w, window.h, 3,
+                   window.back.data(), window.w * 3);
   }
   const nlohmann::json j = {
       {"id", id},
@@ -207,7 +214,10 @@ void GuiTestHooks::write_redraw_check(const std::string& id, bool running,
       {"frames", s.frames},
       {"full_frames", s.full},
       {"unchanged_frames", s.unchanged},
-      {"mean_share", s.frames > 0 ? s.damaged_share_sum / double(s.frames) : 1.0}};
+      {"mean_share", s.frames > 0 ? s.damaged_share_sum / double(s.frames) : 1.0},
+      {"presented_by", window.copies_sub_buffers ? "copy_sub_buffer" : "swap"},
+      {"window_differing_pixels",
+       window.differing >= 0 ? nlohmann::json(window.differing) : nlohmann::json()}};
   write_atomically(dir_ / "redraw-check.json", j.dump(1));
 }
 

@@ -16,7 +16,11 @@
 //     DIR/redraw-check.json: {"id", "w", "h", "differing_pixels", "running" (a job ran during
 //     that frame), "partial", "this_frame_share",
 //     "frames", "full_frames", "unchanged_frames", "mean_share"} (the counts since the last
-//     check), plus DIR/redraw-check.{composed,full}.png when pixels differ;
+//     check), plus DIR/redraw-check.{composed,full}.png when pixels differ; and, once the frame
+//     is presented, "presented_by" ("copy_sub_buffer" or "swap", app/gui_present.h) and
+//     "window_differing_pixels": the pixels where the window, as the X server holds it,
+//     differs from the back buffer (null when presented by swaps, after which the back
+//     buffer is undefined), plus DIR/redraw-check.{window,back}.png when some differ;
 //   - when DIR/quit.request appears, closes the window (the test's clean exit);
 //   - when DIR/drop.request appears (one path per line), hands the paths to the same handler
 //     as GLFW's drop callback and removes the request: xdotool cannot drive a real X
@@ -30,6 +34,7 @@
 #include <vector>
 
 #include "app/gui_compositor.h"
+#include "app/gui_present.h"
 #include "views/snapshot.h"
 #include "views/ui_state.h"
 
@@ -46,7 +51,8 @@ class GuiTestHooks {
   // The id of a pending DIR/redraw-check.request, once; the request is removed.
   std::optional<std::string> take_redraw_check_request();
   void write_redraw_check(const std::string& id, bool running, const FrameCompositor::Check& check,
-                          const FrameCompositor::Stats& stats);
+                          const FrameCompositor::Stats& stats,
+                          const Presenter::WindowCheck& window);
   bool quit_requested() const;
   std::vector<std::string> take_drop_request();  // the paths of DIR/drop.request, once
 

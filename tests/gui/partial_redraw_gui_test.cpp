@@ -2,7 +2,9 @@
 // cells hovered and clicked, the logits plot hovered, a run with Ctrl+R, a popup opened and
 // closed), the app is asked at several points to draw the same frame once more in full and to
 // compare it with the partially redrawn one (app/gui_test_hooks.h, redraw-check): not one pixel
-// may differ, and the frames between checks must really have been drawn in part.
+// may differ, and the frames between checks must really have been drawn in part. Once the frame
+// is presented, the window's pixels as the X server holds them are compared with the back buffer
+// (app/gui_present.h: only the damage is copied to the window): not one may differ either.
 
 #include <gtest/gtest.h>
 
@@ -54,10 +56,29 @@ class PartialRedraw : public Workbench {
                       fs::copy_options::overwrite_existing, ec);
       }
     EXPECT_TRUE(c.value("partial", false)) << id << ": partial redraw was off";
+    expect_window_shows_back_buffer(c, id);
     frames_ += c.value("frames", 0);
     full_frames_ += c.value("full_frames", 0);
     partial_checks_ += c.value("frames", 0) > 0 && c.value("mean_share", 1.0) < 0.5;
     return c;
+  }
+
+  // The window shows the composed frame: checked when frames are presented by copies out of
+  // the back buffer, as `presented_by_` expects.
+  void expect_window_shows_back_buffer(const nlohmann::json& c, const std::string& id) {
+    EXPECT_EQ(c.value("presented_by", ""), presented_by_) << id;
+    if (presented_by_ != "copy_sub_buffer") return;
+    const nlohmann::json n = c.value("window_differing_pixels", nlohmann::json());
+    EXPECT_TRUE(n.is_number()) << id << ": the window could not be read back; " << c.dump();
+    EXPECT_EQ(n.is_number() ? n.get<long long>() : -1, 0)
+        << id << ": the window shows other pixels than the back buffer; " << c.dump();
+    if (n.is_number() && n.get<long long>() != 0)
+      for (const char* which : {"window", "back"}) {
+        std::error_code ec;
+        fs::copy_file(dir_ / ("redraw-check." + std::string(which) + ".png"),
+                      shots_ / ("redraw-check-" + id + "-" + which + ".png"),
+                      fs::copy_options::overwrite_existing, ec);
+      }
   }
 
   // Moves the pointer to `fx`, `fy` of the widget's rectangle and lets a few frames pass.
@@ -100,36 +121,41 @@ class PartialRedraw : public Workbench {
     })) << app_log();
   }
 
+  // Hovers map cells, clicks two, sweeps the logits plot and moves the pointer away, a check
+  // after each step.
+  void hover_click_and_sweep() {
+    ASSERT_TRUE(wait_for(30, [&] { return screen_rect("map.cell.attn_norm@0").has_value(); }));
+    expect_same_pixels("start");
+    // Hover map cells (highlight and tooltip move from cell to cell), a check after each.
+    for (const char* cell : {"attn_norm@0", "attn_norm@1", "ffn_up@1", "lm_head"}) {
+      if (!hover(std::string("map.cell.") + cell)) continue;
+      expect_same_pixels(std::string("hover-") + cell);
+    }
+    // Click another cell, then the first divergence.
+    ASSERT_TRUE(click_cell("attn_norm@0"));
+    expect_same_pixels("clicked-attn_norm@0");
+    ASSERT_TRUE(click_cell("lm_head"));
+    expect_same_pixels("clicked-lm_head");
+    // Sweep the logits plot: the hover line and readout follow the pointer.
+    ASSERT_TRUE(wait_for(10, [&] { return screen_rect("drilldown.logits").has_value(); }));
+    for (double fx : {0.1, 0.35, 0.6, 0.9}) {
+      ASSERT_TRUE(hover("drilldown.logits", fx));
+      expect_same_pixels("logits-" + std::to_string(int(fx * 100)));
+    }
+    // The pointer leaves: hover line and tooltip go.
+    xdo("mousemove 1595 995");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    expect_same_pixels("pointer-gone");
+  }
+
+  std::string presented_by_ = "copy_sub_buffer";  // Mesa's GLX under Xvfb offers the copies
   long long frames_ = 0, full_frames_ = 0;
   int partial_checks_ = 0;  // checks after frames that redrew under half the window on average
 };
 
 TEST_F(PartialRedraw, PartiallyRedrawnFramesEqualFullRedraws) {
   ASSERT_NO_FATAL_FAILURE(wait_for_demo());
-  ASSERT_TRUE(wait_for(30, [&] { return screen_rect("map.cell.attn_norm@0").has_value(); }));
-  expect_same_pixels("start");
-
-  // Hover map cells (highlight and tooltip move from cell to cell), a check after each.
-  for (const char* cell : {"attn_norm@0", "attn_norm@1", "ffn_up@1", "lm_head"}) {
-    if (!hover(std::string("map.cell.") + cell)) continue;
-    expect_same_pixels(std::string("hover-") + cell);
-  }
-  // Click another cell, then the first divergence.
-  ASSERT_TRUE(click_cell("attn_norm@0"));
-  expect_same_pixels("clicked-attn_norm@0");
-  ASSERT_TRUE(click_cell("lm_head"));
-  expect_same_pixels("clicked-lm_head");
-
-  // Sweep the logits plot: the hover line and readout follow the pointer.
-  ASSERT_TRUE(wait_for(10, [&] { return screen_rect("drilldown.logits").has_value(); }));
-  for (double fx : {0.1, 0.35, 0.6, 0.9}) {
-    ASSERT_TRUE(hover("drilldown.logits", fx));
-    expect_same_pixels("logits-" + std::to_string(int(fx * 100)));
-  }
-  // The pointer leaves: hover line and tooltip go.
-  xdo("mousemove 1595 995");
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  expect_same_pixels("pointer-gone");
+  ASSERT_NO_FATAL_FAILURE(hover_click_and_sweep());
 
   // A run with Ctrl+R, checks while it runs (the demo's run is short: maybe none).
   int during = 0;
@@ -203,6 +229,36 @@ TEST_F(PartialRedrawLongRun, FramesDrawnWhileARunComputesEqualFullRedraws) {
               full_frames_, during);
 }
 
+// The window loses its pixels (unmapped, mapped again: an Expose): the next frame shows them
+// all again, though little or none of its draw data changed.
+TEST_F(PartialRedraw, TheWholeFrameIsShownAgainAfterAnExpose) {
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  xdo("mousemove 1595 995");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  expect_same_pixels("before");
+  xdo("search --sync --pid " + std::to_string(app_) + " --name \"Lockstep workbench\" " +
+      "windowunmap --sync %@ windowmap --sync %@");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  expect_same_pixels("mapped-again");
+}
+
+// Presented by swaps (LOCKSTEP_COPY_SUB_BUFFER=0): the composed frame lives in an offscreen
+// target, copied to the back buffer every frame; the same checks hold.
+class PartialRedrawBySwaps : public PartialRedraw {
+ protected:
+  PartialRedrawBySwaps() {
+    env_.push_back("LOCKSTEP_COPY_SUB_BUFFER=0");
+    presented_by_ = "swap";
+  }
+};
+
+TEST_F(PartialRedrawBySwaps, PartiallyRedrawnFramesEqualFullRedraws) {
+  ASSERT_NO_FATAL_FAILURE(wait_for_demo());
+  ASSERT_NO_FATAL_FAILURE(hover_click_and_sweep());
+  EXPECT_LT(full_frames_ * 2, frames_) << full_frames_ << " of " << frames_ << " frames in full";
+  EXPECT_GE(partial_checks_, 3);
+}
+
 // LOCKSTEP_PARTIAL_REDRAW=0: every frame whole, and the check says so.
 class FullRedraw : public PartialRedraw {
  protected:
@@ -218,6 +274,7 @@ TEST_F(FullRedraw, TheEnvironmentTurnsPartialRedrawOff) {
   EXPECT_EQ(c.value("differing_pixels", -1), 0);
   EXPECT_EQ(c.value("full_frames", -1), c.value("frames", -2));
   EXPECT_EQ(c.value("this_frame_share", 0.0), 1.0);
+  EXPECT_EQ(c.value("presented_by", ""), "swap");
 }
 
 }  // namespace
