@@ -129,6 +129,7 @@ class XServer {
   XServer(const XServer&) = delete;
   XServer& operator=(const XServer&) = delete;
   const std::string& display() const { return display_; }
+  bool started_here() const { return pid_ > 0; }  // our Xvfb, not the $DISPLAY found
 
  private:
   std::string display_;

@@ -64,10 +64,14 @@ class PartialRedraw : public Workbench {
   }
 
   // The window shows the composed frame: checked when frames are presented by copies out of
-  // the back buffer, as `presented_by_` expects.
+  // the back buffer. Under our Xvfb (Mesa's GLX) they are, unless `presented_by_` says swaps;
+  // on a $DISPLAY found, the GL driver there decides.
   void expect_window_shows_back_buffer(const nlohmann::json& c, const std::string& id) {
-    EXPECT_EQ(c.value("presented_by", ""), presented_by_) << id;
-    if (presented_by_ != "copy_sub_buffer") return;
+    const std::string by = c.value("presented_by", "");
+    if (x_->started_here() || presented_by_ == "swap") {
+      EXPECT_EQ(by, presented_by_) << id;
+    }
+    if (by != "copy_sub_buffer") return;
     const nlohmann::json n = c.value("window_differing_pixels", nlohmann::json());
     EXPECT_TRUE(n.is_number()) << id << ": the window could not be read back; " << c.dump();
     EXPECT_EQ(n.is_number() ? n.get<long long>() : -1, 0)
