@@ -107,7 +107,7 @@ map_done() { [ "$(state .map_ready)" = true ] && [ "$(state .running)" = false ]
 # '"running": true'), polling twice a second with bash builtins only. Phase 2 waits with this:
 # polling with jq (two jq, a sh and a sleep process five times a second) woke on the two cores
 # the frames are measured on, and made the slowest 1% of the frames during a 7B-shaped run come
-# about 3 ms late (interval p99 20.5 ms against 16.9-17.5 ms, the same build).
+# about 3 ms late (interval p99 20.5 ms against 17.0-17.5 ms, the same build).
 wait_state() {
   local deadline=$((SECONDS + $1)) s p ok tick
   shift
