@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "app/gui_damage.h"
+#include "app/gui_png_capture.h"
 
 // GLFW's own accessor for the X window (glfw3native.h would also pull in the XRandR headers,
 // which libglfw3-dev does not bring).
@@ -27,19 +28,6 @@ bool has_extension(const char* list, std::string_view name) {
     rest.remove_prefix(end + 1);
   }
   return false;
-}
-
-// The bound read framebuffer's back buffer, RGB, rows top first.
-std::vector<uint8_t> read_back(int w, int h) {
-  std::vector<uint8_t> bottom_first(size_t(w) * size_t(h) * 3), top_first(bottom_first.size());
-  glPixelStorei(GL_PACK_ALIGNMENT, 1);
-  glReadBuffer(GL_BACK);
-  glReadPixels(0, 0, w, h, GL_RGB, GL_UNSIGNED_BYTE, bottom_first.data());
-  const size_t row = size_t(w) * 3;
-  for (int y = 0; y < h; ++y)
-    std::memcpy(top_first.data() + size_t(y) * row, bottom_first.data() + size_t(h - 1 - y) * row,
-                row);
-  return top_first;
 }
 
 // A channel of an X pixel scaled to 8 bits, from the visual's mask.
@@ -115,7 +103,7 @@ Presenter::WindowCheck Presenter::check_window(int fb_w, int fb_h) const {
     }
   XDestroyImage(image);
   glBindFramebuffer(GL_READ_FRAMEBUFFER, 0);
-  c.back = read_back(fb_w, fb_h);
+  c.back = read_back_rgb({0, 0, fb_w, fb_h}, fb_h);
   c.differing = 0;
   for (size_t p = 0; p < c.back.size(); p += 3)
     if (std::memcmp(&c.back[p], &c.window[p], 3) != 0) ++c.differing;
