@@ -50,8 +50,7 @@ Presenter::Presenter(GLFWwindow* window, bool sub_buffers) : window_(window) {
   if (!has_extension(glXQueryExtensionsString(display, DefaultScreen(display)),
                      "GLX_MESA_copy_sub_buffer"))
     return;
-  auto* copy = reinterpret_cast<CopySubBuffer>(
-      glXGetProcAddressARB(reinterpret_cast<const GLubyte*>("glXCopySubBufferMESA")));
+  void (*copy)() = glXGetProcAddressARB(reinterpret_cast<const GLubyte*>("glXCopySubBufferMESA"));
   if (!copy) return;
   GLint doublebuffer = 0;
   glGetIntegerv(GL_DOUBLEBUFFER, &doublebuffer);
@@ -66,14 +65,18 @@ void Presenter::present(const Damage& damage, int fb_w, int fb_h) {
     glfwSwapBuffers(window_);
     return;
   }
+  Display* display = static_cast<Display*>(display_);
+  auto copy = [&](int x, int y, int w, int h) {
+    reinterpret_cast<PFNGLXCOPYSUBBUFFERMESAPROC>(copy_)(display, drawable_, x, y, w, h);
+  };
   // The copies flush what was drawn before them (the extension's implicit glFlush).
   if (exposed_ || damage.full) {
-    copy_(display_, drawable_, 0, 0, fb_w, fb_h);
+    copy(0, 0, fb_w, fb_h);
     exposed_ = false;
     return;
   }
   for (const DamageRect& r : damage.rects)
-    if (!r.empty()) copy_(display_, drawable_, r.x0, fb_h - r.y1, r.x1 - r.x0, r.y1 - r.y0);
+    if (!r.empty()) copy(r.x0, fb_h - r.y1, r.x1 - r.x0, r.y1 - r.y0);
   if (damage.rects.empty()) glFlush();  // nothing new to show; what was submitted still runs
 }
 

@@ -54,11 +54,10 @@ class Presenter {
   WindowCheck check_window(int fb_w, int fb_h) const;
 
  private:
-  using CopySubBuffer = void (*)(void* display, unsigned long drawable, int x, int y, int w, int h);
   GLFWwindow* window_;
   void* display_ = nullptr;     // Display*
   unsigned long drawable_ = 0;  // GLXDrawable
-  CopySubBuffer copy_ = nullptr;
+  void (*copy_)() = nullptr;    // glXCopySubBufferMESA, called through its own type
   bool exposed_ = true;  // nothing shown yet
 };
 
