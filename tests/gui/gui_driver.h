@@ -39,6 +39,11 @@ inline bool on_path(const std::string& tool) {
   return std::system(("command -v " + tool + " >/dev/null 2>&1").c_str()) == 0;
 }
 
+// Runs `xdotool ARGS` (real input events on the display); a failure fails the test.
+inline void xdo(const std::string& args) {
+  ASSERT_EQ(std::system(("xdotool " + args).c_str()), 0) << "xdotool " << args;
+}
+
 // Polls `ready` every 100 ms until it holds or `seconds` pass.
 inline bool wait_for(double seconds, const std::function<bool()>& ready) {
   const auto deadline = Clock::now() + std::chrono::duration<double>(seconds);

@@ -16,10 +16,6 @@ namespace {
 
 using namespace lockstep::guitest;
 
-void xdo(const std::string& args) {
-  ASSERT_EQ(std::system(("xdotool " + args).c_str()), 0) << "xdotool " << args;
-}
-
 class WorkbenchLayout : public Workbench {
  protected:
   WorkbenchLayout() {

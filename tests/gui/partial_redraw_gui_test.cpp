@@ -16,10 +16,6 @@ namespace {
 
 using namespace lockstep::guitest;
 
-void xdo(const std::string& args) {
-  ASSERT_EQ(std::system(("xdotool " + args).c_str()), 0) << "xdotool " << args;
-}
-
 class PartialRedraw : public Workbench {
  protected:
   // Asks for a check and waits for its answer; a JSON null when none came.
